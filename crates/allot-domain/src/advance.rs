@@ -37,6 +37,19 @@ pub fn advance(state: &mut MeterState, policy: &MeterPolicy, anchor: OffsetDateT
     effects
 }
 
+/// A meter's first state in `period`, and the effect that records its opening allowance (none
+/// when the allowance is unlimited or zero).
+pub fn open(policy: &MeterPolicy, period: Period) -> (MeterState, Option<Effect>) {
+    let state = MeterState::opening(period, policy.allowance_credits);
+    let effect = match policy.allowance_credits {
+        Some(allowance) if allowance > 0 => {
+            Some(Effect::from_portions(EntryKind::PeriodRoll, vec![Portion { bucket: Bucket::Allowance, delta_credits: allowance }]))
+        }
+        _ => None,
+    };
+    (state, effect)
+}
+
 fn expire_grants(state: &mut MeterState, now: OffsetDateTime) -> Vec<Effect> {
     let mut effects = Vec::new();
     for grant in &mut state.grants {

@@ -4,7 +4,8 @@
 use uuid::Uuid;
 
 /// Purchased credit or a promotion.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum GrantKind {
     Purchased,
     Promotional,
@@ -27,8 +28,9 @@ impl GrantKind {
     }
 }
 
-/// A place credit lives in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// A place credit lives in. Serialized into the ledger's `breakdown` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "bucket", rename_all = "snake_case")]
 pub enum Bucket {
     Allowance,
     Rollover,
@@ -38,8 +40,9 @@ pub enum Bucket {
 
 /// A signed change of the meter's net balance attributed to one bucket: negative when credit
 /// leaves the bucket (or debt grows), positive when it returns.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Portion {
+    #[serde(flatten)]
     pub bucket: Bucket,
     pub delta_credits: i64,
 }

@@ -1,0 +1,81 @@
+//! `allot.v1.Admin` handlers: authenticate, convert, delegate, convert.
+
+use std::sync::Arc;
+
+use allot_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::{detached, from_proto, to_proto};
+use crate::auth::Authenticator;
+use crate::service::admin::Admin;
+
+pub struct AdminApi {
+    pub auth: Arc<Authenticator>,
+    pub admin: Admin,
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for AdminApi {
+    async fn upsert_plan(&self, request: Request<pb::UpsertPlanRequest>) -> Result<Response<pb::Plan>, Status> {
+        let tenant = self.auth.tenant(request.metadata()).await?;
+        let plan = from_proto::plan(request.into_inner())?;
+        let admin = self.admin.clone();
+        let plan = detached(async move { admin.upsert_plan(tenant, plan).await }).await?;
+        Ok(Response::new(to_proto::plan(plan)))
+    }
+
+    async fn get_plan(&self, request: Request<pb::GetPlanRequest>) -> Result<Response<pb::Plan>, Status> {
+        let tenant = self.auth.tenant(request.metadata()).await?;
+        let id = from_proto::plan_id("plan_id", &request.into_inner().plan_id)?;
+        Ok(Response::new(to_proto::plan(self.admin.get_plan(tenant, &id).await?)))
+    }
+
+    async fn list_plans(&self, request: Request<pb::ListPlansRequest>) -> Result<Response<pb::ListPlansResponse>, Status> {
+        let tenant = self.auth.tenant(request.metadata()).await?;
+        let req = request.into_inner();
+        let page_size = from_proto::page_size(req.page_size)?;
+        let after = from_proto::plan_token(&req.page_token)?;
+        let (plans, next_page_token) = self.admin.list_plans(tenant, page_size, &after).await?;
+        Ok(Response::new(pb::ListPlansResponse { plans: plans.into_iter().map(to_proto::plan).collect(), next_page_token }))
+    }
+
+    async fn upsert_subscription(&self, request: Request<pb::UpsertSubscriptionRequest>) -> Result<Response<pb::Subscription>, Status> {
+        let tenant = self.auth.tenant(request.metadata()).await?;
+        let sub = from_proto::subscription(request.into_inner())?;
+        let admin = self.admin.clone();
+        let sub = detached(async move { admin.upsert_subscription(tenant, sub).await }).await?;
+        Ok(Response::new(to_proto::subscription(sub)))
+    }
+
+    async fn get_subscription(&self, request: Request<pb::GetSubscriptionRequest>) -> Result<Response<pb::Subscription>, Status> {
+        let tenant = self.auth.tenant(request.metadata()).await?;
+        let account = from_proto::account("account_id", &request.into_inner().account_id)?;
+        Ok(Response::new(to_proto::subscription(self.admin.get_subscription(tenant, &account).await?)))
+    }
+
+    async fn grant_credits(&self, request: Request<pb::GrantCreditsRequest>) -> Result<Response<pb::GrantCreditsResponse>, Status> {
+        let tenant = self.auth.tenant(request.metadata()).await?;
+        let cmd = from_proto::grant(request.into_inner())?;
+        let admin = self.admin.clone();
+        let outcome = detached(async move { admin.grant(tenant, cmd).await }).await?;
+        Ok(Response::new(to_proto::grant(outcome)))
+    }
+
+    async fn get_balance(&self, request: Request<pb::GetBalanceRequest>) -> Result<Response<pb::GetBalanceResponse>, Status> {
+        let tenant = self.auth.tenant(request.metadata()).await?;
+        let account = from_proto::account("account_id", &request.into_inner().account_id)?;
+        let balance = self.admin.balance(tenant, &account).await?;
+        Ok(Response::new(to_proto::balance(account.as_str().to_owned(), balance)))
+    }
+
+    async fn list_ledger_entries(&self, request: Request<pb::ListLedgerEntriesRequest>) -> Result<Response<pb::ListLedgerEntriesResponse>, Status> {
+        let tenant = self.auth.tenant(request.metadata()).await?;
+        let req = request.into_inner();
+        let account = from_proto::account("account_id", &req.account_id)?;
+        let meter = if req.meter.is_empty() { None } else { Some(from_proto::meter("meter", &req.meter)?) };
+        let page_size = from_proto::page_size(req.page_size)?;
+        let after = from_proto::ledger_token(&req.page_token)?;
+        let (entries, next) = self.admin.ledger(tenant, &account, meter.as_ref(), page_size, after).await?;
+        Ok(Response::new(to_proto::ledger(entries, next)))
+    }
+}

@@ -1,0 +1,65 @@
+//! `allot.v1.Entitlements` handlers: authenticate, convert, delegate (on a detached task), convert.
+
+use std::sync::Arc;
+
+use allot_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+
+use super::{detached, from_proto, to_proto};
+use crate::auth::Authenticator;
+use crate::service::credits::Credits;
+
+pub struct EntitlementsApi {
+    pub auth: Arc<Authenticator>,
+    pub credits: Credits,
+}
+
+#[tonic::async_trait]
+impl pb::entitlements_server::Entitlements for EntitlementsApi {
+    async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
+        let tenant = self.auth.tenant(request.metadata()).await?;
+        let cmd = from_proto::check(request.into_inner())?;
+        let outcome = self.credits.check(tenant, cmd).await?;
+        Ok(Response::new(to_proto::check(outcome)))
+    }
+
+    async fn debit(&self, request: Request<pb::DebitRequest>) -> Result<Response<pb::DebitResponse>, Status> {
+        let tenant = self.auth.tenant(request.metadata()).await?;
+        let cmd = from_proto::debit(request.into_inner())?;
+        let credits = self.credits.clone();
+        let outcome = detached(async move { credits.debit(tenant, cmd).await }).await?;
+        Ok(Response::new(to_proto::debit(outcome)))
+    }
+
+    async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
+        let tenant = self.auth.tenant(request.metadata()).await?;
+        let cmd = from_proto::reserve(request.into_inner())?;
+        let credits = self.credits.clone();
+        let outcome = detached(async move { credits.reserve(tenant, cmd).await }).await?;
+        Ok(Response::new(to_proto::reserve(outcome)))
+    }
+
+    async fn commit(&self, request: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
+        let tenant = self.auth.tenant(request.metadata()).await?;
+        let cmd = from_proto::commit(request.into_inner())?;
+        let credits = self.credits.clone();
+        let outcome = detached(async move { credits.commit(tenant, cmd).await }).await?;
+        Ok(Response::new(to_proto::commit(outcome)))
+    }
+
+    async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
+        let tenant = self.auth.tenant(request.metadata()).await?;
+        let hold_id = from_proto::release(request.into_inner())?;
+        let credits = self.credits.clone();
+        let outcome = detached(async move { credits.release(tenant, hold_id).await }).await?;
+        Ok(Response::new(to_proto::release(outcome)))
+    }
+
+    async fn refund(&self, request: Request<pb::RefundRequest>) -> Result<Response<pb::RefundResponse>, Status> {
+        let tenant = self.auth.tenant(request.metadata()).await?;
+        let cmd = from_proto::refund(request.into_inner())?;
+        let credits = self.credits.clone();
+        let outcome = detached(async move { credits.refund(tenant, cmd).await }).await?;
+        Ok(Response::new(to_proto::refund(outcome)))
+    }
+}

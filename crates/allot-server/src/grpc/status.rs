@@ -1,0 +1,77 @@
+//! The one mapping from service errors to gRPC statuses, with `google.rpc` details: `ErrorInfo`
+//! (a stable reason) always, `BadRequest` for invalid fields, `RetryInfo` when a retry may help.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::error::Error;
+
+/// `ErrorInfo.domain` of every Allot error.
+pub const ERROR_DOMAIN: &str = "allot.v1";
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        let message = err.to_string();
+        let (code, reason) = match &err {
+            Error::InvalidArgument { .. } => (Code::InvalidArgument, "INVALID_ARGUMENT"),
+            Error::Unauthenticated => (Code::Unauthenticated, "UNAUTHENTICATED"),
+            Error::NotFound { .. } => (Code::NotFound, "NOT_FOUND"),
+            Error::IdempotencyKeyReused => (Code::FailedPrecondition, "IDEMPOTENCY_KEY_REUSED"),
+            Error::HoldSettled { .. } => (Code::FailedPrecondition, "HOLD_ALREADY_SETTLED"),
+            Error::HoldExpired => (Code::FailedPrecondition, "HOLD_EXPIRED"),
+            Error::RefundExceedsCharge { .. } => (Code::FailedPrecondition, "REFUND_EXCEEDS_CHARGE"),
+            Error::FailedPrecondition(_) => (Code::FailedPrecondition, "FAILED_PRECONDITION"),
+            Error::Aborted => (Code::Aborted, "CONCURRENT_UPDATE"),
+            Error::Unavailable(_) => (Code::Unavailable, "DEPENDENCY_UNAVAILABLE"),
+            Error::Internal(detail) => {
+                tracing::error!(error = %detail, "internal error");
+                (Code::Internal, "INTERNAL")
+            }
+        };
+        let mut details = ErrorDetails::new();
+        details.set_error_info(reason, ERROR_DOMAIN, HashMap::<String, String>::new());
+        match &err {
+            Error::InvalidArgument { field, description } => {
+                details.add_bad_request_violation(field.clone(), description.clone());
+            }
+            Error::Aborted => {
+                details.set_retry_info(Some(Duration::from_millis(50)));
+            }
+            Error::Unavailable(_) => {
+                details.set_retry_info(Some(Duration::from_secs(1)));
+            }
+            _ => {}
+        }
+        Status::with_error_details(code, message, details)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_has_its_code_reason_and_details() {
+        let cases = [
+            (Error::invalid("amount_credits", "must be greater than zero"), Code::InvalidArgument, "INVALID_ARGUMENT"),
+            (Error::IdempotencyKeyReused, Code::FailedPrecondition, "IDEMPOTENCY_KEY_REUSED"),
+            (Error::HoldExpired, Code::FailedPrecondition, "HOLD_EXPIRED"),
+            (Error::Unavailable("database"), Code::Unavailable, "DEPENDENCY_UNAVAILABLE"),
+            (Error::Internal("secret detail".into()), Code::Internal, "INTERNAL"),
+        ];
+        for (err, code, reason) in cases {
+            let status = Status::from(err);
+            assert_eq!(status.code(), code);
+            let details = status.get_error_details();
+            assert_eq!(details.error_info().map(|i| i.reason.as_str()), Some(reason));
+            assert!(!status.message().contains("secret"), "internal details are never sent");
+        }
+        let status = Status::from(Error::invalid("amount_credits", "must be greater than zero"));
+        let violations = &status.get_error_details().bad_request().expect("bad request").field_violations;
+        assert_eq!(violations[0].field, "amount_credits");
+        assert!(Status::from(Error::Unavailable("database")).get_error_details().retry_info().is_some());
+    }
+}

@@ -1,0 +1,254 @@
+//! Service outcomes → responses. No logic beyond the shape of the wire.
+
+use allot_domain::ledger::{Bucket, EntryKind, GrantKind, Portion};
+use allot_domain::plan::SubscriptionStatus;
+use allot_proto::v1 as pb;
+use time::OffsetDateTime;
+
+use crate::repo::grants::GrantRow;
+use crate::repo::holds::{HoldRow, HoldStatus};
+use crate::repo::ledger::EntryRow;
+use crate::repo::plans::PlanRecord;
+use crate::repo::subscriptions::SubscriptionRecord;
+use crate::service::admin::Balance;
+use crate::service::outcome::{ChargeOutcome, CheckOutcome, Denial, GrantOutcome, MeterView, RefundOutcome, ReleaseOutcome, ReserveOutcome};
+
+pub fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
+    let nanos = t.unix_timestamp_nanos();
+    prost_types::Timestamp {
+        seconds: i64::try_from(nanos.div_euclid(1_000_000_000)).unwrap_or(i64::MAX),
+        nanos: i32::try_from(nanos.rem_euclid(1_000_000_000)).unwrap_or(0),
+    }
+}
+
+fn decision(denial: Option<Denial>) -> (i32, i32) {
+    let reason = match denial {
+        None => pb::DenialReason::Unspecified,
+        Some(Denial::QuotaExhausted) => pb::DenialReason::QuotaExhausted,
+        Some(Denial::InsufficientCredit) => pb::DenialReason::InsufficientCredit,
+        Some(Denial::DebtLimitReached) => pb::DenialReason::DebtLimitReached,
+        Some(Denial::NoEntitlement) => pb::DenialReason::NoEntitlement,
+    };
+    let decision = if denial.is_some() { pb::Decision::Denied } else { pb::Decision::Allowed };
+    (decision as i32, reason as i32)
+}
+
+pub fn meter(view: &MeterView) -> pb::MeterStatus {
+    pb::MeterStatus {
+        meter: view.meter.clone(),
+        limit_credits: view.limit_credits,
+        used_credits: view.used_credits,
+        remaining_credits: view.remaining_credits,
+        available_credits: view.available_credits,
+        held_credits: view.held_credits,
+        debt_credits: view.debt_credits,
+        period_start: Some(timestamp(view.period_start)),
+        period_end: Some(timestamp(view.period_end)),
+        plan_id: view.plan_id.clone().unwrap_or_default(),
+    }
+}
+
+fn grant_kind(kind: GrantKind) -> pb::GrantKind {
+    match kind {
+        GrantKind::Purchased => pb::GrantKind::Purchased,
+        GrantKind::Promotional => pb::GrantKind::Promotional,
+    }
+}
+
+pub fn breakdown(portions: &[Portion]) -> Vec<pb::BucketAmount> {
+    portions
+        .iter()
+        .map(|p| {
+            let (kind, grant_id) = match p.bucket {
+                Bucket::Allowance => (pb::BucketKind::Allowance, String::new()),
+                Bucket::Rollover => (pb::BucketKind::Rollover, String::new()),
+                Bucket::Debt => (pb::BucketKind::Debt, String::new()),
+                Bucket::Grant { id, kind: GrantKind::Purchased } => (pb::BucketKind::Purchased, id.to_string()),
+                Bucket::Grant { id, kind: GrantKind::Promotional } => (pb::BucketKind::Promotional, id.to_string()),
+            };
+            pb::BucketAmount { kind: kind as i32, grant_id, amount_credits: p.delta_credits }
+        })
+        .collect()
+}
+
+fn id_or_empty(id: Option<uuid::Uuid>) -> String {
+    id.map(|id| id.to_string()).unwrap_or_default()
+}
+
+pub fn check(outcome: CheckOutcome) -> pb::CheckResponse {
+    let (decision, reason) = decision(outcome.denial);
+    pb::CheckResponse { decision, reason, meter: Some(meter(&outcome.meter)) }
+}
+
+pub fn debit(outcome: ChargeOutcome) -> pb::DebitResponse {
+    let (decision, reason) = decision(outcome.denial);
+    pb::DebitResponse {
+        decision,
+        reason,
+        entry_id: id_or_empty(outcome.entry_id),
+        breakdown: breakdown(&outcome.breakdown),
+        meter: Some(meter(&outcome.meter)),
+    }
+}
+
+pub fn commit(outcome: ChargeOutcome) -> pb::CommitResponse {
+    let (decision, reason) = decision(outcome.denial);
+    pb::CommitResponse {
+        decision,
+        reason,
+        entry_id: id_or_empty(outcome.entry_id),
+        breakdown: breakdown(&outcome.breakdown),
+        meter: Some(meter(&outcome.meter)),
+    }
+}
+
+pub fn reserve(outcome: ReserveOutcome) -> pb::ReserveResponse {
+    let (decision, reason) = decision(outcome.denial);
+    pb::ReserveResponse {
+        decision,
+        reason,
+        hold_id: id_or_empty(outcome.hold_id),
+        expires_at: outcome.expires_at.map(timestamp),
+        meter: Some(meter(&outcome.meter)),
+    }
+}
+
+fn hold_status(status: HoldStatus) -> pb::HoldStatus {
+    match status {
+        HoldStatus::Held => pb::HoldStatus::Held,
+        HoldStatus::Committed => pb::HoldStatus::Committed,
+        HoldStatus::Released => pb::HoldStatus::Released,
+        HoldStatus::Expired => pb::HoldStatus::Expired,
+    }
+}
+
+pub fn release(outcome: ReleaseOutcome) -> pb::ReleaseResponse {
+    pb::ReleaseResponse { status: hold_status(outcome.status) as i32, meter: Some(meter(&outcome.meter)) }
+}
+
+pub fn refund(outcome: RefundOutcome) -> pb::RefundResponse {
+    pb::RefundResponse {
+        entry_id: outcome.entry_id.to_string(),
+        breakdown: breakdown(&outcome.breakdown),
+        refunded_total_credits: outcome.refunded_total_credits,
+        meter: Some(meter(&outcome.meter)),
+    }
+}
+
+pub fn grant(outcome: GrantOutcome) -> pb::GrantCreditsResponse {
+    pb::GrantCreditsResponse { grant_id: outcome.grant_id.to_string(), entry_id: outcome.entry_id.to_string(), meter: Some(meter(&outcome.meter)) }
+}
+
+pub fn plan(record: PlanRecord) -> pb::Plan {
+    pb::Plan {
+        plan_id: record.id.as_str().to_owned(),
+        tier: record.tier,
+        name: record.name,
+        meters: record
+            .meters
+            .iter()
+            .map(|(m, p)| pb::MeterAllowance {
+                meter: m.as_str().to_owned(),
+                allowance_credits: p.allowance_credits,
+                rollover_cap_credits: p.rollover_cap_credits,
+                debt_limit_credits: p.debt_limit_credits,
+            })
+            .collect(),
+        trial_days: record.trial_days,
+        is_free_default: record.is_free_default,
+        updated_at: Some(timestamp(record.updated_at)),
+    }
+}
+
+pub fn subscription(record: SubscriptionRecord) -> pb::Subscription {
+    let status = match record.status {
+        SubscriptionStatus::Active => pb::SubscriptionStatus::Active,
+        SubscriptionStatus::Trialing => pb::SubscriptionStatus::Trialing,
+        SubscriptionStatus::PastDue => pb::SubscriptionStatus::PastDue,
+        SubscriptionStatus::Canceled => pb::SubscriptionStatus::Canceled,
+        SubscriptionStatus::Unpaid => pb::SubscriptionStatus::Unpaid,
+        SubscriptionStatus::Incomplete => pb::SubscriptionStatus::Incomplete,
+    };
+    pb::Subscription {
+        account_id: record.account_id.as_str().to_owned(),
+        plan_id: record.plan_id.as_str().to_owned(),
+        status: status as i32,
+        current_period_start: Some(timestamp(record.current_period_start)),
+        current_period_end: Some(timestamp(record.current_period_end)),
+        entitled: record.status.is_entitled(),
+        updated_at: Some(timestamp(record.updated_at)),
+    }
+}
+
+fn grant_row(row: &GrantRow) -> pb::Grant {
+    pb::Grant {
+        grant_id: row.grant.id.to_string(),
+        meter: row.meter.clone(),
+        kind: grant_kind(row.grant.kind) as i32,
+        amount_credits: row.amount_credits,
+        remaining_credits: row.grant.remaining_credits,
+        priority: row.grant.priority,
+        expires_at: row.grant.expires_at.map(timestamp),
+        created_at: Some(timestamp(row.grant.created_at)),
+    }
+}
+
+fn hold_row(row: &HoldRow) -> pb::Hold {
+    pb::Hold {
+        hold_id: row.id.to_string(),
+        meter: row.meter.clone(),
+        amount_credits: row.amount_credits,
+        status: hold_status(row.status) as i32,
+        expires_at: Some(timestamp(row.expires_at)),
+    }
+}
+
+pub fn balance(account_id: String, balance: Balance) -> pb::GetBalanceResponse {
+    pb::GetBalanceResponse {
+        account_id,
+        plan_id: balance.plan_id.unwrap_or_default(),
+        meters: balance
+            .meters
+            .iter()
+            .map(|m| pb::MeterBalance {
+                status: Some(meter(&m.view)),
+                rollover_credits: m.view.rollover_credits,
+                grants: m.grants.iter().map(grant_row).collect(),
+                holds: m.holds.iter().map(hold_row).collect(),
+            })
+            .collect(),
+    }
+}
+
+fn entry_kind(kind: EntryKind) -> pb::EntryKind {
+    match kind {
+        EntryKind::Debit => pb::EntryKind::Debit,
+        EntryKind::Commit => pb::EntryKind::Commit,
+        EntryKind::Refund => pb::EntryKind::Refund,
+        EntryKind::Grant => pb::EntryKind::Grant,
+        EntryKind::PeriodRoll => pb::EntryKind::PeriodRoll,
+        EntryKind::GrantExpiry => pb::EntryKind::GrantExpiry,
+    }
+}
+
+pub fn ledger(entries: Vec<EntryRow>, next_page_token: String) -> pb::ListLedgerEntriesResponse {
+    pb::ListLedgerEntriesResponse {
+        entries: entries
+            .into_iter()
+            .map(|e| pb::LedgerEntry {
+                entry_id: e.id.to_string(),
+                account_id: e.account_id,
+                meter: e.meter,
+                seq: e.seq,
+                kind: entry_kind(e.kind) as i32,
+                delta_credits: e.delta_credits,
+                breakdown: breakdown(&e.breakdown),
+                refunds_entry_id: id_or_empty(e.refs.refunds_entry_id),
+                hold_id: id_or_empty(e.refs.hold_id),
+                idempotency_key: e.refs.idempotency_key.unwrap_or_default(),
+                created_at: Some(timestamp(e.created_at)),
+            })
+            .collect(),
+        next_page_token,
+    }
+}

@@ -1,0 +1,112 @@
+//! `meter_balances`: one row per account and meter, the row every charge locks.
+
+use allot_domain::period::Period;
+use time::OffsetDateTime;
+
+use super::Tx;
+use crate::error::Error;
+use crate::ids::{AccountId, Meter, TenantId};
+
+/// The stored scalars of a meter (grants and holds live in their own tables).
+#[derive(Debug, Clone)]
+pub struct BalanceRow {
+    pub period: Period,
+    pub allowance_credits: Option<i64>,
+    pub allowance_used_credits: i64,
+    pub rollover_credits: i64,
+    pub debt_credits: i64,
+    /// The `seq` of the meter's last ledger entry.
+    pub seq: i64,
+}
+
+const COLUMNS: &str = "period_start, period_end, allowance_credits, allowance_used_credits, rollover_credits, debt_credits, seq";
+
+fn from_row(row: &tokio_postgres::Row) -> BalanceRow {
+    BalanceRow {
+        period: Period { start: row.get(0), end: row.get(1) },
+        allowance_credits: row.get(2),
+        allowance_used_credits: row.get(3),
+        rollover_credits: row.get(4),
+        debt_credits: row.get(5),
+        seq: row.get(6),
+    }
+}
+
+/// Locks the meter's row (`SELECT … FOR UPDATE`) and reads it; `None` when it does not exist yet.
+pub async fn lock(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter: &Meter) -> Result<Option<BalanceRow>, Error> {
+    let sql = format!("SELECT {COLUMNS} FROM meter_balances WHERE tenant_id = $1 AND account_id = $2 AND meter = $3 FOR UPDATE");
+    let stmt = tx.prepare_cached(&sql).await?;
+    Ok(tx.query_opt(&stmt, &[&tenant.0, &account.as_str(), &meter.as_str()]).await?.as_ref().map(from_row))
+}
+
+/// Reads the meter's row without locking it.
+pub async fn read(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter: &Meter) -> Result<Option<BalanceRow>, Error> {
+    let sql = format!("SELECT {COLUMNS} FROM meter_balances WHERE tenant_id = $1 AND account_id = $2 AND meter = $3");
+    let stmt = tx.prepare_cached(&sql).await?;
+    Ok(tx.query_opt(&stmt, &[&tenant.0, &account.as_str(), &meter.as_str()]).await?.as_ref().map(from_row))
+}
+
+/// Every meter row of an account, in meter order.
+pub async fn list_meters(tx: &Tx<'_>, tenant: TenantId, account: &AccountId) -> Result<Vec<Meter>, Error> {
+    let stmt = tx.prepare_cached("SELECT meter FROM meter_balances WHERE tenant_id = $1 AND account_id = $2 ORDER BY meter LIMIT 1000").await?;
+    let rows = tx.query(&stmt, &[&tenant.0, &account.as_str()]).await?;
+    rows.iter()
+        .map(|row| Meter::parse(row.get(0)).map_err(|e| Error::Internal(format!("stored meter: {e}"))))
+        .collect()
+}
+
+/// Creates the meter's row in its opening state unless another transaction did first. Returns
+/// whether this call created it.
+pub async fn insert_opening(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    account: &AccountId,
+    meter: &Meter,
+    period: Period,
+    allowance_credits: Option<i64>,
+    now: OffsetDateTime,
+) -> Result<bool, Error> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO meter_balances (tenant_id, account_id, meter, period_start, period_end, allowance_credits, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id, account_id, meter) DO NOTHING",
+        )
+        .await?;
+    let inserted = tx
+        .execute(&stmt, &[&tenant.0, &account.as_str(), &meter.as_str(), &period.start, &period.end, &allowance_credits, &now])
+        .await?;
+    Ok(inserted == 1)
+}
+
+/// Stores the meter's scalars; the row must be locked by this transaction.
+pub async fn save(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter: &Meter, row: &BalanceRow, now: OffsetDateTime) -> Result<(), Error> {
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE meter_balances SET period_start = $4, period_end = $5, allowance_credits = $6, allowance_used_credits = $7, \
+             rollover_credits = $8, debt_credits = $9, seq = $10, updated_at = $11 \
+             WHERE tenant_id = $1 AND account_id = $2 AND meter = $3",
+        )
+        .await?;
+    let updated = tx
+        .execute(
+            &stmt,
+            &[
+                &tenant.0,
+                &account.as_str(),
+                &meter.as_str(),
+                &row.period.start,
+                &row.period.end,
+                &row.allowance_credits,
+                &row.allowance_used_credits,
+                &row.rollover_credits,
+                &row.debt_credits,
+                &row.seq,
+                &now,
+            ],
+        )
+        .await?;
+    if updated != 1 {
+        return Err(Error::Internal(format!("saving a meter updated {updated} rows")));
+    }
+    Ok(())
+}

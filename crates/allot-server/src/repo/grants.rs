@@ -1,0 +1,102 @@
+//! `grants`: purchased and promotional credit with priority and expiry.
+
+use allot_domain::ledger::GrantKind;
+use allot_domain::meter::Grant;
+use uuid::Uuid;
+
+use super::Tx;
+use crate::error::Error;
+use crate::ids::{AccountId, Meter, TenantId};
+
+/// A grant as stored, with its meter and original amount.
+#[derive(Debug, Clone)]
+pub struct GrantRow {
+    pub meter: String,
+    pub amount_credits: i64,
+    pub grant: Grant,
+}
+
+const COLUMNS: &str = "id, kind, remaining_credits, priority, expires_at, created_at, meter, amount_credits";
+
+fn from_row(row: &tokio_postgres::Row) -> Result<GrantRow, Error> {
+    let kind: &str = row.get(1);
+    Ok(GrantRow {
+        grant: Grant {
+            id: row.get(0),
+            kind: GrantKind::parse(kind).ok_or_else(|| Error::Internal(format!("stored grant kind {kind}")))?,
+            remaining_credits: row.get(2),
+            priority: row.get(3),
+            expires_at: row.get(4),
+            created_at: row.get(5),
+        },
+        meter: row.get(6),
+        amount_credits: row.get(7),
+    })
+}
+
+/// Grants of a meter with credit left (expired ones included: expiry is the rules' business),
+/// plus the grants named in `also` whatever their state.
+pub async fn for_meter(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter: &Meter, also: &[Uuid]) -> Result<Vec<Grant>, Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM grants WHERE tenant_id = $1 AND account_id = $2 AND meter = $3 \
+         AND (remaining_credits > 0 OR id = ANY($4)) ORDER BY created_at, id LIMIT 10000"
+    );
+    let stmt = tx.prepare_cached(&sql).await?;
+    let also: Vec<Uuid> = also.to_vec();
+    let rows = tx.query(&stmt, &[&tenant.0, &account.as_str(), &meter.as_str(), &also]).await?;
+    rows.iter().map(|row| from_row(row).map(|r| r.grant)).collect()
+}
+
+/// Every grant of an account with credit left, for balance views.
+pub async fn for_account(tx: &Tx<'_>, tenant: TenantId, account: &AccountId) -> Result<Vec<GrantRow>, Error> {
+    let sql = format!("SELECT {COLUMNS} FROM grants WHERE tenant_id = $1 AND account_id = $2 AND remaining_credits > 0 ORDER BY meter, created_at, id LIMIT 10000");
+    let stmt = tx.prepare_cached(&sql).await?;
+    let rows = tx.query(&stmt, &[&tenant.0, &account.as_str()]).await?;
+    rows.iter().map(from_row).collect()
+}
+
+pub async fn insert(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter: &Meter, grant: &Grant, amount_credits: i64) -> Result<(), Error> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO grants (tenant_id, id, account_id, meter, kind, amount_credits, remaining_credits, priority, expires_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        )
+        .await?;
+    tx.execute(
+        &stmt,
+        &[
+            &tenant.0,
+            &grant.id,
+            &account.as_str(),
+            &meter.as_str(),
+            &grant.kind.as_str(),
+            &amount_credits,
+            &grant.remaining_credits,
+            &grant.priority,
+            &grant.expires_at,
+            &grant.created_at,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Stores new remaining amounts, `(grant id, remaining)`.
+pub async fn set_remaining(tx: &Tx<'_>, tenant: TenantId, changes: &[(Uuid, i64)]) -> Result<(), Error> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE grants AS g SET remaining_credits = c.remaining FROM unnest($2::uuid[], $3::bigint[]) AS c(id, remaining) \
+             WHERE g.tenant_id = $1 AND g.id = c.id",
+        )
+        .await?;
+    let ids: Vec<Uuid> = changes.iter().map(|c| c.0).collect();
+    let remaining: Vec<i64> = changes.iter().map(|c| c.1).collect();
+    let updated = tx.execute(&stmt, &[&tenant.0, &ids, &remaining]).await?;
+    if updated != changes.len() as u64 {
+        return Err(Error::Internal(format!("updated {updated} of {} grants", changes.len())));
+    }
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! `holds`: credit reserved for work in flight, and how each hold was settled.
+
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::Tx;
+use crate::error::Error;
+use crate::ids::{AccountId, Meter, TenantId};
+
+/// A hold's life cycle.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HoldStatus {
+    Held,
+    Committed,
+    Released,
+    Expired,
+}
+
+impl HoldStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Held => "held",
+            Self::Committed => "committed",
+            Self::Released => "released",
+            Self::Expired => "expired",
+        }
+    }
+
+    fn parse(name: &str) -> Result<Self, Error> {
+        match name {
+            "held" => Ok(Self::Held),
+            "committed" => Ok(Self::Committed),
+            "released" => Ok(Self::Released),
+            "expired" => Ok(Self::Expired),
+            other => Err(Error::Internal(format!("stored hold status {other}"))),
+        }
+    }
+}
+
+/// A hold as stored.
+#[derive(Debug, Clone)]
+pub struct HoldRow {
+    pub id: Uuid,
+    pub account_id: String,
+    pub meter: String,
+    pub amount_credits: i64,
+    pub status: HoldStatus,
+    pub expires_at: OffsetDateTime,
+    pub settlement_request_sha256: Option<Vec<u8>>,
+    pub settlement_response: Option<serde_json::Value>,
+}
+
+const COLUMNS: &str = "id, account_id, meter, amount_credits, status, expires_at, settlement_request_sha256, settlement_response";
+
+fn from_row(row: &tokio_postgres::Row) -> Result<HoldRow, Error> {
+    Ok(HoldRow {
+        id: row.get(0),
+        account_id: row.get(1),
+        meter: row.get(2),
+        amount_credits: row.get(3),
+        status: HoldStatus::parse(row.get(4))?,
+        expires_at: row.get(5),
+        settlement_request_sha256: row.get(6),
+        settlement_response: row.get(7),
+    })
+}
+
+/// The sum of holds that still count at `now`.
+pub async fn held_total(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter: &Meter, now: OffsetDateTime) -> Result<i64, Error> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT COALESCE(SUM(amount_credits), 0)::bigint FROM holds \
+             WHERE tenant_id = $1 AND account_id = $2 AND meter = $3 AND status = 'held' AND expires_at > $4",
+        )
+        .await?;
+    Ok(tx.query_one(&stmt, &[&tenant.0, &account.as_str(), &meter.as_str(), &now]).await?.get(0))
+}
+
+/// Live holds of an account, for balance views.
+pub async fn live_for_account(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, now: OffsetDateTime) -> Result<Vec<HoldRow>, Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM holds WHERE tenant_id = $1 AND account_id = $2 AND status = 'held' AND expires_at > $3 \
+         ORDER BY meter, expires_at, id LIMIT 10000"
+    );
+    let stmt = tx.prepare_cached(&sql).await?;
+    let rows = tx.query(&stmt, &[&tenant.0, &account.as_str(), &now]).await?;
+    rows.iter().map(from_row).collect()
+}
+
+pub async fn insert(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    id: Uuid,
+    account: &AccountId,
+    meter: &Meter,
+    amount_credits: i64,
+    expires_at: OffsetDateTime,
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO holds (tenant_id, id, account_id, meter, amount_credits, status, expires_at, created_at) \
+             VALUES ($1, $2, $3, $4, $5, 'held', $6, $7)",
+        )
+        .await?;
+    tx.execute(&stmt, &[&tenant.0, &id, &account.as_str(), &meter.as_str(), &amount_credits, &expires_at, &now]).await?;
+    Ok(())
+}
+
+/// Reads a hold; with `for_update` it is locked (after its meter's row: see the lock order).
+pub async fn get(tx: &Tx<'_>, tenant: TenantId, id: Uuid, for_update: bool) -> Result<Option<HoldRow>, Error> {
+    let lock = if for_update { " FOR UPDATE" } else { "" };
+    let sql = format!("SELECT {COLUMNS} FROM holds WHERE tenant_id = $1 AND id = $2{lock}");
+    let stmt = tx.prepare_cached(&sql).await?;
+    tx.query_opt(&stmt, &[&tenant.0, &id]).await?.as_ref().map(from_row).transpose()
+}
+
+/// Settles a held hold, storing the response that retries will get.
+pub async fn settle(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    id: Uuid,
+    status: HoldStatus,
+    request_sha256: &[u8],
+    response: &serde_json::Value,
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    let stmt = tx
+        .prepare_cached(
+            "UPDATE holds SET status = $3, settled_at = $4, settlement_request_sha256 = $5, settlement_response = $6 \
+             WHERE tenant_id = $1 AND id = $2 AND status = 'held'",
+        )
+        .await?;
+    let updated = tx.execute(&stmt, &[&tenant.0, &id, &status.as_str(), &now, &request_sha256, response]).await?;
+    if updated != 1 {
+        return Err(Error::Internal("settled a hold that was not held".into()));
+    }
+    Ok(())
+}
+
+/// Marks up to `limit` holds whose TTL has passed as expired, across tenants (a system job).
+/// Returns how many it voided.
+pub async fn sweep_expired(client: &deadpool_postgres::Client, now: OffsetDateTime, limit: i64) -> Result<u64, Error> {
+    let stmt = client
+        .prepare_cached(
+            "UPDATE holds SET status = 'expired', settled_at = $1 WHERE (tenant_id, id) IN ( \
+                SELECT tenant_id, id FROM holds WHERE status = 'held' AND expires_at <= $1 \
+                ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+        )
+        .await?;
+    Ok(client.execute(&stmt, &[&now, &limit]).await?)
+}

@@ -1,0 +1,36 @@
+//! `idempotency_records`: the stored outcome of every idempotent request, keyed per tenant.
+
+use super::Tx;
+use crate::error::Error;
+use crate::ids::{IdempotencyKey, TenantId};
+
+/// What a key was first used for and what it answered.
+#[derive(Debug, Clone)]
+pub struct Record {
+    pub operation: String,
+    pub request_sha256: Vec<u8>,
+    pub response: serde_json::Value,
+}
+
+pub async fn find(tx: &Tx<'_>, tenant: TenantId, key: &IdempotencyKey) -> Result<Option<Record>, Error> {
+    let stmt = tx.prepare_cached("SELECT operation, request_sha256, response FROM idempotency_records WHERE tenant_id = $1 AND key = $2").await?;
+    Ok(tx
+        .query_opt(&stmt, &[&tenant.0, &key.as_str()])
+        .await?
+        .map(|row| Record { operation: row.get(0), request_sha256: row.get(1), response: row.get(2) }))
+}
+
+/// Inserts the record. A concurrent insert of the same key fails this transaction with a unique
+/// violation, which [`is_conflict`] recognises.
+pub async fn insert(tx: &Tx<'_>, tenant: TenantId, key: &IdempotencyKey, record: &Record) -> Result<(), tokio_postgres::Error> {
+    let stmt = tx
+        .prepare_cached("INSERT INTO idempotency_records (tenant_id, key, operation, request_sha256, response) VALUES ($1, $2, $3, $4, $5)")
+        .await?;
+    tx.execute(&stmt, &[&tenant.0, &key.as_str(), &record.operation, &record.request_sha256, &record.response]).await?;
+    Ok(())
+}
+
+/// Whether `err` is the unique violation of a concurrent insert of the same key.
+pub fn is_conflict(err: &tokio_postgres::Error) -> bool {
+    err.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+}

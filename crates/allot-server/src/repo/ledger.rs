@@ -1,0 +1,144 @@
+//! `ledger_entries`: the append-only record of every balance change. Rows are only inserted; a
+//! trigger refuses updates and deletes.
+
+use allot_domain::ledger::{Effect, EntryKind, Portion};
+use allot_domain::period::Period;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::Tx;
+use crate::error::Error;
+use crate::ids::{AccountId, Meter, TenantId};
+
+/// What links an entry to the request that caused it.
+#[derive(Debug, Clone, Default)]
+pub struct EntryRefs {
+    pub refunds_entry_id: Option<Uuid>,
+    pub hold_id: Option<Uuid>,
+    pub idempotency_key: Option<String>,
+}
+
+/// A ledger entry as stored.
+#[derive(Debug, Clone)]
+pub struct EntryRow {
+    pub position: i64,
+    pub id: Uuid,
+    pub account_id: String,
+    pub meter: String,
+    pub seq: i64,
+    pub kind: EntryKind,
+    pub delta_credits: i64,
+    pub breakdown: Vec<Portion>,
+    pub period: Period,
+    pub refs: EntryRefs,
+    pub created_at: OffsetDateTime,
+}
+
+const COLUMNS: &str =
+    "position, id, account_id, meter, seq, kind, delta_credits, breakdown, period_start, period_end, refunds_entry_id, hold_id, idempotency_key, created_at";
+
+fn from_row(row: &tokio_postgres::Row) -> Result<EntryRow, Error> {
+    let kind: &str = row.get(5);
+    let breakdown: serde_json::Value = row.get(7);
+    Ok(EntryRow {
+        position: row.get(0),
+        id: row.get(1),
+        account_id: row.get(2),
+        meter: row.get(3),
+        seq: row.get(4),
+        kind: EntryKind::parse(kind).ok_or_else(|| Error::Internal(format!("stored entry kind {kind}")))?,
+        delta_credits: row.get(6),
+        breakdown: serde_json::from_value(breakdown).map_err(|e| Error::Internal(format!("stored breakdown: {e}")))?,
+        period: Period { start: row.get(8), end: row.get(9) },
+        refs: EntryRefs { refunds_entry_id: row.get(10), hold_id: row.get(11), idempotency_key: row.get(12) },
+        created_at: row.get(13),
+    })
+}
+
+/// An entry to append: the effect, its period, and what it refers to.
+#[derive(Debug, Clone)]
+pub struct NewEntry {
+    pub id: Uuid,
+    pub effect: Effect,
+    pub period: Period,
+    pub refs: EntryRefs,
+}
+
+/// Appends entries with consecutive `seq` numbers after `last_seq`; returns the new last seq.
+pub async fn append(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    account: &AccountId,
+    meter: &Meter,
+    last_seq: i64,
+    entries: &[NewEntry],
+    now: OffsetDateTime,
+) -> Result<i64, Error> {
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO ledger_entries (tenant_id, id, account_id, meter, seq, kind, delta_credits, breakdown, period_start, period_end, \
+             refunds_entry_id, hold_id, idempotency_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+        )
+        .await?;
+    let mut seq = last_seq;
+    for entry in entries {
+        seq += 1;
+        let breakdown = serde_json::to_value(&entry.effect.breakdown).map_err(|e| Error::Internal(format!("breakdown: {e}")))?;
+        tx.execute(
+            &stmt,
+            &[
+                &tenant.0,
+                &entry.id,
+                &account.as_str(),
+                &meter.as_str(),
+                &seq,
+                &entry.effect.kind.as_str(),
+                &entry.effect.delta_credits,
+                &breakdown,
+                &entry.period.start,
+                &entry.period.end,
+                &entry.refs.refunds_entry_id,
+                &entry.refs.hold_id,
+                &entry.refs.idempotency_key,
+                &now,
+            ],
+        )
+        .await?;
+    }
+    Ok(seq)
+}
+
+pub async fn get(tx: &Tx<'_>, tenant: TenantId, id: Uuid) -> Result<Option<EntryRow>, Error> {
+    let sql = format!("SELECT {COLUMNS} FROM ledger_entries WHERE tenant_id = $1 AND id = $2");
+    let stmt = tx.prepare_cached(&sql).await?;
+    tx.query_opt(&stmt, &[&tenant.0, &id]).await?.as_ref().map(from_row).transpose()
+}
+
+/// The sum of refunds of an entry so far.
+pub async fn refunded_total(tx: &Tx<'_>, tenant: TenantId, entry_id: Uuid) -> Result<i64, Error> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT COALESCE(SUM(delta_credits), 0)::bigint FROM ledger_entries \
+             WHERE tenant_id = $1 AND refunds_entry_id = $2 AND kind = 'refund'",
+        )
+        .await?;
+    Ok(tx.query_one(&stmt, &[&tenant.0, &entry_id]).await?.get(0))
+}
+
+/// A page of an account's entries after `after_position`, oldest first.
+pub async fn page(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    account: &AccountId,
+    meter: Option<&Meter>,
+    after_position: i64,
+    limit: i64,
+) -> Result<Vec<EntryRow>, Error> {
+    let sql = format!(
+        "SELECT {COLUMNS} FROM ledger_entries WHERE tenant_id = $1 AND account_id = $2 AND ($3::text IS NULL OR meter = $3) \
+         AND position > $4 ORDER BY position LIMIT $5"
+    );
+    let stmt = tx.prepare_cached(&sql).await?;
+    let rows = tx.query(&stmt, &[&tenant.0, &account.as_str(), &meter.map(Meter::as_str), &after_position, &limit]).await?;
+    rows.iter().map(from_row).collect()
+}

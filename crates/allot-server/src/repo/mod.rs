@@ -1,0 +1,14 @@
+//! The only place with SQL. Every function takes the caller's transaction and the tenant, and
+//! every statement filters by `tenant_id`. Functions load and store rows; they decide nothing.
+
+pub mod balances;
+pub mod grants;
+pub mod holds;
+pub mod idempotency;
+pub mod ledger;
+pub mod plans;
+pub mod subscriptions;
+pub mod tenants;
+
+/// The transaction type every repository function takes.
+pub type Tx<'a> = deadpool_postgres::Transaction<'a>;

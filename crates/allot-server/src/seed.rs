@@ -1,0 +1,107 @@
+//! Tenants, API keys and the demo data `allot dev` serves. Plans and subscriptions go through the
+//! Admin service, so the demo obeys the same validation and rules as real callers.
+
+use allot_domain::ledger::GrantKind;
+use allot_domain::plan::{MeterPolicy, SubscriptionStatus};
+use time::OffsetDateTime;
+
+use crate::error::Error;
+use crate::ids::{AccountId, IdempotencyKey, Meter, PlanId, TenantId};
+use crate::repo::plans::PlanRecord;
+use crate::repo::subscriptions::SubscriptionRecord;
+use crate::repo::tenants;
+use crate::service::admin::{Admin, GrantCommand};
+use crate::service::Ctx;
+
+/// A tenant and one API key for it (the key in clear, shown once).
+#[derive(Debug, Clone)]
+pub struct TenantKey {
+    pub tenant: TenantId,
+    pub api_key: String,
+}
+
+/// Creates a tenant with one API key.
+pub async fn tenant(pool: &deadpool_postgres::Pool, name: &str) -> Result<TenantKey, Error> {
+    let mut client = pool.get().await?;
+    let tx = client.transaction().await?;
+    let tenant = tenants::create(&*tx, name).await?;
+    let api_key = tenants::create_api_key(&*tx, tenant, "default").await?;
+    tx.commit().await?;
+    Ok(TenantKey { tenant, api_key })
+}
+
+fn id<T>(parse: fn(&str) -> Result<T, crate::ids::IdError>, raw: &str) -> Result<T, Error> {
+    parse(raw).map_err(|e| Error::Internal(format!("seed id {raw}: {e}")))
+}
+
+/// The demo tenant: a `free` plan (the fallback: 100 requests and 10,000 tokens a month) and a
+/// `pro` plan (unlimited requests, 1,000,000 tokens, rollover up to 500,000, debt down to
+/// -50,000); `demo-free` on the free plan with 5,000 promotional tokens, `demo-pro` on pro.
+pub async fn demo(ctx: &Ctx, now: OffsetDateTime) -> Result<TenantKey, Error> {
+    let key = tenant(&ctx.pool, "demo").await?;
+    let admin = Admin::new(ctx.clone());
+    let requests = id(Meter::parse, "requests")?;
+    let tokens = id(Meter::parse, "tokens")?;
+    admin
+        .upsert_plan(
+            key.tenant,
+            PlanRecord {
+                id: id(PlanId::parse, "free")?,
+                tier: "free".into(),
+                name: "Free".into(),
+                trial_days: 0,
+                is_free_default: true,
+                meters: vec![
+                    (requests.clone(), MeterPolicy { allowance_credits: Some(100), rollover_cap_credits: 0, debt_limit_credits: 0 }),
+                    (tokens.clone(), MeterPolicy { allowance_credits: Some(10_000), rollover_cap_credits: 0, debt_limit_credits: 0 }),
+                ],
+                updated_at: now,
+            },
+        )
+        .await?;
+    admin
+        .upsert_plan(
+            key.tenant,
+            PlanRecord {
+                id: id(PlanId::parse, "pro")?,
+                tier: "pro".into(),
+                name: "Pro".into(),
+                trial_days: 14,
+                is_free_default: false,
+                meters: vec![
+                    (requests, MeterPolicy { allowance_credits: None, rollover_cap_credits: 0, debt_limit_credits: 0 }),
+                    (tokens.clone(), MeterPolicy { allowance_credits: Some(1_000_000), rollover_cap_credits: 500_000, debt_limit_credits: 50_000 }),
+                ],
+                updated_at: now,
+            },
+        )
+        .await?;
+    admin
+        .upsert_subscription(
+            key.tenant,
+            SubscriptionRecord {
+                account_id: id(AccountId::parse, "demo-pro")?,
+                plan_id: id(PlanId::parse, "pro")?,
+                status: SubscriptionStatus::Active,
+                current_period_start: now,
+                current_period_end: allot_domain::period::add_months(now, 1),
+                updated_at: now,
+            },
+        )
+        .await?;
+    admin
+        .grant(
+            key.tenant,
+            GrantCommand {
+                account: id(AccountId::parse, "demo-free")?,
+                meter: tokens,
+                amount_credits: 5_000,
+                kind: GrantKind::Promotional,
+                priority: 0,
+                expires_at: Some(now + time::Duration::days(30)),
+                key: id(IdempotencyKey::parse, "demo-welcome-grant")?,
+            },
+        )
+        .await?;
+    Ok(key)
+}

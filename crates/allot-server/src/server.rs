@@ -1,0 +1,106 @@
+//! Assembles and runs the gRPC server: Entitlements and Admin, health, reflection (v1 and
+//! v1alpha), message-size and time limits, and the background tasks (health probe, hold sweeper).
+//! `serve` takes a bound listener, so tests start it on `127.0.0.1:0`.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use allot_proto::v1::admin_server::AdminServer;
+use allot_proto::v1::entitlements_server::EntitlementsServer;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+use crate::auth::Authenticator;
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::grpc::admin::AdminApi;
+use crate::grpc::entitlements::EntitlementsApi;
+use crate::service::admin::Admin;
+use crate::service::credits::Credits;
+use crate::service::{health, sweeper, Ctx};
+
+/// A connected server, ready to serve.
+pub struct App {
+    pub config: Config,
+    pub ctx: Ctx,
+    pub auth: Arc<Authenticator>,
+    /// Cooldown locks and rate counters live here; never money.
+    pub redis: Option<fred::prelude::Client>,
+}
+
+impl App {
+    /// Builds the pool (lazily connecting), migrates when configured, and connects Redis.
+    pub async fn connect(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
+        if config.migrate {
+            let applied = crate::db::migrate(&config.database_url).await?;
+            tracing::info!(migrations.applied = applied.len(), "database migrated");
+        }
+        let pool = crate::db::pool(&config)?;
+        let redis = match &config.redis_url {
+            Some(url) => Some(connect_redis(url).await?),
+            None => None,
+        };
+        let auth = Arc::new(Authenticator::new(pool.clone(), Duration::from_millis(config.auth_cache_ttl_ms)));
+        Ok(App { config, ctx: Ctx { pool, clock }, auth, redis })
+    }
+}
+
+async fn connect_redis(url: &str) -> anyhow::Result<fred::prelude::Client> {
+    use fred::prelude::*;
+    let client = Builder::from_config(Config::from_url(url)?)
+        .with_connection_config(|c| {
+            c.connection_timeout = Duration::from_secs(2);
+            c.internal_command_timeout = Duration::from_millis(500);
+        })
+        .with_performance_config(|p| p.default_command_timeout = Duration::from_millis(250))
+        .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
+        .build()?;
+    client.init().await?;
+    let pong: String = client.ping(None).await?;
+    tracing::info!(redis.reply = %pong, "redis connected");
+    Ok(client)
+}
+
+/// Serves until `shutdown` completes, then drains in-flight calls and stops background tasks.
+pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
+    let config = &app.config;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (reporter, health_service) = tonic_health::server::health_reporter();
+    let health_task = tokio::spawn(health::run(app.ctx.pool.clone(), reporter, Duration::from_millis(config.health_interval_ms), stop_rx.clone()));
+    let sweeper_task = tokio::spawn(sweeper::run(app.ctx.clone(), Duration::from_millis(config.hold_sweep_interval_ms), stop_rx));
+
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
+    let max_message_bytes = usize::try_from(config.max_message_bytes)?;
+    let entitlements = EntitlementsServer::new(EntitlementsApi { auth: app.auth.clone(), credits: Credits::new(app.ctx.clone()) })
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
+    let admin = AdminServer::new(AdminApi { auth: app.auth.clone(), admin: Admin::new(app.ctx.clone()) })
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
+
+    tracing::info!(listen = %listener.local_addr()?, "serving grpc");
+    let result = tonic::transport::Server::builder()
+        .timeout(Duration::from_millis(config.request_timeout_ms))
+        .concurrency_limit_per_connection(1_024)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(entitlements)
+        .add_service(admin)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(health_task, sweeper_task);
+    tracing::info!("server stopped");
+    Ok(result?)
+}
+
+fn reflection() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(allot_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+}

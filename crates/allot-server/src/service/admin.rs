@@ -1,0 +1,210 @@
+//! Back-office operations: plans, subscriptions, grants, balances and the ledger.
+
+use allot_domain::ledger::{Effect, EntryKind, GrantKind, Portion};
+use allot_domain::meter::Grant;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::idempotent::{self, fingerprint};
+use super::meter_session::MeterSession;
+use super::outcome::{GrantOutcome, MeterView};
+use super::Ctx;
+use crate::error::Error;
+use crate::ids::{AccountId, IdempotencyKey, Meter, PlanId, TenantId};
+use crate::repo::grants::GrantRow;
+use crate::repo::holds::HoldRow;
+use crate::repo::ledger::{EntryRefs, EntryRow};
+use crate::repo::plans::PlanRecord;
+use crate::repo::subscriptions::SubscriptionRecord;
+use crate::repo::{self};
+
+/// Largest page of any listing.
+pub const PAGE_SIZE_MAX: u32 = 500;
+/// Page size when the caller names none.
+pub const PAGE_SIZE_DEFAULT: u32 = 100;
+
+#[derive(Debug, Clone)]
+pub struct GrantCommand {
+    pub account: AccountId,
+    pub meter: Meter,
+    pub amount_credits: i64,
+    pub kind: GrantKind,
+    pub priority: i32,
+    pub expires_at: Option<OffsetDateTime>,
+    pub key: IdempotencyKey,
+}
+
+/// One meter of a balance view.
+#[derive(Debug, Clone)]
+pub struct MeterBalance {
+    pub view: MeterView,
+    pub grants: Vec<GrantRow>,
+    pub holds: Vec<HoldRow>,
+}
+
+/// Every meter of an account.
+#[derive(Debug, Clone)]
+pub struct Balance {
+    pub plan_id: Option<String>,
+    pub meters: Vec<MeterBalance>,
+}
+
+#[derive(Clone)]
+pub struct Admin {
+    ctx: Ctx,
+}
+
+impl Admin {
+    pub fn new(ctx: Ctx) -> Admin {
+        Admin { ctx }
+    }
+
+    pub async fn upsert_plan(&self, tenant: TenantId, mut plan: PlanRecord) -> Result<PlanRecord, Error> {
+        plan.updated_at = self.ctx.clock.now();
+        let mut client = self.ctx.pool.get().await?;
+        let tx = client.transaction().await?;
+        repo::plans::upsert(&tx, tenant, &plan).await?;
+        tx.commit().await?;
+        Ok(plan)
+    }
+
+    pub async fn get_plan(&self, tenant: TenantId, id: &PlanId) -> Result<PlanRecord, Error> {
+        let mut client = self.ctx.pool.get().await?;
+        let tx = client.transaction().await?;
+        let plan = repo::plans::get(&tx, tenant, id.as_str()).await?.ok_or(Error::NotFound { what: "plan" })?;
+        tx.commit().await?;
+        Ok(plan)
+    }
+
+    /// A page of plans in id order, and the token of the next page (empty at the end).
+    pub async fn list_plans(&self, tenant: TenantId, page_size: u32, after: &str) -> Result<(Vec<PlanRecord>, String), Error> {
+        let limit = i64::from(page_size);
+        let mut client = self.ctx.pool.get().await?;
+        let tx = client.transaction().await?;
+        let plans = repo::plans::page(&tx, tenant, after, limit + 1).await?;
+        tx.commit().await?;
+        Ok(paginate(plans, page_size, |p| p.id.as_str().to_owned()))
+    }
+
+    pub async fn upsert_subscription(&self, tenant: TenantId, mut sub: SubscriptionRecord) -> Result<SubscriptionRecord, Error> {
+        sub.updated_at = self.ctx.clock.now();
+        let mut client = self.ctx.pool.get().await?;
+        let tx = client.transaction().await?;
+        if repo::plans::get(&tx, tenant, sub.plan_id.as_str()).await?.is_none() {
+            return Err(Error::NotFound { what: "plan" });
+        }
+        repo::subscriptions::upsert(&tx, tenant, &sub).await?;
+        tx.commit().await?;
+        Ok(sub)
+    }
+
+    pub async fn get_subscription(&self, tenant: TenantId, account: &AccountId) -> Result<SubscriptionRecord, Error> {
+        let mut client = self.ctx.pool.get().await?;
+        let tx = client.transaction().await?;
+        let sub = repo::subscriptions::get(&tx, tenant, account).await?.ok_or(Error::NotFound { what: "subscription" })?;
+        tx.commit().await?;
+        Ok(sub)
+    }
+
+    /// Adds credit to a meter, idempotent by key.
+    pub async fn grant(&self, tenant: TenantId, cmd: GrantCommand) -> Result<GrantOutcome, Error> {
+        let now = self.ctx.clock.now();
+        if cmd.expires_at.is_some_and(|at| at <= now) {
+            return Err(Error::invalid("expires_at", "must be in the future"));
+        }
+        let expiry = cmd.expires_at.map(|t| t.unix_timestamp_nanos().to_string()).unwrap_or_default();
+        let print = fingerprint("grant", &[&cmd.account, &cmd.meter, &cmd.amount_credits, &cmd.kind.as_str(), &cmd.priority, &expiry]);
+        let mut client = self.ctx.pool.get().await?;
+        {
+            let tx = client.transaction().await?;
+            let mut session = MeterSession::lock(&tx, tenant, &cmd.account, &cmd.meter, now, &[]).await?;
+            if let Some(replayed) = idempotent::replay(&tx, tenant, &cmd.key, "grant", &print).await? {
+                return Ok(replayed);
+            }
+            let grant = Grant {
+                id: Uuid::new_v4(),
+                kind: cmd.kind,
+                remaining_credits: cmd.amount_credits,
+                priority: cmd.priority,
+                expires_at: cmd.expires_at,
+                created_at: now,
+            };
+            let effect = Effect::from_portions(EntryKind::Grant, vec![Portion { bucket: grant.bucket(), delta_credits: cmd.amount_credits }]);
+            let grant_id = grant.id;
+            session.add_grant(grant, cmd.amount_credits);
+            let entry_id = session.record(effect, EntryRefs { idempotency_key: Some(cmd.key.as_str().to_owned()), ..EntryRefs::default() });
+            let outcome = GrantOutcome { grant_id, entry_id, meter: session.view(now) };
+            session.save(&tx, now).await?;
+            if idempotent::store(&tx, tenant, &cmd.key, "grant", print.clone(), &outcome).await? {
+                tx.commit().await?;
+                return Ok(outcome);
+            }
+        }
+        let tx = client.transaction().await?;
+        let replayed = idempotent::replay(&tx, tenant, &cmd.key, "grant", &print).await?;
+        tx.commit().await?;
+        replayed.ok_or_else(|| Error::Internal("idempotency conflict without a stored outcome".into()))
+    }
+
+    /// Every meter the account has used, with live grants and holds, from one snapshot.
+    pub async fn balance(&self, tenant: TenantId, account: &AccountId) -> Result<Balance, Error> {
+        let now = self.ctx.clock.now();
+        let mut client = self.ctx.pool.get().await?;
+        let tx = client
+            .build_transaction()
+            .read_only(true)
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .start()
+            .await?;
+        let meters = repo::balances::list_meters(&tx, tenant, account).await?;
+        let grants = repo::grants::for_account(&tx, tenant, account).await?;
+        let holds = repo::holds::live_for_account(&tx, tenant, account, now).await?;
+        let mut plan_id = None;
+        let mut views = Vec::with_capacity(meters.len());
+        for meter in &meters {
+            let session = MeterSession::snapshot(&tx, tenant, account, meter, now).await?;
+            plan_id = session.in_force.plan_id.clone();
+            let live_ids: Vec<Uuid> = session.state.grants_in_waterfall_order(now).iter().map(|g| g.id).collect();
+            let mut meter_grants: Vec<GrantRow> = Vec::new();
+            for id in live_ids {
+                if let Some(row) = grants.iter().find(|g| g.grant.id == id) {
+                    meter_grants.push(row.clone());
+                }
+            }
+            views.push(MeterBalance {
+                view: session.view(now),
+                grants: meter_grants,
+                holds: holds.iter().filter(|h| h.meter == meter.as_str()).cloned().collect(),
+            });
+        }
+        if plan_id.is_none() {
+            plan_id = match repo::subscriptions::get(&tx, tenant, account).await? {
+                Some(sub) if sub.status.is_entitled() => Some(sub.plan_id.as_str().to_owned()),
+                _ => repo::plans::free_default(&tx, tenant).await?,
+            };
+        }
+        tx.commit().await?;
+        Ok(Balance { plan_id, meters: views })
+    }
+
+    /// A page of the account's ledger, oldest first; the token is the last entry's position.
+    pub async fn ledger(&self, tenant: TenantId, account: &AccountId, meter: Option<&Meter>, page_size: u32, after_position: i64) -> Result<(Vec<EntryRow>, String), Error> {
+        let mut client = self.ctx.pool.get().await?;
+        let tx = client.transaction().await?;
+        let entries = repo::ledger::page(&tx, tenant, account, meter, after_position, i64::from(page_size) + 1).await?;
+        tx.commit().await?;
+        Ok(paginate(entries, page_size, |e| e.position.to_string()))
+    }
+}
+
+/// Cuts a list fetched with one extra row to `page_size` and derives the next page's token.
+fn paginate<T>(mut rows: Vec<T>, page_size: u32, token: impl Fn(&T) -> String) -> (Vec<T>, String) {
+    let page_size = usize::try_from(page_size).unwrap_or(usize::MAX);
+    if rows.len() > page_size {
+        rows.truncate(page_size);
+        let next = rows.last().map(&token).unwrap_or_default();
+        (rows, next)
+    } else {
+        (rows, String::new())
+    }
+}

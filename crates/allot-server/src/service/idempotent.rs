@@ -1,0 +1,46 @@
+//! Idempotency records: a request's fingerprint and stored outcome, replayed to retries with the
+//! same key and refused for a different request under the same key.
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::error::Error;
+use crate::ids::{IdempotencyKey, TenantId};
+use crate::repo::idempotency::{self, Record};
+use crate::repo::Tx;
+
+/// A request's identity: the operation and every field that changes its meaning.
+pub fn fingerprint(operation: &str, fields: &[&dyn std::fmt::Display]) -> Vec<u8> {
+    let mut hasher = Sha256::new();
+    hasher.update(operation.as_bytes());
+    for field in fields {
+        hasher.update(b"\x1f");
+        hasher.update(field.to_string().as_bytes());
+    }
+    hasher.finalize().to_vec()
+}
+
+/// The stored outcome for `key` if there is one: the same request gets it back, another request
+/// is refused.
+pub async fn replay<T: DeserializeOwned>(tx: &Tx<'_>, tenant: TenantId, key: &IdempotencyKey, operation: &str, fingerprint: &[u8]) -> Result<Option<T>, Error> {
+    match idempotency::find(tx, tenant, key).await? {
+        None => Ok(None),
+        Some(record) if record.operation == operation && record.request_sha256 == fingerprint => serde_json::from_value(record.response)
+            .map(Some)
+            .map_err(|e| Error::Internal(format!("stored outcome: {e}"))),
+        Some(_) => Err(Error::IdempotencyKeyReused),
+    }
+}
+
+/// Stores the outcome. `Ok(false)` when another transaction stored one for the same key first:
+/// this transaction is then aborted and the caller must replay from a fresh one.
+pub async fn store<T: Serialize>(tx: &Tx<'_>, tenant: TenantId, key: &IdempotencyKey, operation: &str, fingerprint: Vec<u8>, outcome: &T) -> Result<bool, Error> {
+    let response = serde_json::to_value(outcome).map_err(|e| Error::Internal(format!("outcome: {e}")))?;
+    let record = Record { operation: operation.to_owned(), request_sha256: fingerprint, response };
+    match idempotency::insert(tx, tenant, key, &record).await {
+        Ok(()) => Ok(true),
+        Err(err) if idempotency::is_conflict(&err) => Ok(false),
+        Err(err) => Err(err.into()),
+    }
+}
