@@ -102,7 +102,7 @@ CREATE TABLE holds (
     settled_at                timestamptz,
     -- The encoded response of the settling call, replayed to retries.
     settlement_request_sha256 bytea,
-    settlement_response       bytea,
+    settlement_response       jsonb,
     PRIMARY KEY (tenant_id, id)
 );
 CREATE INDEX holds_live ON holds (tenant_id, account_id, meter, expires_at) WHERE status = 'held';
@@ -146,7 +146,7 @@ CREATE TABLE idempotency_records (
     key             text NOT NULL,
     operation       text NOT NULL,
     request_sha256  bytea NOT NULL,
-    response        bytea NOT NULL,
+    response        jsonb NOT NULL,
     created_at      timestamptz NOT NULL DEFAULT now(),
     PRIMARY KEY (tenant_id, key)
 );

@@ -35,8 +35,8 @@ pub enum Error {
     /// PostgreSQL or another dependency cannot be reached or timed out.
     #[error("{0} is unavailable")]
     Unavailable(&'static str),
-    /// A bug or an unexpected database answer. The message is logged, never sent.
-    #[error("internal error")]
+    /// A bug or an unexpected database answer. The detail is logged, never sent.
+    #[error("internal error: {0}")]
     Internal(String),
 }
 

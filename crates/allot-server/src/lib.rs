@@ -25,3 +25,5 @@ pub mod seed;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+#[cfg(feature = "testkit")]
+pub mod testkit;

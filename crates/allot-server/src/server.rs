@@ -94,6 +94,10 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
         .await;
     let _ = stop_tx.send(true);
     let _ = tokio::join!(health_task, sweeper_task);
+    if let Some(redis) = &app.redis {
+        use fred::interfaces::ClientLike as _;
+        let _ = redis.quit().await;
+    }
     tracing::info!("server stopped");
     Ok(result?)
 }

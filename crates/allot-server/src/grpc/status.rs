@@ -14,7 +14,10 @@ pub const ERROR_DOMAIN: &str = "allot.v1";
 
 impl From<Error> for Status {
     fn from(err: Error) -> Status {
-        let message = err.to_string();
+        let message = match &err {
+            Error::Internal(_) => "internal error".to_owned(),
+            other => other.to_string(),
+        };
         let (code, reason) = match &err {
             Error::InvalidArgument { .. } => (Code::InvalidArgument, "INVALID_ARGUMENT"),
             Error::Unauthenticated => (Code::Unauthenticated, "UNAUTHENTICATED"),
@@ -70,7 +73,8 @@ mod tests {
             assert!(!status.message().contains("secret"), "internal details are never sent");
         }
         let status = Status::from(Error::invalid("amount_credits", "must be greater than zero"));
-        let violations = &status.get_error_details().bad_request().expect("bad request").field_violations;
+        let details = status.get_error_details();
+        let violations = &details.bad_request().expect("bad request").field_violations;
         assert_eq!(violations[0].field, "amount_credits");
         assert!(Status::from(Error::Unavailable("database")).get_error_details().retry_info().is_some());
     }

@@ -1,0 +1,178 @@
+//! Test support (feature `testkit`): one throwaway PostgreSQL and Redis per test process, a
+//! migrated template database cloned into a fresh database per test, and a real server started
+//! on `127.0.0.1:0` with an injected clock and gRPC clients that carry the test tenant's key.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use allot_proto::v1::admin_client::AdminClient;
+use allot_proto::v1::entitlements_client::EntitlementsClient;
+use time::OffsetDateTime;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+
+use crate::clock::ManualClock;
+use crate::config::Config;
+use crate::localstack::{LocalPostgres, LocalRedis};
+use crate::seed::TenantKey;
+use crate::server::{serve, App};
+
+const TEMPLATE_DB: &str = "allot_template";
+
+/// The servers shared by every test of one process.
+pub struct Stack {
+    pub postgres: LocalPostgres,
+    pub redis: LocalRedis,
+    _root: tempfile::TempDir,
+}
+
+/// Starts (once per process) PostgreSQL and Redis, and migrates the template database.
+pub fn stack() -> &'static Stack {
+    static STACK: OnceLock<Stack> = OnceLock::new();
+    STACK.get_or_init(|| {
+        let root = tempfile::Builder::new().prefix("allot-test-").tempdir().expect("temp dir");
+        let postgres = LocalPostgres::start(root.path()).expect("start postgres (run scripts/setup)");
+        let redis = LocalRedis::start(root.path()).expect("start redis (run scripts/setup)");
+        let admin = postgres.dsn("postgres");
+        let template = postgres.dsn(TEMPLATE_DB);
+        // A runtime of its own: the caller may be inside any test's runtime.
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+            runtime.block_on(async {
+                crate::dev::create_database(&admin, TEMPLATE_DB).await.expect("create template");
+                crate::db::migrate(&template).await.expect("migrate template");
+            });
+        })
+        .join()
+        .expect("template set-up");
+        Stack { postgres, redis, _root: root }
+    })
+}
+
+/// Creates a fresh, migrated database for one test and returns its URL.
+pub async fn fresh_database() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
+    let stack = stack();
+    let name = format!("t{}_{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed));
+    let (client, connection) = tokio_postgres::connect(&stack.postgres.dsn("postgres"), tokio_postgres::NoTls).await.expect("connect");
+    let driver = tokio::spawn(connection);
+    let mut attempt = 0;
+    loop {
+        match client.batch_execute(&format!("CREATE DATABASE {name} TEMPLATE {TEMPLATE_DB}")).await {
+            Ok(()) => break,
+            // Two clones of one template at the same instant can collide; take turns.
+            Err(err) if attempt < 20 => {
+                attempt += 1;
+                tracing::debug!(error = %err, "retrying database clone");
+                tokio::time::sleep(std::time::Duration::from_millis(50 * attempt)).await;
+            }
+            Err(err) => panic!("create test database: {err}"),
+        }
+    }
+    drop(client);
+    driver.abort();
+    stack.postgres.dsn(&name)
+}
+
+/// Adds the test tenant's bearer key to every call.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        request.metadata_mut().insert("authorization", self.0.clone());
+        Ok(request)
+    }
+}
+
+pub type Entitlements = EntitlementsClient<InterceptedService<Channel, Bearer>>;
+pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
+
+/// A real server on a fresh database, with a manual clock.
+pub struct TestServer {
+    pub addr: std::net::SocketAddr,
+    pub database_url: String,
+    pub clock: Arc<ManualClock>,
+    pub pool: deadpool_postgres::Pool,
+    pub tenant: TenantKey,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts a server whose clock reads `now` until moved.
+    pub async fn start_at(now: OffsetDateTime) -> TestServer {
+        Self::start_with(now, |_| {}).await
+    }
+
+    /// Starts a server at the current time.
+    pub async fn start() -> TestServer {
+        Self::start_at(OffsetDateTime::now_utc()).await
+    }
+
+    /// Starts a server with configuration changes applied.
+    pub async fn start_with(now: OffsetDateTime, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let database_url = fresh_database().await;
+        let mut config = Config::with_database(database_url.clone(), Some(stack().redis.url()));
+        tweak(&mut config);
+        let clock = Arc::new(ManualClock::new(now));
+        let app = App::connect(config, clock.clone()).await.expect("connect");
+        let pool = app.ctx.pool.clone();
+        let tenant = crate::seed::tenant(&pool, "test").await.expect("tenant");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(serve(app, listener, async {
+            let _ = rx.await;
+        }));
+        TestServer { addr, database_url, clock, pool, tenant, shutdown: Some(tx), task: Some(task) }
+    }
+
+    /// A channel to the server.
+    pub async fn channel(&self) -> Channel {
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", self.addr)).expect("endpoint");
+        for _ in 0..100 {
+            if let Ok(channel) = endpoint.connect().await {
+                return channel;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        panic!("server at {} did not accept connections", self.addr);
+    }
+
+    /// Clients authenticated with `api_key`.
+    pub async fn clients_for(&self, api_key: &str) -> (Entitlements, Admin) {
+        let channel = self.channel().await;
+        let bearer = Bearer(format!("Bearer {api_key}").parse().expect("ascii key"));
+        (EntitlementsClient::with_interceptor(channel.clone(), bearer.clone()), AdminClient::with_interceptor(channel, bearer))
+    }
+
+    /// Clients authenticated as the test tenant.
+    pub async fn clients(&self) -> (Entitlements, Admin) {
+        self.clients_for(&self.tenant.api_key).await
+    }
+
+    /// A direct database connection, for checking invariants behind the API's back.
+    pub async fn sql(&self) -> deadpool_postgres::Client {
+        self.pool.get().await.expect("database connection")
+    }
+
+    /// Stops the server and waits for it to drain.
+    pub async fn stop(mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("server task").expect("server result");
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+}

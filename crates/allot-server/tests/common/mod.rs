@@ -1,0 +1,96 @@
+//! Helpers shared by the integration tests: plans, requests and ledger invariant checks.
+#![allow(dead_code)]
+
+use allot_proto::v1 as pb;
+use allot_server::testkit::{Admin, Entitlements, TestServer};
+
+/// Makes `plan_id` the tenant's free default with one `meter` allowance.
+pub async fn free_plan(admin: &mut Admin, meter: &str, allowance: Option<i64>, rollover_cap: i64, debt_limit: i64) {
+    admin
+        .upsert_plan(pb::UpsertPlanRequest {
+            plan: Some(pb::Plan {
+                plan_id: "free".into(),
+                tier: "free".into(),
+                name: "Free".into(),
+                meters: vec![pb::MeterAllowance {
+                    meter: meter.into(),
+                    allowance_credits: allowance,
+                    rollover_cap_credits: rollover_cap,
+                    debt_limit_credits: debt_limit,
+                }],
+                trial_days: 0,
+                is_free_default: true,
+                updated_at: None,
+            }),
+        })
+        .await
+        .expect("upsert plan");
+}
+
+pub fn debit_req(account: &str, meter: &str, amount: i64, key: &str, mode: pb::DebitMode) -> pb::DebitRequest {
+    pb::DebitRequest { account_id: account.into(), meter: meter.into(), amount_credits: amount, idempotency_key: key.into(), mode: mode as i32 }
+}
+
+pub async fn debit(client: &mut Entitlements, account: &str, meter: &str, amount: i64, key: &str) -> pb::DebitResponse {
+    client.debit(debit_req(account, meter, amount, key, pb::DebitMode::Gate)).await.expect("debit").into_inner()
+}
+
+pub async fn check(client: &mut Entitlements, account: &str, meter: &str, amount: i64) -> pb::CheckResponse {
+    client
+        .check(pb::CheckRequest { account_id: account.into(), meter: meter.into(), amount_credits: amount })
+        .await
+        .expect("check")
+        .into_inner()
+}
+
+pub fn allowed(decision: i32) -> bool {
+    decision == pb::Decision::Allowed as i32
+}
+
+/// The `ErrorInfo.reason` of a failed call.
+pub fn reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    status.get_error_details().error_info().map(|i| i.reason.clone()).unwrap_or_default()
+}
+
+/// Checks the ledger against the stored balances for every meter of the database:
+/// - `seq` runs 1..=n without gaps,
+/// - for meters with a finite allowance, the sum of all deltas equals the net balance
+///   (allowance left + rollover + grants left − debt), and
+/// - no meter is below minus its plan's debt limit.
+/// Returns the number of meters checked.
+pub async fn assert_ledger_explains_balances(server: &TestServer) -> usize {
+    let db = server.sql().await;
+    let rows = db
+        .query(
+            "SELECT b.tenant_id, b.account_id, b.meter, b.allowance_credits, b.allowance_used_credits, b.rollover_credits, b.debt_credits, b.seq, \
+               (SELECT COALESCE(SUM(remaining_credits), 0)::bigint FROM grants g WHERE g.tenant_id = b.tenant_id AND g.account_id = b.account_id AND g.meter = b.meter \
+                  AND (g.expires_at IS NULL OR g.expires_at > $1)), \
+               (SELECT COALESCE(SUM(delta_credits), 0)::bigint FROM ledger_entries l WHERE l.tenant_id = b.tenant_id AND l.account_id = b.account_id AND l.meter = b.meter), \
+               (SELECT COUNT(*) FROM ledger_entries l WHERE l.tenant_id = b.tenant_id AND l.account_id = b.account_id AND l.meter = b.meter), \
+               (SELECT COALESCE(MAX(seq), 0) FROM ledger_entries l WHERE l.tenant_id = b.tenant_id AND l.account_id = b.account_id AND l.meter = b.meter) \
+             FROM meter_balances b",
+            &[&allot_server::clock::Clock::now(&*server.clock)],
+        )
+        .await
+        .expect("balances");
+    for row in &rows {
+        let account: String = row.get(1);
+        let allowance: Option<i64> = row.get(3);
+        let used: i64 = row.get(4);
+        let rollover: i64 = row.get(5);
+        let debt: i64 = row.get(6);
+        let seq: i64 = row.get(7);
+        let grants: i64 = row.get(8);
+        let ledger_sum: i64 = row.get(9);
+        let count: i64 = row.get(10);
+        let max_seq: i64 = row.get(11);
+        assert_eq!(seq, count, "{account}: stored seq equals the number of entries");
+        assert_eq!(max_seq, count, "{account}: seq has no gaps");
+        if let Some(allowance) = allowance {
+            let net = allowance - used + rollover + grants - debt;
+            assert_eq!(ledger_sum, net, "{account}: the ledger explains the balance");
+        }
+    }
+    rows.len()
+}
