@@ -29,10 +29,8 @@ fn check_migrations(dir: &Path) -> Result<(), String> {
     for entry in std::fs::read_dir(dir).map_err(|e| e.to_string())? {
         let name = entry.map_err(|e| e.to_string())?.file_name().to_string_lossy().into_owned();
         let stem = name.strip_suffix(".sql").ok_or_else(|| format!("{name}: only .sql files belong here"))?;
-        let (version, label) = stem
-            .strip_prefix('V')
-            .and_then(|rest| rest.split_once("__"))
-            .ok_or_else(|| format!("{name}: expected V<number>__<name>.sql"))?;
+        let (version, label) =
+            stem.strip_prefix('V').and_then(|rest| rest.split_once("__")).ok_or_else(|| format!("{name}: expected V<number>__<name>.sql"))?;
         let version: u32 = version.parse().map_err(|_| format!("{name}: version is not a number"))?;
         if label.is_empty() || !label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_') {
             return Err(format!("{name}: the name must be snake_case"));

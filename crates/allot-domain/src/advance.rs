@@ -107,13 +107,13 @@ mod tests {
     #[test]
     fn period_roll_carries_unused_allowance_capped_and_nets_debt() {
         let cases = [
-            ((0, 0, 0, 1), (100, 0)),    // all unused carried
-            ((0, 100, 0, 1), (150, 0)),  // capped at 150
-            ((100, 0, 0, 1), (0, 0)),    // nothing left
-            ((100, 0, 30, 1), (0, 30)),  // debt carried
-            ((60, 0, 30, 1), (10, 0)),   // unused 40 pays the debt of 30
-            ((0, 0, 0, 3), (150, 0)),    // idle months accumulate up to the cap
-            ((100, 0, 30, 2), (70, 0)),  // the idle month pays the debt back
+            ((0, 0, 0, 1), (100, 0)),   // all unused carried
+            ((0, 100, 0, 1), (150, 0)), // capped at 150
+            ((100, 0, 0, 1), (0, 0)),   // nothing left
+            ((100, 0, 30, 1), (0, 30)), // debt carried
+            ((60, 0, 30, 1), (10, 0)),  // unused 40 pays the debt of 30
+            ((0, 0, 0, 3), (150, 0)),   // idle months accumulate up to the cap
+            ((100, 0, 30, 2), (70, 0)), // the idle month pays the debt back
         ];
         for ((used, rollover, debt, months), (rollover_after, debt_after)) in cases {
             let mut s = state(used, rollover, debt);

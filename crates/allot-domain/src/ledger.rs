@@ -71,9 +71,7 @@ impl EntryKind {
     }
 
     pub fn parse(name: &str) -> Option<Self> {
-        [Self::Debit, Self::Commit, Self::Refund, Self::Grant, Self::PeriodRoll, Self::GrantExpiry]
-            .into_iter()
-            .find(|kind| kind.as_str() == name)
+        [Self::Debit, Self::Commit, Self::Refund, Self::Grant, Self::PeriodRoll, Self::GrantExpiry].into_iter().find(|kind| kind.as_str() == name)
     }
 }
 

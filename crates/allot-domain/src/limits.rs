@@ -39,13 +39,7 @@ pub fn non_negative_amount(amount_credits: i64) -> Result<i64, AmountError> {
     if amount_credits == 0 {
         Ok(0)
     } else {
-        positive_amount(amount_credits).map_err(|_| {
-            if amount_credits < 0 {
-                AmountError::NotPositive
-            } else {
-                AmountError::TooLarge
-            }
-        })
+        positive_amount(amount_credits).map_err(|_| if amount_credits < 0 { AmountError::NotPositive } else { AmountError::TooLarge })
     }
 }
 

@@ -47,15 +47,7 @@ pub struct MeterState {
 impl MeterState {
     /// A meter's first period: the policy's allowance, nothing used, nothing carried.
     pub fn opening(period: Period, allowance_credits: Option<i64>) -> MeterState {
-        MeterState {
-            period,
-            allowance_credits,
-            allowance_used_credits: 0,
-            rollover_credits: 0,
-            debt_credits: 0,
-            grants: Vec::new(),
-            held_credits: 0,
-        }
+        MeterState { period, allowance_credits, allowance_used_credits: 0, rollover_credits: 0, debt_credits: 0, grants: Vec::new(), held_credits: 0 }
     }
 
     /// Allowance left this period; `None` is unlimited.
@@ -133,10 +125,8 @@ mod tests {
         let soon = Some(datetime!(2025-02-01 00:00 UTC));
         let later = Some(datetime!(2025-03-01 00:00 UTC));
         let expired = Some(datetime!(2025-01-01 00:00 UTC));
-        let mut state = MeterState::opening(
-            crate::period::Period { start: datetime!(2025-01-01 00:00 UTC), end: datetime!(2025-02-01 00:00 UTC) },
-            Some(0),
-        );
+        let mut state =
+            MeterState::opening(crate::period::Period { start: datetime!(2025-01-01 00:00 UTC), end: datetime!(2025-02-01 00:00 UTC) }, Some(0));
         state.grants = vec![
             grant(1, 0, None, old),
             grant(2, 0, later, new),

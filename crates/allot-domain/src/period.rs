@@ -39,9 +39,7 @@ pub fn add_months(anchor: OffsetDateTime, months: i64) -> OffsetDateTime {
 pub fn period_containing(anchor: OffsetDateTime, t: OffsetDateTime) -> Period {
     let anchor = anchor.to_offset(UtcOffset::UTC);
     let t = t.to_offset(UtcOffset::UTC);
-    let mut n = (i64::from(t.year()) - i64::from(anchor.year())) * 12
-        + i64::from(u8::from(t.month()))
-        - i64::from(u8::from(anchor.month()));
+    let mut n = (i64::from(t.year()) - i64::from(anchor.year())) * 12 + i64::from(u8::from(t.month())) - i64::from(u8::from(anchor.month()));
     // The estimate is off by at most one month either way.
     while add_months(anchor, n) > t {
         n -= 1;
@@ -115,10 +113,7 @@ mod tests {
         let inside = datetime!(2024-05-20 00:00 UTC);
         assert_eq!(subscription_period(start, end, inside), Period { start, end });
         let after = datetime!(2024-06-12 00:00 UTC);
-        assert_eq!(
-            subscription_period(start, end, after),
-            Period { start: datetime!(2024-06-10 00:00 UTC), end: datetime!(2024-07-10 00:00 UTC) }
-        );
+        assert_eq!(subscription_period(start, end, after), Period { start: datetime!(2024-06-10 00:00 UTC), end: datetime!(2024-07-10 00:00 UTC) });
     }
 
     proptest! {

@@ -61,14 +61,7 @@ mod tests {
 
     #[test]
     fn entitled_statuses() {
-        let cases = [
-            ("active", true),
-            ("trialing", true),
-            ("past_due", true),
-            ("canceled", false),
-            ("unpaid", false),
-            ("incomplete", false),
-        ];
+        let cases = [("active", true), ("trialing", true), ("past_due", true), ("canceled", false), ("unpaid", false), ("incomplete", false)];
         for (name, entitled) in cases {
             let status = SubscriptionStatus::parse(name).expect("known status");
             assert_eq!(status.is_entitled(), entitled, "{name}");

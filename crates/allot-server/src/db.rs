@@ -41,7 +41,7 @@ pub fn pool(config: &Config) -> anyhow::Result<Pool> {
 pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
     let (mut client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
     let driver = tokio::spawn(connection);
-    const MIGRATION_LOCK: i64 = 0x616c_6c6f_74; // "allot"
+    const MIGRATION_LOCK: i64 = 0x0061_6c6c_6f74; // "allot" in ASCII
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
     let report = embedded::migrations::runner().set_abort_divergent(true).run_async(&mut client).await;
     client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;

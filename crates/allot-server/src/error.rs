@@ -52,7 +52,9 @@ impl From<tokio_postgres::Error> for Error {
         match err.code() {
             Some(code) if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED => Error::Aborted,
             Some(code) if *code == SqlState::LOCK_NOT_AVAILABLE || *code == SqlState::QUERY_CANCELED => Error::Unavailable("database (timeout)"),
-            Some(code) if code.code().starts_with("08") || code.code().starts_with("57P") || code.code().starts_with("53") => Error::Unavailable("database"),
+            Some(code) if code.code().starts_with("08") || code.code().starts_with("57P") || code.code().starts_with("53") => {
+                Error::Unavailable("database")
+            }
             Some(_) => Error::Internal(format!("database: {err}")),
             None if err.is_closed() || std::error::Error::source(&err).is_some_and(|s| s.is::<std::io::Error>()) => Error::Unavailable("database"),
             None => Error::Internal(format!("database: {err}")),

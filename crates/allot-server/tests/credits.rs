@@ -111,7 +111,10 @@ async fn check_changes_nothing() {
     let snapshot = |db: deadpool_postgres::Client| async move {
         let mut out = Vec::new();
         for table in ["meter_balances", "ledger_entries", "grants", "holds", "idempotency_records"] {
-            let row = db.query_one(&format!("SELECT COUNT(*), COALESCE(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM {table} t"), &[]).await.expect("snapshot");
+            let row = db
+                .query_one(&format!("SELECT COUNT(*), COALESCE(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM {table} t"), &[])
+                .await
+                .expect("snapshot");
             out.push((table, row.get::<_, i64>(0), row.get::<_, String>(1)));
         }
         out

@@ -8,7 +8,13 @@ use common::*;
 
 async fn reserve(client: &mut Entitlements, amount: i64, ttl_ms: i64, key: &str) -> pb::ReserveResponse {
     client
-        .reserve(pb::ReserveRequest { account_id: "acct".into(), meter: "tokens".into(), amount_credits: amount, ttl_ms, idempotency_key: key.into() })
+        .reserve(pb::ReserveRequest {
+            account_id: "acct".into(),
+            meter: "tokens".into(),
+            amount_credits: amount,
+            ttl_ms,
+            idempotency_key: key.into(),
+        })
         .await
         .expect("reserve")
         .into_inner()
@@ -89,7 +95,13 @@ async fn release_returns_the_hold_and_expiry_voids_it() {
     let err = commit(&mut entitlements, "not-a-uuid", 1).await.expect_err("malformed");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
     let err = entitlements
-        .reserve(pb::ReserveRequest { account_id: "acct".into(), meter: "tokens".into(), amount_credits: 1, ttl_ms: 999, idempotency_key: "r3".into() })
+        .reserve(pb::ReserveRequest {
+            account_id: "acct".into(),
+            meter: "tokens".into(),
+            amount_credits: 1,
+            ttl_ms: 999,
+            idempotency_key: "r3".into(),
+        })
         .await
         .expect_err("ttl too short");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
@@ -154,12 +166,10 @@ async fn grants_pay_in_priority_order_and_expire() {
         idempotency_key: key.into(),
     };
     let purchased = admin.grant_credits(grant(100, 0, None, "g1", pb::GrantKind::Purchased)).await.expect("grant").into_inner();
-    let promo = admin
-        .grant_credits(grant(50, 5, Some(now + time::Duration::days(1)), "g2", pb::GrantKind::Promotional))
-        .await
-        .expect("grant")
-        .into_inner();
-    let err = admin.grant_credits(grant(1, 0, Some(now - time::Duration::seconds(1)), "g3", pb::GrantKind::Purchased)).await.expect_err("past expiry");
+    let promo =
+        admin.grant_credits(grant(50, 5, Some(now + time::Duration::days(1)), "g2", pb::GrantKind::Promotional)).await.expect("grant").into_inner();
+    let err =
+        admin.grant_credits(grant(1, 0, Some(now - time::Duration::seconds(1)), "g3", pb::GrantKind::Purchased)).await.expect_err("past expiry");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 
     let spent = debit(&mut entitlements, "acct", "tokens", 60, "d1").await;

@@ -49,9 +49,12 @@ fn g(n: u128) -> Bucket {
     Bucket::Grant { id: Uuid::from_u128(n), kind: GrantKind::Purchased }
 }
 
+/// name, state, amount, mode, expected breakdown or denial.
+type WaterfallCase = (&'static str, MeterState, i64, Mode, Result<Vec<Portion>, Denial>);
+
 #[test]
 fn the_waterfall_takes_buckets_in_order() {
-    let cases: Vec<(&str, MeterState, i64, Mode, Result<Vec<Portion>, Denial>)> = vec![
+    let cases: Vec<WaterfallCase> = vec![
         ("allowance first", state(Some(100), 0, 50, &[(1, 50, 0)]), 30, Mode::Gate, Ok(vec![portion(Bucket::Allowance, -30)])),
         (
             "then rollover then grants by priority",
@@ -63,15 +66,15 @@ fn the_waterfall_takes_buckets_in_order() {
         ("gate denies a shortfall", state(Some(100), 90, 0, &[(1, 5, 0)]), 20, Mode::Gate, Err(Denial::InsufficientCredit)),
         ("quota exhausted when only the allowance could pay", state(Some(100), 100, 0, &[]), 1, Mode::Gate, Err(Denial::QuotaExhausted)),
         ("unlisted meter without grants is insufficient credit", state(Some(0), 0, 0, &[]), 1, Mode::Gate, Err(Denial::InsufficientCredit)),
-        (
-            "record goes into debt",
-            state(Some(100), 100, 0, &[]),
-            20,
-            Mode::Record,
-            Ok(vec![portion(Bucket::Debt, -20)]),
-        ),
+        ("record goes into debt", state(Some(100), 100, 0, &[]), 20, Mode::Record, Ok(vec![portion(Bucket::Debt, -20)])),
         ("record stops at the floor", state(Some(100), 100, 0, &[]), 51, Mode::Record, Err(Denial::DebtLimitReached)),
-        ("unlimited allowance pays everything", state(None, 1_000, 0, &[(1, 5, 0)]), 10_000, Mode::Gate, Ok(vec![portion(Bucket::Allowance, -10_000)])),
+        (
+            "unlimited allowance pays everything",
+            state(None, 1_000, 0, &[(1, 5, 0)]),
+            10_000,
+            Mode::Gate,
+            Ok(vec![portion(Bucket::Allowance, -10_000)]),
+        ),
     ];
     for (name, mut s, amount, mode, expected) in cases {
         let before = s.clone();

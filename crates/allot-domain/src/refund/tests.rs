@@ -39,10 +39,13 @@ fn partial_refunds_walk_back_from_debt_to_allowance_and_stop_at_the_charge() {
     let original = |refunded_credits| Original { breakdown: &charge.breakdown, period: period(), refunded_credits };
 
     let first = refund(&mut s, original(0), 40, NOW).expect("refundable");
-    assert_eq!(first[0].breakdown, vec![
-        Portion { bucket: Bucket::Debt, delta_credits: 30 },
-        Portion { bucket: Bucket::Grant { id: Uuid::from_u128(1), kind: GrantKind::Promotional }, delta_credits: 10 },
-    ]);
+    assert_eq!(
+        first[0].breakdown,
+        vec![
+            Portion { bucket: Bucket::Debt, delta_credits: 30 },
+            Portion { bucket: Bucket::Grant { id: Uuid::from_u128(1), kind: GrantKind::Promotional }, delta_credits: 10 },
+        ]
+    );
     assert_eq!((s.debt_credits, s.grants[0].remaining_credits), (0, 10));
 
     let second = refund(&mut s, original(40), 140, NOW).expect("refundable");

@@ -65,9 +65,7 @@ pub fn timestamp(field: &str, ts: &prost_types::Timestamp) -> Result<OffsetDateT
         return Err(Error::invalid(field, "must be a valid time between 1970 and 9999"));
     }
     let nanos = i128::from(ts.seconds) * 1_000_000_000 + i128::from(ts.nanos);
-    OffsetDateTime::from_unix_timestamp_nanos(nanos)
-        .map(crate::clock::truncate_to_micros)
-        .map_err(|_| Error::invalid(field, "out of range"))
+    OffsetDateTime::from_unix_timestamp_nanos(nanos).map(crate::clock::truncate_to_micros).map_err(|_| Error::invalid(field, "out of range"))
 }
 
 fn required_timestamp(field: &str, ts: Option<&prost_types::Timestamp>) -> Result<OffsetDateTime, Error> {

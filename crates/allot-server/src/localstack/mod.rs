@@ -33,7 +33,11 @@ pub enum Error {
     Timeout { server: &'static str, waited: Duration, log: PathBuf, tail: String },
     /// A file system or process operation failed.
     #[error("{context}: {source}")]
-    Io { context: String, #[source] source: std::io::Error },
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 impl Error {
@@ -58,12 +62,7 @@ pub(crate) fn is_root() -> Result<bool, Error> {
     if let Some(root) = ROOT.get() {
         return Ok(*root);
     }
-    let out = Command::new("id")
-        .arg("-u")
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .map_err(Error::io("running `id -u`"))?;
+    let out = Command::new("id").arg("-u").stdin(Stdio::null()).stderr(Stdio::null()).output().map_err(Error::io("running `id -u`"))?;
     let root = String::from_utf8_lossy(&out.stdout).trim() == "0";
     Ok(*ROOT.get_or_init(|| root))
 }
@@ -90,11 +89,7 @@ pub(crate) fn port_taken(log: &str) -> bool {
 /// (postgres, when we run as root) can traverse it.
 pub(crate) fn create_dir_0755(dir: &Path) -> Result<(), Error> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o755)
-        .create(dir)
-        .map_err(Error::io(format!("creating {}", dir.display())))
+    std::fs::DirBuilder::new().recursive(true).mode(0o755).create(dir).map_err(Error::io(format!("creating {}", dir.display())))
 }
 
 /// Remove a directory tree if it exists.
@@ -121,9 +116,7 @@ pub(crate) fn pid_alive(pid: u32) -> bool {
 /// the directory is in use by another server; otherwise remove what a
 /// previous run left there.
 pub(crate) fn claim_dir(server: &'static str, dir: &Path, pid_file: &Path) -> Result<(), Error> {
-    let pid = std::fs::read_to_string(pid_file)
-        .ok()
-        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
+    let pid = std::fs::read_to_string(pid_file).ok().and_then(|s| s.lines().next().and_then(|l| l.trim().parse::<u32>().ok()));
     if let Some(pid) = pid.filter(|p| pid_alive(*p)) {
         return Err(Error::StartFailed {
             server,
@@ -138,10 +131,7 @@ pub(crate) fn claim_dir(server: &'static str, dir: &Path, pid_file: &Path) -> Re
 
 /// Run `start` with a free port, and again with a new port (up to
 /// [`PORT_ATTEMPTS`] in all) when the server reports the port was taken.
-pub(crate) fn with_free_port<T>(
-    server: &'static str,
-    mut start: impl FnMut(u16) -> Result<T, Error>,
-) -> Result<T, Error> {
+pub(crate) fn with_free_port<T>(server: &'static str, mut start: impl FnMut(u16) -> Result<T, Error>) -> Result<T, Error> {
     let mut attempt = 1;
     loop {
         let port = free_port().map_err(Error::io("finding a free port"))?;

@@ -157,10 +157,7 @@ fn find_bin_dir() -> Result<PathBuf, Error> {
     find_in_path("postgres")
         .and_then(|p| p.parent().map(Path::to_path_buf))
         .filter(|d| has_server(d))
-        .ok_or_else(|| Error::NotFound {
-            what: "PostgreSQL server binaries (initdb, postgres, pg_isready)".into(),
-            package: "postgresql",
-        })
+        .ok_or_else(|| Error::NotFound { what: "PostgreSQL server binaries (initdb, postgres, pg_isready)".into(), package: "postgresql" })
 }
 
 /// Create `<root>/pg` (0755) and an empty data directory the server user owns.
@@ -184,10 +181,7 @@ fn prepare(root: &Path, dir: &Path, data: &Path, runner: &Runner) -> Result<(), 
     }
     let reachable = runner.command(Path::new("test")).arg("-w").arg(data).status();
     if !reachable.is_ok_and(|s| s.success()) {
-        return Err(start_failed(
-            format!("user postgres cannot reach {}: make its parent directories traversable (chmod o+x)", data.display()),
-            dir,
-        ));
+        return Err(start_failed(format!("user postgres cannot reach {}: make its parent directories traversable (chmod o+x)", data.display()), dir));
     }
     Ok(())
 }

@@ -74,13 +74,7 @@ pub(crate) struct Supervised {
 impl Supervised {
     /// Spawn `cmd`, then a watchdog that, if this process dies, sends
     /// `signal` to the server's pid, SIGKILLs it after `grace`, and removes `dir`.
-    pub(crate) fn spawn(
-        name: &'static str,
-        mut cmd: Command,
-        dir: &Path,
-        signal: &'static str,
-        grace: Duration,
-    ) -> Result<Supervised, Error> {
+    pub(crate) fn spawn(name: &'static str, mut cmd: Command, dir: &Path, signal: &'static str, grace: Duration) -> Result<Supervised, Error> {
         let child = cmd.spawn().map_err(Error::io(format!("spawning {name}")))?;
         let pid = child.id();
         let mut server = Supervised { name, child: Some(child), pid, watchdog: None, signal, grace };
@@ -143,13 +137,7 @@ fn stop_child(name: &'static str, child: &mut Child, signal: &str, grace: Durati
     if !matches!(child.try_wait(), Ok(None)) {
         return;
     }
-    match Command::new("kill")
-        .args(["-s", signal, &pid.to_string()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-    {
+    match Command::new("kill").args(["-s", signal, &pid.to_string()]).stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()).status() {
         Ok(s) if s.success() => {}
         Ok(s) => tracing::warn!(server = name, pid, status = %s, "kill failed"),
         Err(e) => tracing::warn!(server = name, pid, error = %e, "could not run kill"),

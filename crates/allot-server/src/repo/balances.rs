@@ -50,9 +50,7 @@ pub async fn read(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter: &Me
 pub async fn list_meters(tx: &Tx<'_>, tenant: TenantId, account: &AccountId) -> Result<Vec<Meter>, Error> {
     let stmt = tx.prepare_cached("SELECT meter FROM meter_balances WHERE tenant_id = $1 AND account_id = $2 ORDER BY meter LIMIT 1000").await?;
     let rows = tx.query(&stmt, &[&tenant.0, &account.as_str()]).await?;
-    rows.iter()
-        .map(|row| Meter::parse(row.get(0)).map_err(|e| Error::Internal(format!("stored meter: {e}"))))
-        .collect()
+    rows.iter().map(|row| Meter::parse(row.get(0)).map_err(|e| Error::Internal(format!("stored meter: {e}")))).collect()
 }
 
 /// Creates the meter's row in its opening state unless another transaction did first. Returns
@@ -72,9 +70,7 @@ pub async fn insert_opening(
              VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id, account_id, meter) DO NOTHING",
         )
         .await?;
-    let inserted = tx
-        .execute(&stmt, &[&tenant.0, &account.as_str(), &meter.as_str(), &period.start, &period.end, &allowance_credits, &now])
-        .await?;
+    let inserted = tx.execute(&stmt, &[&tenant.0, &account.as_str(), &meter.as_str(), &period.start, &period.end, &allowance_credits, &now]).await?;
     Ok(inserted == 1)
 }
 

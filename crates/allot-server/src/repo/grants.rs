@@ -49,7 +49,9 @@ pub async fn for_meter(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter
 
 /// Every grant of an account with credit left, for balance views.
 pub async fn for_account(tx: &Tx<'_>, tenant: TenantId, account: &AccountId) -> Result<Vec<GrantRow>, Error> {
-    let sql = format!("SELECT {COLUMNS} FROM grants WHERE tenant_id = $1 AND account_id = $2 AND remaining_credits > 0 ORDER BY meter, created_at, id LIMIT 10000");
+    let sql = format!(
+        "SELECT {COLUMNS} FROM grants WHERE tenant_id = $1 AND account_id = $2 AND remaining_credits > 0 ORDER BY meter, created_at, id LIMIT 10000"
+    );
     let stmt = tx.prepare_cached(&sql).await?;
     let rows = tx.query(&stmt, &[&tenant.0, &account.as_str()]).await?;
     rows.iter().map(from_row).collect()

@@ -88,23 +88,24 @@ pub async fn live_for_account(tx: &Tx<'_>, tenant: TenantId, account: &AccountId
     rows.iter().map(from_row).collect()
 }
 
-pub async fn insert(
-    tx: &Tx<'_>,
-    tenant: TenantId,
-    id: Uuid,
-    account: &AccountId,
-    meter: &Meter,
-    amount_credits: i64,
-    expires_at: OffsetDateTime,
-    now: OffsetDateTime,
-) -> Result<(), Error> {
+/// A hold about to be placed.
+#[derive(Debug, Clone)]
+pub struct NewHold<'a> {
+    pub id: Uuid,
+    pub account: &'a AccountId,
+    pub meter: &'a Meter,
+    pub amount_credits: i64,
+    pub expires_at: OffsetDateTime,
+}
+
+pub async fn insert(tx: &Tx<'_>, tenant: TenantId, hold: &NewHold<'_>, now: OffsetDateTime) -> Result<(), Error> {
     let stmt = tx
         .prepare_cached(
             "INSERT INTO holds (tenant_id, id, account_id, meter, amount_credits, status, expires_at, created_at) \
              VALUES ($1, $2, $3, $4, $5, 'held', $6, $7)",
         )
         .await?;
-    tx.execute(&stmt, &[&tenant.0, &id, &account.as_str(), &meter.as_str(), &amount_credits, &expires_at, &now]).await?;
+    tx.execute(&stmt, &[&tenant.0, &hold.id, &hold.account.as_str(), &hold.meter.as_str(), &hold.amount_credits, &hold.expires_at, &now]).await?;
     Ok(())
 }
 

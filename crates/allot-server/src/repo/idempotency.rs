@@ -14,10 +14,11 @@ pub struct Record {
 
 pub async fn find(tx: &Tx<'_>, tenant: TenantId, key: &IdempotencyKey) -> Result<Option<Record>, Error> {
     let stmt = tx.prepare_cached("SELECT operation, request_sha256, response FROM idempotency_records WHERE tenant_id = $1 AND key = $2").await?;
-    Ok(tx
-        .query_opt(&stmt, &[&tenant.0, &key.as_str()])
-        .await?
-        .map(|row| Record { operation: row.get(0), request_sha256: row.get(1), response: row.get(2) }))
+    Ok(tx.query_opt(&stmt, &[&tenant.0, &key.as_str()]).await?.map(|row| Record {
+        operation: row.get(0),
+        request_sha256: row.get(1),
+        response: row.get(2),
+    }))
 }
 
 /// Inserts the record. A concurrent insert of the same key fails this transaction with a unique

@@ -34,8 +34,7 @@ pub async fn upsert(tx: &Tx<'_>, tenant: TenantId, plan: &PlanRecord) -> Result<
              is_free_default = EXCLUDED.is_free_default, updated_at = EXCLUDED.updated_at",
         )
         .await?;
-    tx.execute(&stmt, &[&tenant.0, &plan.id.as_str(), &plan.tier, &plan.name, &trial_days, &plan.is_free_default, &plan.updated_at])
-        .await?;
+    tx.execute(&stmt, &[&tenant.0, &plan.id.as_str(), &plan.tier, &plan.name, &trial_days, &plan.is_free_default, &plan.updated_at]).await?;
     let delete = tx.prepare_cached("DELETE FROM plan_meters WHERE tenant_id = $1 AND plan_id = $2").await?;
     tx.execute(&delete, &[&tenant.0, &plan.id.as_str()]).await?;
     let insert = tx
@@ -84,9 +83,8 @@ fn record(row: &tokio_postgres::Row, meters: Vec<(Meter, MeterPolicy)>) -> Resul
 }
 
 pub async fn get(tx: &Tx<'_>, tenant: TenantId, id: &str) -> Result<Option<PlanRecord>, Error> {
-    let stmt = tx
-        .prepare_cached("SELECT id, tier, name, trial_days, is_free_default, updated_at FROM plans WHERE tenant_id = $1 AND id = $2")
-        .await?;
+    let stmt =
+        tx.prepare_cached("SELECT id, tier, name, trial_days, is_free_default, updated_at FROM plans WHERE tenant_id = $1 AND id = $2").await?;
     match tx.query_opt(&stmt, &[&tenant.0, &id]).await? {
         Some(row) => Ok(Some(record(&row, meters(tx, tenant, id).await?)?)),
         None => Ok(None),

@@ -150,12 +150,7 @@ impl Admin {
     pub async fn balance(&self, tenant: TenantId, account: &AccountId) -> Result<Balance, Error> {
         let now = self.ctx.clock.now();
         let mut client = self.ctx.pool.get().await?;
-        let tx = client
-            .build_transaction()
-            .read_only(true)
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .start()
-            .await?;
+        let tx = client.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await?;
         let meters = repo::balances::list_meters(&tx, tenant, account).await?;
         let grants = repo::grants::for_account(&tx, tenant, account).await?;
         let holds = repo::holds::live_for_account(&tx, tenant, account, now).await?;
@@ -188,7 +183,14 @@ impl Admin {
     }
 
     /// A page of the account's ledger, oldest first; the token is the last entry's position.
-    pub async fn ledger(&self, tenant: TenantId, account: &AccountId, meter: Option<&Meter>, page_size: u32, after_position: i64) -> Result<(Vec<EntryRow>, String), Error> {
+    pub async fn ledger(
+        &self,
+        tenant: TenantId,
+        account: &AccountId,
+        meter: Option<&Meter>,
+        page_size: u32,
+        after_position: i64,
+    ) -> Result<(Vec<EntryRow>, String), Error> {
         let mut client = self.ctx.pool.get().await?;
         let tx = client.transaction().await?;
         let entries = repo::ledger::page(&tx, tenant, account, meter, after_position, i64::from(page_size) + 1).await?;

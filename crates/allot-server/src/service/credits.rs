@@ -15,7 +15,7 @@ use super::outcome::{ChargeOutcome, CheckOutcome, RefundOutcome, ReleaseOutcome,
 use super::Ctx;
 use crate::error::Error;
 use crate::ids::{AccountId, IdempotencyKey, Meter, TenantId};
-use crate::repo::holds::{HoldRow, HoldStatus};
+use crate::repo::holds::{HoldRow, HoldStatus, NewHold};
 use crate::repo::ledger::EntryRefs;
 use crate::repo::{self, Tx};
 
@@ -80,16 +80,9 @@ impl Credits {
     pub async fn check(&self, tenant: TenantId, cmd: CheckCommand) -> Result<CheckOutcome, Error> {
         let now = self.ctx.clock.now();
         let mut client = self.ctx.pool.get().await?;
-        let tx = client
-            .build_transaction()
-            .read_only(true)
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .start()
-            .await?;
+        let tx = client.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await?;
         let session = MeterSession::snapshot(&tx, tenant, &cmd.account, &cmd.meter, now).await?;
-        let denial = charge::check(&session.state, &session.in_force.policy, cmd.amount_credits, Mode::Gate, now)
-            .err()
-            .map(|d| session.denial(d));
+        let denial = charge::check(&session.state, &session.in_force.policy, cmd.amount_credits, Mode::Gate, now).err().map(|d| session.denial(d));
         let outcome = CheckOutcome { denial, meter: session.view(now) };
         tx.commit().await?;
         Ok(outcome)
@@ -113,7 +106,9 @@ impl Credits {
                         let entry_id = session.record(effect, refs);
                         ChargeOutcome { denial: None, entry_id: Some(entry_id), breakdown, meter: session.view(now) }
                     }
-                    Err(denial) => ChargeOutcome { denial: Some(session.denial(denial)), entry_id: None, breakdown: Vec::new(), meter: session.view(now) },
+                    Err(denial) => {
+                        ChargeOutcome { denial: Some(session.denial(denial)), entry_id: None, breakdown: Vec::new(), meter: session.view(now) }
+                    }
                 };
                 session.save(tx, now).await?;
                 Ok(Keyed::Decided(outcome))
@@ -137,7 +132,8 @@ impl Credits {
                     Ok(()) => {
                         let hold_id = Uuid::new_v4();
                         let expires_at = now + time::Duration::milliseconds(cmd.ttl_ms);
-                        repo::holds::insert(tx, tenant, hold_id, &cmd.account, &cmd.meter, cmd.amount_credits, expires_at, now).await?;
+                        let hold = NewHold { id: hold_id, account: &cmd.account, meter: &cmd.meter, amount_credits: cmd.amount_credits, expires_at };
+                        repo::holds::insert(tx, tenant, &hold, now).await?;
                         ReserveOutcome { denial: None, hold_id: Some(hold_id), expires_at: Some(expires_at), meter: session.view(now) }
                     }
                     Err(denial) => ReserveOutcome { denial: Some(session.denial(denial)), hold_id: None, expires_at: None, meter: session.view(now) },
@@ -252,12 +248,8 @@ impl Credits {
                 for effect in effects {
                     session.record(effect, EntryRefs::default());
                 }
-                let outcome = RefundOutcome {
-                    entry_id,
-                    breakdown,
-                    refunded_total_credits: refunded_credits + cmd.amount_credits,
-                    meter: session.view(now),
-                };
+                let outcome =
+                    RefundOutcome { entry_id, breakdown, refunded_total_credits: refunded_credits + cmd.amount_credits, meter: session.view(now) };
                 session.save(tx, now).await?;
                 Ok(Keyed::Decided(outcome))
             })

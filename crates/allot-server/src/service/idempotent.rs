@@ -23,19 +23,32 @@ pub fn fingerprint(operation: &str, fields: &[&dyn std::fmt::Display]) -> Vec<u8
 
 /// The stored outcome for `key` if there is one: the same request gets it back, another request
 /// is refused.
-pub async fn replay<T: DeserializeOwned>(tx: &Tx<'_>, tenant: TenantId, key: &IdempotencyKey, operation: &str, fingerprint: &[u8]) -> Result<Option<T>, Error> {
+pub async fn replay<T: DeserializeOwned>(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    key: &IdempotencyKey,
+    operation: &str,
+    fingerprint: &[u8],
+) -> Result<Option<T>, Error> {
     match idempotency::find(tx, tenant, key).await? {
         None => Ok(None),
-        Some(record) if record.operation == operation && record.request_sha256 == fingerprint => serde_json::from_value(record.response)
-            .map(Some)
-            .map_err(|e| Error::Internal(format!("stored outcome: {e}"))),
+        Some(record) if record.operation == operation && record.request_sha256 == fingerprint => {
+            serde_json::from_value(record.response).map(Some).map_err(|e| Error::Internal(format!("stored outcome: {e}")))
+        }
         Some(_) => Err(Error::IdempotencyKeyReused),
     }
 }
 
 /// Stores the outcome. `Ok(false)` when another transaction stored one for the same key first:
 /// this transaction is then aborted and the caller must replay from a fresh one.
-pub async fn store<T: Serialize>(tx: &Tx<'_>, tenant: TenantId, key: &IdempotencyKey, operation: &str, fingerprint: Vec<u8>, outcome: &T) -> Result<bool, Error> {
+pub async fn store<T: Serialize>(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    key: &IdempotencyKey,
+    operation: &str,
+    fingerprint: Vec<u8>,
+    outcome: &T,
+) -> Result<bool, Error> {
     let response = serde_json::to_value(outcome).map_err(|e| Error::Internal(format!("outcome: {e}")))?;
     let record = Record { operation: operation.to_owned(), request_sha256: fingerprint, response };
     match idempotency::insert(tx, tenant, key, &record).await {

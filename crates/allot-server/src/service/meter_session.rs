@@ -54,9 +54,7 @@ impl MeterSession {
                 if repo::balances::insert_opening(tx, tenant, account, meter, state.period, state.allowance_credits, now).await? {
                     opening = effect;
                 }
-                repo::balances::lock(tx, tenant, account, meter)
-                    .await?
-                    .ok_or_else(|| Error::Internal("meter row vanished after insert".into()))?
+                repo::balances::lock(tx, tenant, account, meter).await?.ok_or_else(|| Error::Internal("meter row vanished after insert".into()))?
             }
         };
         let mut session = Self::load(tx, tenant, account, meter, now, in_force, row, also_grants).await?;

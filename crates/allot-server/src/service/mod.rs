@@ -4,6 +4,7 @@
 //! Lock order (every transaction that takes more than one lock takes them in this order):
 //! 1. the meter's `meter_balances` row (`SELECT … FOR UPDATE`),
 //! 2. then a hold row of that meter (`SELECT … FOR UPDATE`).
+//!
 //! Grants, ledger entries and idempotency records are only touched while (1) is held.
 
 pub mod admin;

@@ -36,11 +36,7 @@ pub async fn debit(client: &mut Entitlements, account: &str, meter: &str, amount
 }
 
 pub async fn check(client: &mut Entitlements, account: &str, meter: &str, amount: i64) -> pb::CheckResponse {
-    client
-        .check(pb::CheckRequest { account_id: account.into(), meter: meter.into(), amount_credits: amount })
-        .await
-        .expect("check")
-        .into_inner()
+    client.check(pb::CheckRequest { account_id: account.into(), meter: meter.into(), amount_credits: amount }).await.expect("check").into_inner()
 }
 
 pub fn allowed(decision: i32) -> bool {
@@ -56,8 +52,8 @@ pub fn reason(status: &tonic::Status) -> String {
 /// Checks the ledger against the stored balances for every meter of the database:
 /// - `seq` runs 1..=n without gaps,
 /// - for meters with a finite allowance, the sum of all deltas equals the net balance
-///   (allowance left + rollover + grants left − debt), and
-/// - no meter is below minus its plan's debt limit.
+///   (allowance left + rollover + grants left − debt).
+///
 /// Returns the number of meters checked.
 pub async fn assert_ledger_explains_balances(server: &TestServer) -> usize {
     let db = server.sql().await;
