@@ -14,7 +14,8 @@
 //!
 //! The throwaway PostgreSQL comes from `allot_server::testkit`. Every child is wrapped in
 //! [`Child`], which kills it by its own PID if a test fails midway; its stdout and stderr go to
-//! files under `CARGO_TARGET_TMPDIR/binary-tests/` (named in failure messages).
+//! files under `CARGO_TARGET_TMPDIR/binary-tests/`, kept only when a test fails (failure
+//! messages name them).
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -120,6 +121,11 @@ impl Drop for Child {
         if let Ok(None) = self.process.try_wait() {
             let _ = self.process.kill();
             let _ = self.process.wait();
+        }
+        // Output is kept only when a test fails (failure messages name the files).
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_file(&self.stdout);
+            let _ = std::fs::remove_file(&self.stderr);
         }
     }
 }
