@@ -238,6 +238,7 @@ fn debit(account: &str, amount: i64, key: &str) -> pb::DebitRequest {
         amount_credits: amount,
         idempotency_key: key.into(),
         mode: pb::DebitMode::Gate as i32,
+        ..Default::default()
     }
 }
 
@@ -401,10 +402,10 @@ async fn serves_reflection_health_and_a_debit_end_to_end() {
         plan_id: "free".into(),
         tier: "free".into(),
         name: "Free".into(),
-        meters: vec![pb::MeterAllowance { meter: "tokens".into(), allowance_credits: Some(100), rollover_cap_credits: 0, debt_limit_credits: 0 }],
+        meters: vec![pb::MeterAllowance { meter: "tokens".into(), allowance_credits: Some(100), ..Default::default() }],
         trial_days: 0,
         is_free_default: true,
-        updated_at: None,
+        ..Default::default()
     };
     let stored = admin.upsert_plan(authed(&key, pb::UpsertPlanRequest { plan: Some(plan) })).await.expect("upsert plan").into_inner();
     assert_eq!((stored.plan_id.as_str(), stored.is_free_default, stored.meters.len()), ("free", true, 1));
@@ -430,7 +431,7 @@ async fn serves_reflection_health_and_a_debit_end_to_end() {
     let replay = entitlements.debit(authed(&key, debit("u1", 30, "d1"))).await.expect("replay").into_inner();
     assert_eq!(replay, first);
     let check = entitlements
-        .check(authed(&key, pb::CheckRequest { account_id: "u1".into(), meter: "tokens".into(), amount_credits: 0 }))
+        .check(authed(&key, pb::CheckRequest { account_id: "u1".into(), meter: "tokens".into(), amount_credits: 0, ..Default::default() }))
         .await
         .expect("check")
         .into_inner();
@@ -445,7 +446,7 @@ async fn serves_reflection_health_and_a_debit_end_to_end() {
     assert_eq!((over.decision, over.reason), (pb::Decision::Denied as i32, pb::DenialReason::QuotaExhausted as i32));
 
     // No credential, or an unknown one: UNAUTHENTICATED.
-    let anonymous = pb::CheckRequest { account_id: "u1".into(), meter: "tokens".into(), amount_credits: 0 };
+    let anonymous = pb::CheckRequest { account_id: "u1".into(), meter: "tokens".into(), amount_credits: 0, ..Default::default() };
     let status = entitlements.check(Request::new(anonymous.clone())).await.expect_err("no authorization header");
     assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
     let unknown = format!("allot_{}", "0".repeat(48));

@@ -18,6 +18,11 @@ use crate::plan::MeterPolicy;
 pub fn advance(state: &mut MeterState, policy: &MeterPolicy, anchor: OffsetDateTime, target: Period, now: OffsetDateTime) -> Vec<Effect> {
     assert!(target.contains(now), "target period must contain now");
     let mut effects = expire_grants(state, now);
+    // A billing cycle that restarted early (e.g. an upgrade that resets the anchor) closes the
+    // current period where the new one begins.
+    if target.start > state.period.start && target.start < state.period.end {
+        state.period.end = target.start;
+    }
     let mut roll = Vec::new();
     let mut steps = 0;
     while state.period.end <= now {
@@ -32,9 +37,20 @@ pub fn advance(state: &mut MeterState, policy: &MeterPolicy, anchor: OffsetDateT
     }
     if steps > 0 {
         effects.push(Effect::from_portions(EntryKind::PeriodRoll, merge_portions(roll)));
+    } else if state.allowance_credits != policy.allowance_credits {
+        effects.push(change_plan(state, policy));
     }
     state.assert_invariants();
     effects
+}
+
+/// The plan changed mid-period: the new allowance applies at once and the use so far counts
+/// against it (a downgrade below the use leaves nothing of the allowance, and no debt).
+fn change_plan(state: &mut MeterState, policy: &MeterPolicy) -> Effect {
+    let left_before = state.allowance_left_credits().unwrap_or(0);
+    state.allowance_credits = policy.allowance_credits;
+    let left_after = state.allowance_left_credits().unwrap_or(0);
+    Effect::from_portions(EntryKind::PlanChange, vec![Portion { bucket: Bucket::Allowance, delta_credits: left_after - left_before }])
 }
 
 /// A meter's first state in `period`, and the effect that records its opening allowance (none
@@ -137,6 +153,36 @@ mod tests {
         let effects = advance(&mut s, &POLICY, CALENDAR_ANCHOR, january(), now);
         assert!(effects.is_empty());
         assert_eq!(s, before);
+    }
+
+    #[test]
+    fn plan_changes_apply_mid_period_and_keep_the_use() {
+        // (allowance before, used, allowance after) → (left after, delta)
+        let cases = [
+            ((Some(100), 30, Some(1_000)), (Some(970), 900)), // upgrade
+            ((Some(1_000), 300, Some(100)), (Some(0), -700)), // downgrade below the use
+            ((Some(100), 30, None), (None, -70)),             // to unlimited: the ledger stops counting
+            ((None, 500, Some(100)), (Some(0), 0)),           // from unlimited
+        ];
+        for ((before, used, after), (left, delta)) in cases {
+            let mut s = MeterState { allowance_used_credits: used, ..MeterState::opening(january(), before) };
+            let policy = MeterPolicy { allowance_credits: after, ..POLICY };
+            let effects = advance(&mut s, &policy, CALENDAR_ANCHOR, january(), datetime!(2025-01-20 00:00 UTC));
+            assert_eq!(s.allowance_left_credits(), left, "{before:?} → {after:?}");
+            assert_eq!(s.allowance_used_credits, used, "the use is kept");
+            assert_eq!(effects.iter().map(|e| e.delta_credits).sum::<i64>(), delta);
+        }
+    }
+
+    #[test]
+    fn an_early_new_cycle_closes_the_period_where_it_begins() {
+        let mut s = state(40, 0, 0);
+        let upgrade_at = datetime!(2025-01-20 00:00 UTC);
+        let target = Period { start: upgrade_at, end: datetime!(2025-02-20 00:00 UTC) };
+        let effects = advance(&mut s, &POLICY, upgrade_at, target, upgrade_at);
+        assert_eq!(s.period, target);
+        assert_eq!((s.allowance_used_credits, s.rollover_credits), (0, 60));
+        assert_eq!(effects.len(), 1);
     }
 
     #[test]

@@ -56,6 +56,7 @@ pub enum EntryKind {
     Grant,
     PeriodRoll,
     GrantExpiry,
+    PlanChange,
 }
 
 impl EntryKind {
@@ -67,11 +68,14 @@ impl EntryKind {
             Self::Grant => "grant",
             Self::PeriodRoll => "period_roll",
             Self::GrantExpiry => "grant_expiry",
+            Self::PlanChange => "plan_change",
         }
     }
 
     pub fn parse(name: &str) -> Option<Self> {
-        [Self::Debit, Self::Commit, Self::Refund, Self::Grant, Self::PeriodRoll, Self::GrantExpiry].into_iter().find(|kind| kind.as_str() == name)
+        [Self::Debit, Self::Commit, Self::Refund, Self::Grant, Self::PeriodRoll, Self::GrantExpiry, Self::PlanChange]
+            .into_iter()
+            .find(|kind| kind.as_str() == name)
     }
 }
 

@@ -96,9 +96,6 @@ impl MeterState {
         assert!(self.rollover_credits >= 0, "negative rollover");
         assert!(self.debt_credits >= 0, "negative debt");
         assert!(self.held_credits >= 0, "negative holds");
-        if let Some(allowance) = self.allowance_credits {
-            assert!(self.allowance_used_credits <= allowance, "allowance overdrawn");
-        }
         assert!(self.grants.iter().all(|g| g.remaining_credits >= 0), "negative grant");
         assert!(self.period.start < self.period.end, "empty period");
     }

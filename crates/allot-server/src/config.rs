@@ -42,6 +42,12 @@ pub struct Config {
     /// How often dependencies are probed for the health service.
     #[arg(long, env = "ALLOT_HEALTH_INTERVAL_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(50..=60_000))]
     pub health_interval_ms: u64,
+    /// Longest wait for Redis on a rate decision before the meter's failure policy applies.
+    #[arg(long, env = "ALLOT_REDIS_TIMEOUT_MS", default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..=5_000))]
+    pub redis_timeout_ms: u64,
+    /// Address for the Prometheus `/metrics` endpoint; unset = no endpoint.
+    #[arg(long, env = "ALLOT_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
     /// How long a verified API key is trusted before it is looked up again (revocation delay).
     #[arg(long, env = "ALLOT_AUTH_CACHE_TTL_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
     pub auth_cache_ttl_ms: u64,
@@ -64,6 +70,8 @@ impl Config {
             hold_sweep_interval_ms: 1_000,
             health_interval_ms: 1_000,
             auth_cache_ttl_ms: 30_000,
+            redis_timeout_ms: 50,
+            metrics_listen: None,
         }
     }
 }

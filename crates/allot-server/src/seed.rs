@@ -2,12 +2,12 @@
 //! Admin service, so the demo obeys the same validation and rules as real callers.
 
 use allot_domain::ledger::GrantKind;
-use allot_domain::plan::{MeterPolicy, SubscriptionStatus};
+use allot_domain::plan::{MeterPolicy, Scope, SubscriptionStatus};
 use time::OffsetDateTime;
 
 use crate::error::Error;
 use crate::ids::{AccountId, IdempotencyKey, Meter, PlanId, TenantId};
-use crate::repo::plans::PlanRecord;
+use crate::repo::plans::{MeterTerms, PlanRecord, RateCap};
 use crate::repo::subscriptions::SubscriptionRecord;
 use crate::repo::tenants;
 use crate::service::admin::{Admin, GrantCommand};
@@ -51,9 +51,24 @@ pub async fn demo(ctx: &Ctx, now: OffsetDateTime) -> Result<TenantKey, Error> {
                 name: "Free".into(),
                 trial_days: 0,
                 is_free_default: true,
+                scope: Scope::User,
                 meters: vec![
-                    (requests.clone(), MeterPolicy { allowance_credits: Some(100), rollover_cap_credits: 0, debt_limit_credits: 0 }),
-                    (tokens.clone(), MeterPolicy { allowance_credits: Some(10_000), rollover_cap_credits: 0, debt_limit_credits: 0 }),
+                    (
+                        requests.clone(),
+                        MeterTerms {
+                            policy: MeterPolicy { allowance_credits: Some(100), rollover_cap_credits: 0, debt_limit_credits: 0 },
+                            rate: Some(RateCap { limit_per_minute: 30, burst: 30, fail_open: true }),
+                            member_cap_credits: None,
+                        },
+                    ),
+                    (
+                        tokens.clone(),
+                        MeterTerms {
+                            policy: MeterPolicy { allowance_credits: Some(10_000), rollover_cap_credits: 0, debt_limit_credits: 0 },
+                            rate: None,
+                            member_cap_credits: None,
+                        },
+                    ),
                 ],
                 updated_at: now,
             },
@@ -68,9 +83,24 @@ pub async fn demo(ctx: &Ctx, now: OffsetDateTime) -> Result<TenantKey, Error> {
                 name: "Pro".into(),
                 trial_days: 14,
                 is_free_default: false,
+                scope: Scope::User,
                 meters: vec![
-                    (requests, MeterPolicy { allowance_credits: None, rollover_cap_credits: 0, debt_limit_credits: 0 }),
-                    (tokens.clone(), MeterPolicy { allowance_credits: Some(1_000_000), rollover_cap_credits: 500_000, debt_limit_credits: 50_000 }),
+                    (
+                        requests,
+                        MeterTerms {
+                            policy: MeterPolicy { allowance_credits: None, rollover_cap_credits: 0, debt_limit_credits: 0 },
+                            rate: Some(RateCap { limit_per_minute: 120, burst: 120, fail_open: true }),
+                            member_cap_credits: None,
+                        },
+                    ),
+                    (
+                        tokens.clone(),
+                        MeterTerms {
+                            policy: MeterPolicy { allowance_credits: Some(1_000_000), rollover_cap_credits: 500_000, debt_limit_credits: 50_000 },
+                            rate: None,
+                            member_cap_credits: None,
+                        },
+                    ),
                 ],
                 updated_at: now,
             },
@@ -85,6 +115,7 @@ pub async fn demo(ctx: &Ctx, now: OffsetDateTime) -> Result<TenantKey, Error> {
                 status: SubscriptionStatus::Active,
                 current_period_start: now,
                 current_period_end: allot_domain::period::add_months(now, 1),
+                cancel_at_period_end: false,
                 updated_at: now,
             },
         )

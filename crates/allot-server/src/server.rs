@@ -18,6 +18,8 @@ use crate::grpc::admin::AdminApi;
 use crate::grpc::entitlements::EntitlementsApi;
 use crate::service::admin::Admin;
 use crate::service::credits::Credits;
+use crate::service::rate::RateLimiter;
+use crate::service::summary::Reports;
 use crate::service::{health, sweeper, Ctx};
 
 /// A connected server, ready to serve.
@@ -73,9 +75,17 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let max_message_bytes = usize::try_from(config.max_message_bytes)?;
-    let entitlements = EntitlementsServer::new(EntitlementsApi { auth: app.auth.clone(), credits: Credits::new(app.ctx.clone()) })
-        .max_decoding_message_size(max_message_bytes)
-        .max_encoding_message_size(max_message_bytes);
+    if let Some(listen) = config.metrics_listen {
+        crate::telemetry::serve_metrics(listen)?;
+    }
+    let rate = RateLimiter::new(app.redis.clone(), Duration::from_millis(config.redis_timeout_ms));
+    let entitlements = EntitlementsServer::new(EntitlementsApi {
+        auth: app.auth.clone(),
+        credits: Credits::new(app.ctx.clone(), rate),
+        reports: Reports::new(app.ctx.clone()),
+    })
+    .max_decoding_message_size(max_message_bytes)
+    .max_encoding_message_size(max_message_bytes);
     let admin = AdminServer::new(AdminApi { auth: app.auth.clone(), admin: Admin::new(app.ctx.clone()) })
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);

@@ -1,5 +1,6 @@
-//! Logging set-up: structured JSON in production, human-readable text in `dev`; the level comes
-//! from `RUST_LOG` (default `info`).
+//! Logging set-up (structured JSON in production, human-readable text in `dev`; the level comes
+//! from `RUST_LOG`, default `info`) and the metrics Allot counts, served in Prometheus format
+//! when a metrics address is configured.
 
 use tracing_subscriber::EnvFilter;
 
@@ -18,4 +19,21 @@ pub fn init(format: LogFormat) {
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
         LogFormat::Pretty => builder.compact().try_init(),
     };
+}
+
+/// Serves `/metrics` in Prometheus format on `listen`.
+pub fn serve_metrics(listen: std::net::SocketAddr) -> anyhow::Result<()> {
+    metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(listen).install()?;
+    tracing::info!(%listen, "serving metrics");
+    Ok(())
+}
+
+/// A decision was made: `outcome` is allowed or denied, `reason` the denial reason or "none".
+pub fn count_decision(rpc: &'static str, outcome: &'static str, reason: &'static str) {
+    metrics::counter!("allot_decisions_total", "rpc" => rpc, "outcome" => outcome, "reason" => reason).increment(1);
+}
+
+/// The rate store could not answer and a meter's policy decided (`policy`: open or closed).
+pub fn count_rate_store_failure(policy: &'static str) {
+    metrics::counter!("allot_rate_store_failures_total", "policy" => policy).increment(1);
 }

@@ -183,7 +183,10 @@ async fn requests_need_a_valid_key_and_tenants_are_isolated() {
     let first = debit(&mut entitlements, "shared-name", "tokens", 10, "k1").await;
 
     let (mut stranger, _) = server.clients_for("allot_0000").await;
-    let err = stranger.check(pb::CheckRequest { account_id: "a".into(), meter: "tokens".into(), amount_credits: 1 }).await.expect_err("bad key");
+    let err = stranger
+        .check(pb::CheckRequest { account_id: "a".into(), meter: "tokens".into(), amount_credits: 1, ..Default::default() })
+        .await
+        .expect_err("bad key");
     assert_eq!(err.code(), tonic::Code::Unauthenticated);
 
     // Another tenant using the same account name and key sees nothing of the first.

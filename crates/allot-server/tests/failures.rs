@@ -39,8 +39,7 @@ async fn a_deadline_shorter_than_a_lock_wait_never_half_writes() {
     let retried = debit(&mut entitlements, "acct", "tokens", 5, "k1").await;
     assert!(allowed(retried.decision));
     let db = server.sql().await;
-    let entries: i64 =
-        db.query_one("SELECT COUNT(*) FROM ledger_entries WHERE idempotency_key = 'k1'", &[]).await.expect("count").get(0);
+    let entries: i64 = db.query_one("SELECT COUNT(*) FROM ledger_entries WHERE idempotency_key = 'k1'", &[]).await.expect("count").get(0);
     assert_eq!(entries, 1);
     let used: i64 = db.query_one("SELECT allowance_used_credits FROM meter_balances", &[]).await.expect("used").get(0);
     assert_eq!(used, 15);
@@ -97,7 +96,7 @@ async fn an_unreachable_database_means_unavailable_and_not_serving() {
     assert_eq!(status, ServingStatus::NotServing);
 
     let mut client = allot_proto::v1::entitlements_client::EntitlementsClient::new(channel);
-    let mut request = tonic::Request::new(pb::CheckRequest { account_id: "a".into(), meter: "m".into(), amount_credits: 1 });
+    let mut request = tonic::Request::new(pb::CheckRequest { account_id: "a".into(), meter: "m".into(), amount_credits: 1, ..Default::default() });
     request.metadata_mut().insert("authorization", "Bearer allot_abc".parse().expect("ascii"));
     let err = client.check(request).await.expect_err("no database");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");

@@ -14,6 +14,7 @@ async fn reserve(client: &mut Entitlements, amount: i64, ttl_ms: i64, key: &str)
             amount_credits: amount,
             ttl_ms,
             idempotency_key: key.into(),
+            ..Default::default()
         })
         .await
         .expect("reserve")
@@ -21,7 +22,7 @@ async fn reserve(client: &mut Entitlements, amount: i64, ttl_ms: i64, key: &str)
 }
 
 async fn commit(client: &mut Entitlements, hold_id: &str, actual: i64) -> Result<pb::CommitResponse, tonic::Status> {
-    client.commit(pb::CommitRequest { hold_id: hold_id.into(), actual_credits: actual }).await.map(|r| r.into_inner())
+    client.commit(pb::CommitRequest { hold_id: hold_id.into(), actual_credits: actual, ..Default::default() }).await.map(|r| r.into_inner())
 }
 
 async fn release(client: &mut Entitlements, hold_id: &str) -> Result<pb::ReleaseResponse, tonic::Status> {
@@ -101,6 +102,7 @@ async fn release_returns_the_hold_and_expiry_voids_it() {
             amount_credits: 1,
             ttl_ms: 999,
             idempotency_key: "r3".into(),
+            ..Default::default()
         })
         .await
         .expect_err("ttl too short");

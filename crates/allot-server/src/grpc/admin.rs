@@ -43,14 +43,29 @@ impl pb::admin_server::Admin for AdminApi {
         let tenant = self.auth.tenant(request.metadata()).await?;
         let sub = from_proto::subscription(request.into_inner())?;
         let admin = self.admin.clone();
-        let sub = detached(async move { admin.upsert_subscription(tenant, sub).await }).await?;
-        Ok(Response::new(to_proto::subscription(sub)))
+        let (sub, entitled) = detached(async move { admin.upsert_subscription(tenant, sub).await }).await?;
+        Ok(Response::new(to_proto::subscription(sub, entitled)))
     }
 
     async fn get_subscription(&self, request: Request<pb::GetSubscriptionRequest>) -> Result<Response<pb::Subscription>, Status> {
         let tenant = self.auth.tenant(request.metadata()).await?;
         let account = from_proto::account("account_id", &request.into_inner().account_id)?;
-        Ok(Response::new(to_proto::subscription(self.admin.get_subscription(tenant, &account).await?)))
+        let (sub, entitled) = self.admin.get_subscription(tenant, &account).await?;
+        Ok(Response::new(to_proto::subscription(sub, entitled)))
+    }
+
+    async fn upsert_account(&self, request: Request<pb::Account>) -> Result<Response<pb::Account>, Status> {
+        let tenant = self.auth.tenant(request.metadata()).await?;
+        let (account, org) = from_proto::account_record(request.into_inner())?;
+        self.admin.upsert_account(tenant, &account, org.as_ref()).await?;
+        Ok(Response::new(pb::Account { account_id: account.as_str().to_owned(), org_id: org.map(|o| o.as_str().to_owned()).unwrap_or_default() }))
+    }
+
+    async fn get_account(&self, request: Request<pb::GetAccountRequest>) -> Result<Response<pb::Account>, Status> {
+        let tenant = self.auth.tenant(request.metadata()).await?;
+        let account = from_proto::account("account_id", &request.into_inner().account_id)?;
+        let org = self.admin.get_account(tenant, &account).await?;
+        Ok(Response::new(pb::Account { account_id: account.as_str().to_owned(), org_id: org.map(|o| o.as_str().to_owned()).unwrap_or_default() }))
     }
 
     async fn grant_credits(&self, request: Request<pb::GrantCreditsRequest>) -> Result<Response<pb::GrantCreditsResponse>, Status> {

@@ -8,10 +8,12 @@ use tonic::{Request, Response, Status};
 use super::{detached, from_proto, to_proto};
 use crate::auth::Authenticator;
 use crate::service::credits::Credits;
+use crate::service::summary::Reports;
 
 pub struct EntitlementsApi {
     pub auth: Arc<Authenticator>,
     pub credits: Credits,
+    pub reports: Reports,
 }
 
 #[tonic::async_trait]
@@ -61,5 +63,19 @@ impl pb::entitlements_server::Entitlements for EntitlementsApi {
         let credits = self.credits.clone();
         let outcome = detached(async move { credits.refund(tenant, cmd).await }).await?;
         Ok(Response::new(to_proto::refund(outcome)))
+    }
+
+    async fn get_usage_summary(&self, request: Request<pb::GetUsageSummaryRequest>) -> Result<Response<pb::GetUsageSummaryResponse>, Status> {
+        let tenant = self.auth.tenant(request.metadata()).await?;
+        let account = from_proto::account("account_id", &request.into_inner().account_id)?;
+        let summary = self.reports.summary(tenant, &account).await?;
+        Ok(Response::new(to_proto::summary(account.as_str().to_owned(), summary)))
+    }
+
+    async fn get_usage_breakdown(&self, request: Request<pb::GetUsageBreakdownRequest>) -> Result<Response<pb::GetUsageBreakdownResponse>, Status> {
+        let tenant = self.auth.tenant(request.metadata()).await?;
+        let (account, meter, group_by, period_at) = from_proto::breakdown(request.into_inner())?;
+        let (period, groups) = self.reports.breakdown(tenant, &account, &meter, &group_by, period_at).await?;
+        Ok(Response::new(to_proto::breakdown_response(period, groups)))
     }
 }

@@ -11,15 +11,23 @@ use uuid::Uuid;
 
 use crate::error::Error;
 use crate::ids::{AccountId, IdempotencyKey, Meter, PlanId};
-use crate::repo::plans::PlanRecord;
+use crate::repo::plans::{MeterTerms, PlanRecord, RateCap};
 use crate::repo::subscriptions::SubscriptionRecord;
 use crate::service::admin::{GrantCommand, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX};
-use crate::service::credits::{CheckCommand, CommitCommand, DebitCommand, RefundCommand, ReserveCommand};
+use crate::service::credits::{Actual, Attributes, CheckCommand, CommitCommand, DebitCommand, RefundCommand, ReserveCommand, Usage};
 
 /// Longest free-text field (plan names, tiers).
 pub const TEXT_LEN_MAX: usize = 200;
 /// Most meters one plan may list.
 pub const PLAN_METERS_MAX: usize = 100;
+/// Most meters one request may name.
+pub const USAGE_METERS_MAX: usize = 16;
+/// Most attributes on one request, and their sizes.
+pub const ATTRIBUTES_MAX: usize = 16;
+pub const ATTRIBUTE_KEY_LEN_MAX: usize = 64;
+pub const ATTRIBUTE_VALUE_LEN_MAX: usize = 256;
+/// Largest rate cap, units per minute.
+pub const RATE_LIMIT_PER_MINUTE_MAX: i64 = 1_000_000_000_000;
 
 pub fn account(field: &str, raw: &str) -> Result<AccountId, Error> {
     AccountId::parse(raw).map_err(|e| Error::invalid(field, e))
@@ -81,12 +89,54 @@ pub fn page_size(requested: u32) -> Result<u32, Error> {
     }
 }
 
+/// The meters of a request: either the one-meter shorthand or the `usage` list, not both; each
+/// meter once. `zero_ok` allows 0 (checks for status only).
+fn usage(single_meter: &str, single_amount: i64, lines: &[pb::MeterAmount], zero_ok: bool) -> Result<Usage, Error> {
+    let amount = |field: &str, a: i64| if zero_ok { non_negative(field, a) } else { positive(field, a) };
+    if lines.is_empty() {
+        return Ok(vec![(meter("meter", single_meter)?, amount("amount_credits", single_amount)?)]);
+    }
+    if !single_meter.is_empty() || single_amount != 0 {
+        return Err(Error::invalid("usage", "give either meter and amount_credits, or usage, not both"));
+    }
+    if lines.len() > USAGE_METERS_MAX {
+        return Err(Error::invalid("usage", format!("at most {USAGE_METERS_MAX} meters")));
+    }
+    let mut parsed: Usage = Vec::with_capacity(lines.len());
+    for (i, line) in lines.iter().enumerate() {
+        let name = meter(&format!("usage[{i}].meter"), &line.meter)?;
+        if parsed.iter().any(|(m, _)| *m == name) {
+            return Err(Error::invalid(format!("usage[{i}].meter"), "listed twice"));
+        }
+        parsed.push((name, amount(&format!("usage[{i}].amount_credits"), line.amount_credits)?));
+    }
+    Ok(parsed)
+}
+
+/// Bounded attributes: keys `[a-z0-9_.-]`, values without control characters.
+fn attributes(raw: std::collections::HashMap<String, String>) -> Result<Attributes, Error> {
+    if raw.len() > ATTRIBUTES_MAX {
+        return Err(Error::invalid("attributes", format!("at most {ATTRIBUTES_MAX}")));
+    }
+    let mut parsed = Attributes::new();
+    for (key, value) in raw {
+        let field = format!("attributes[{key:.64}]");
+        if key.is_empty()
+            || key.len() > ATTRIBUTE_KEY_LEN_MAX
+            || !key.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+        {
+            return Err(Error::invalid(field, format!("keys are 1 to {ATTRIBUTE_KEY_LEN_MAX} bytes of a-z 0-9 _ . -")));
+        }
+        if value.len() > ATTRIBUTE_VALUE_LEN_MAX || value.chars().any(char::is_control) {
+            return Err(Error::invalid(field, format!("values are at most {ATTRIBUTE_VALUE_LEN_MAX} bytes without control characters")));
+        }
+        parsed.insert(key, value);
+    }
+    Ok(parsed)
+}
+
 pub fn check(req: pb::CheckRequest) -> Result<CheckCommand, Error> {
-    Ok(CheckCommand {
-        account: account("account_id", &req.account_id)?,
-        meter: meter("meter", &req.meter)?,
-        amount_credits: non_negative("amount_credits", req.amount_credits)?,
-    })
+    Ok(CheckCommand { account: account("account_id", &req.account_id)?, usage: usage(&req.meter, req.amount_credits, &req.usage, true)? })
 }
 
 pub fn debit(req: pb::DebitRequest) -> Result<DebitCommand, Error> {
@@ -97,10 +147,10 @@ pub fn debit(req: pb::DebitRequest) -> Result<DebitCommand, Error> {
     };
     Ok(DebitCommand {
         account: account("account_id", &req.account_id)?,
-        meter: meter("meter", &req.meter)?,
-        amount_credits: positive("amount_credits", req.amount_credits)?,
+        usage: usage(&req.meter, req.amount_credits, &req.usage, false)?,
         mode,
         key: key(&req.idempotency_key)?,
+        attributes: attributes(req.attributes)?,
     })
 }
 
@@ -110,15 +160,22 @@ pub fn reserve(req: pb::ReserveRequest) -> Result<ReserveCommand, Error> {
     }
     Ok(ReserveCommand {
         account: account("account_id", &req.account_id)?,
-        meter: meter("meter", &req.meter)?,
-        amount_credits: positive("amount_credits", req.amount_credits)?,
+        usage: usage(&req.meter, req.amount_credits, &req.usage, false)?,
         ttl_ms: req.ttl_ms,
         key: key(&req.idempotency_key)?,
+        attributes: attributes(req.attributes)?,
     })
 }
 
 pub fn commit(req: pb::CommitRequest) -> Result<CommitCommand, Error> {
-    Ok(CommitCommand { hold_id: uuid("hold_id", &req.hold_id)?, actual_credits: non_negative("actual_credits", req.actual_credits)? })
+    let actual = if req.actual.is_empty() {
+        Actual::Single(non_negative("actual_credits", req.actual_credits)?)
+    } else if req.actual_credits != 0 {
+        return Err(Error::invalid("actual", "give either actual_credits or actual, not both"));
+    } else {
+        Actual::PerMeter(usage("", 0, &req.actual, true)?)
+    };
+    Ok(CommitCommand { hold_id: uuid("hold_id", &req.hold_id)?, actual })
 }
 
 pub fn release(req: pb::ReleaseRequest) -> Result<Uuid, Error> {
@@ -141,7 +198,12 @@ pub fn plan(req: pb::UpsertPlanRequest) -> Result<PlanRecord, Error> {
     if plan.trial_days > 366 {
         return Err(Error::invalid("plan.trial_days", "must be at most 366"));
     }
-    let mut meters: Vec<(Meter, MeterPolicy)> = Vec::with_capacity(plan.meters.len());
+    let scope = match pb::PlanScope::try_from(plan.scope) {
+        Ok(pb::PlanScope::Unspecified | pb::PlanScope::User) => allot_domain::plan::Scope::User,
+        Ok(pb::PlanScope::Org) => allot_domain::plan::Scope::Org,
+        Err(_) => return Err(Error::invalid("plan.scope", "unknown scope")),
+    };
+    let mut meters: Vec<(Meter, MeterTerms)> = Vec::with_capacity(plan.meters.len());
     for (i, m) in plan.meters.iter().enumerate() {
         let name = meter(&format!("plan.meters[{i}].meter"), &m.meter)?;
         if meters.iter().any(|(existing, _)| *existing == name) {
@@ -160,7 +222,30 @@ pub fn plan(req: pb::UpsertPlanRequest) -> Result<PlanRecord, Error> {
             rollover_cap_credits: bounded("rollover_cap_credits", m.rollover_cap_credits)?,
             debt_limit_credits: bounded("debt_limit_credits", m.debt_limit_credits)?,
         };
-        meters.push((name, policy));
+        let rate = match m.rate_limit_per_minute {
+            None if m.rate_burst.is_some() => return Err(Error::invalid(format!("plan.meters[{i}].rate_burst"), "needs rate_limit_per_minute")),
+            None => None,
+            Some(limit) => {
+                if !(1..=RATE_LIMIT_PER_MINUTE_MAX).contains(&limit) {
+                    return Err(Error::invalid(
+                        format!("plan.meters[{i}].rate_limit_per_minute"),
+                        format!("must be between 1 and {RATE_LIMIT_PER_MINUTE_MAX}"),
+                    ));
+                }
+                let burst = m.rate_burst.unwrap_or(limit);
+                if !(1..=RATE_LIMIT_PER_MINUTE_MAX).contains(&burst) {
+                    return Err(Error::invalid(format!("plan.meters[{i}].rate_burst"), format!("must be between 1 and {RATE_LIMIT_PER_MINUTE_MAX}")));
+                }
+                let fail_open = match pb::RateFailurePolicy::try_from(m.rate_failure_policy) {
+                    Ok(pb::RateFailurePolicy::Unspecified | pb::RateFailurePolicy::FailOpen) => true,
+                    Ok(pb::RateFailurePolicy::FailClosed) => false,
+                    Err(_) => return Err(Error::invalid(format!("plan.meters[{i}].rate_failure_policy"), "unknown policy")),
+                };
+                Some(RateCap { limit_per_minute: limit, burst, fail_open })
+            }
+        };
+        let member_cap_credits = m.member_cap_credits.map(|c| bounded("member_cap_credits", c)).transpose()?;
+        meters.push((name, MeterTerms { policy, rate, member_cap_credits }));
     }
     Ok(PlanRecord {
         id: plan_id("plan.plan_id", &plan.plan_id)?,
@@ -168,6 +253,7 @@ pub fn plan(req: pb::UpsertPlanRequest) -> Result<PlanRecord, Error> {
         name: text("plan.name", &plan.name)?,
         trial_days: plan.trial_days,
         is_free_default: plan.is_free_default,
+        scope,
         meters,
         updated_at: OffsetDateTime::UNIX_EPOCH,
     })
@@ -198,6 +284,7 @@ pub fn subscription(req: pb::UpsertSubscriptionRequest) -> Result<SubscriptionRe
         status,
         current_period_start: start,
         current_period_end: end,
+        cancel_at_period_end: sub.cancel_at_period_end,
         updated_at: OffsetDateTime::UNIX_EPOCH,
     })
 }
@@ -217,6 +304,33 @@ pub fn grant(req: pb::GrantCreditsRequest) -> Result<GrantCommand, Error> {
         expires_at: req.expires_at.as_ref().map(|t| timestamp("expires_at", t)).transpose()?,
         key: key(&req.idempotency_key)?,
     })
+}
+
+/// An account and its org (`None` = none).
+pub fn account_record(req: pb::Account) -> Result<(AccountId, Option<AccountId>), Error> {
+    let id = account("account_id", &req.account_id)?;
+    let org = if req.org_id.is_empty() { None } else { Some(account("org_id", &req.org_id)?) };
+    if org.as_ref() == Some(&id) {
+        return Err(Error::invalid("org_id", "an account cannot be its own org"));
+    }
+    Ok((id, org))
+}
+
+/// A breakdown request: account, meter, attribute key and optional instant.
+pub fn breakdown(req: pb::GetUsageBreakdownRequest) -> Result<(AccountId, Meter, String, Option<OffsetDateTime>), Error> {
+    let group_by = req.group_by;
+    if group_by.is_empty()
+        || group_by.len() > ATTRIBUTE_KEY_LEN_MAX
+        || !group_by.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'_' | b'.' | b'-'))
+    {
+        return Err(Error::invalid("group_by", format!("an attribute key: 1 to {ATTRIBUTE_KEY_LEN_MAX} bytes of a-z 0-9 _ . -")));
+    }
+    Ok((
+        account("account_id", &req.account_id)?,
+        meter("meter", &req.meter)?,
+        group_by,
+        req.period_at.as_ref().map(|t| timestamp("period_at", t)).transpose()?,
+    ))
 }
 
 /// A ledger page token: the position after which to continue ("" = from the start).
@@ -248,7 +362,16 @@ mod tests {
 
     #[test]
     fn bad_debits_name_their_field() {
-        let good = pb::DebitRequest { account_id: "u1".into(), meter: "tokens".into(), amount_credits: 5, idempotency_key: "k1".into(), mode: 0 };
+        let good = pb::DebitRequest {
+            account_id: "u1".into(),
+            meter: "tokens".into(),
+            amount_credits: 5,
+            idempotency_key: "k1".into(),
+            ..Default::default()
+        };
+        let line = |m: &str, a| pb::MeterAmount { meter: m.into(), amount_credits: a };
+        let many = |lines: Vec<pb::MeterAmount>| pb::DebitRequest { meter: String::new(), amount_credits: 0, usage: lines, ..good.clone() };
+        let attrs = |k: &str, v: &str| pb::DebitRequest { attributes: [(k.to_owned(), v.to_owned())].into_iter().collect(), ..good.clone() };
         assert!(debit(good.clone()).is_ok());
         let cases = [
             (pb::DebitRequest { account_id: String::new(), ..good.clone() }, "account_id"),
@@ -257,7 +380,14 @@ mod tests {
             (pb::DebitRequest { amount_credits: i64::MAX, ..good.clone() }, "amount_credits"),
             (pb::DebitRequest { idempotency_key: String::new(), ..good.clone() }, "idempotency_key"),
             (pb::DebitRequest { mode: 99, ..good.clone() }, "mode"),
+            (pb::DebitRequest { usage: vec![line("a", 1)], ..good.clone() }, "usage"),
+            (many(vec![line("a", 1), line("a", 2)]), "usage[1].meter"),
+            (many(vec![line("a", 1), line("b", 0)]), "usage[1].amount_credits"),
+            (many((0..17).map(|i| line(&format!("m{i}"), 1)).collect()), "usage"),
+            (attrs("Model", "x"), "attributes[Model]"),
+            (attrs("model", &"x".repeat(ATTRIBUTE_VALUE_LEN_MAX + 1)), "attributes[model]"),
         ];
+        assert_eq!(debit(many(vec![line("b", 1), line("a", 2)])).expect("valid").usage.len(), 2);
         for (req, field) in cases {
             assert_eq!(field_of(debit(req).expect_err("invalid")), field);
         }
@@ -265,7 +395,14 @@ mod tests {
 
     #[test]
     fn hold_ttls_are_bounded() {
-        let req = |ttl_ms| pb::ReserveRequest { account_id: "u".into(), meter: "m".into(), amount_credits: 1, ttl_ms, idempotency_key: "k".into() };
+        let req = |ttl_ms| pb::ReserveRequest {
+            account_id: "u".into(),
+            meter: "m".into(),
+            amount_credits: 1,
+            ttl_ms,
+            idempotency_key: "k".into(),
+            ..Default::default()
+        };
         assert!(reserve(req(HOLD_TTL_MIN_MS)).is_ok());
         assert!(reserve(req(HOLD_TTL_MAX_MS)).is_ok());
         assert_eq!(field_of(reserve(req(HOLD_TTL_MIN_MS - 1)).expect_err("short")), "ttl_ms");

@@ -10,8 +10,11 @@ use crate::repo::holds::{HoldRow, HoldStatus};
 use crate::repo::ledger::EntryRow;
 use crate::repo::plans::PlanRecord;
 use crate::repo::subscriptions::SubscriptionRecord;
+use crate::repo::usage::Group;
 use crate::service::admin::Balance;
-use crate::service::outcome::{ChargeOutcome, CheckOutcome, Denial, GrantOutcome, MeterView, RefundOutcome, ReleaseOutcome, ReserveOutcome};
+use crate::service::outcome::{Decision, Denial, GrantOutcome, MeterOutcome, MeterView, RefundOutcome, ReleaseOutcome, ReserveOutcome};
+use crate::service::rate::RateView;
+use crate::service::summary::Summary;
 
 pub fn timestamp(t: OffsetDateTime) -> prost_types::Timestamp {
     let nanos = t.unix_timestamp_nanos();
@@ -28,6 +31,8 @@ fn decision(denial: Option<Denial>) -> (i32, i32) {
         Some(Denial::InsufficientCredit) => pb::DenialReason::InsufficientCredit,
         Some(Denial::DebtLimitReached) => pb::DenialReason::DebtLimitReached,
         Some(Denial::NoEntitlement) => pb::DenialReason::NoEntitlement,
+        Some(Denial::RateLimited) => pb::DenialReason::RateLimited,
+        Some(Denial::MemberCapReached) => pb::DenialReason::MemberCapReached,
     };
     let decision = if denial.is_some() { pb::Decision::Denied } else { pb::Decision::Allowed };
     (decision as i32, reason as i32)
@@ -45,6 +50,58 @@ pub fn meter(view: &MeterView) -> pb::MeterStatus {
         period_start: Some(timestamp(view.period_start)),
         period_end: Some(timestamp(view.period_end)),
         plan_id: view.plan_id.clone().unwrap_or_default(),
+        reset_at: Some(timestamp(view.period_end)),
+        payer_account_id: view.payer_account_id.clone(),
+        member_cap_credits: view.member_cap_credits,
+        member_used_credits: view.member_used_credits,
+        rate: view.rate.as_ref().map(rate),
+    }
+}
+
+fn rate(view: &RateView) -> pb::RateStatus {
+    pb::RateStatus {
+        limit_per_minute: view.limit_per_minute,
+        remaining: view.remaining,
+        reset_at: Some(timestamp(view.reset_at)),
+        failed_open: view.failed_open,
+    }
+}
+
+fn meter_decision(outcome: &MeterOutcome) -> pb::MeterDecision {
+    let (decision, reason) = decision(outcome.denial);
+    pb::MeterDecision {
+        decision,
+        reason,
+        meter: Some(meter(&outcome.meter)),
+        entry_id: id_or_empty(outcome.entry_id),
+        breakdown: breakdown(&outcome.breakdown),
+        retry_after_ms: outcome.retry_after_ms,
+    }
+}
+
+/// The top-level fields every decision response shares: overall decision and reason, the first
+/// meter's entry, breakdown and status (the one-meter shorthand), every meter, the longest wait.
+struct Top {
+    decision: i32,
+    reason: i32,
+    entry_id: String,
+    breakdown: Vec<pb::BucketAmount>,
+    meter: Option<pb::MeterStatus>,
+    meters: Vec<pb::MeterDecision>,
+    retry_after_ms: i64,
+}
+
+fn top(d: &Decision) -> Top {
+    let (decision, reason) = decision(d.denial());
+    let first = d.meters.first();
+    Top {
+        decision,
+        reason,
+        entry_id: id_or_empty(first.and_then(|m| m.entry_id)),
+        breakdown: first.map(|m| breakdown(&m.breakdown)).unwrap_or_default(),
+        meter: first.map(|m| meter(&m.meter)),
+        meters: d.meters.iter().map(meter_decision).collect(),
+        retry_after_ms: d.retry_after_ms(),
     }
 }
 
@@ -75,41 +132,39 @@ fn id_or_empty(id: Option<uuid::Uuid>) -> String {
     id.map(|id| id.to_string()).unwrap_or_default()
 }
 
-pub fn check(outcome: CheckOutcome) -> pb::CheckResponse {
-    let (decision, reason) = decision(outcome.denial);
-    pb::CheckResponse { decision, reason, meter: Some(meter(&outcome.meter)) }
+pub fn check(d: Decision) -> pb::CheckResponse {
+    let t = top(&d);
+    pb::CheckResponse { decision: t.decision, reason: t.reason, meter: t.meter, meters: t.meters, retry_after_ms: t.retry_after_ms }
 }
 
-pub fn debit(outcome: ChargeOutcome) -> pb::DebitResponse {
-    let (decision, reason) = decision(outcome.denial);
+pub fn debit(d: Decision) -> pb::DebitResponse {
+    let t = top(&d);
     pb::DebitResponse {
-        decision,
-        reason,
-        entry_id: id_or_empty(outcome.entry_id),
-        breakdown: breakdown(&outcome.breakdown),
-        meter: Some(meter(&outcome.meter)),
+        decision: t.decision,
+        reason: t.reason,
+        entry_id: t.entry_id,
+        breakdown: t.breakdown,
+        meter: t.meter,
+        meters: t.meters,
+        retry_after_ms: t.retry_after_ms,
     }
 }
 
-pub fn commit(outcome: ChargeOutcome) -> pb::CommitResponse {
-    let (decision, reason) = decision(outcome.denial);
-    pb::CommitResponse {
-        decision,
-        reason,
-        entry_id: id_or_empty(outcome.entry_id),
-        breakdown: breakdown(&outcome.breakdown),
-        meter: Some(meter(&outcome.meter)),
-    }
+pub fn commit(d: Decision) -> pb::CommitResponse {
+    let t = top(&d);
+    pb::CommitResponse { decision: t.decision, reason: t.reason, entry_id: t.entry_id, breakdown: t.breakdown, meter: t.meter, meters: t.meters }
 }
 
 pub fn reserve(outcome: ReserveOutcome) -> pb::ReserveResponse {
-    let (decision, reason) = decision(outcome.denial);
+    let t = top(&outcome.decision);
     pb::ReserveResponse {
-        decision,
-        reason,
+        decision: t.decision,
+        reason: t.reason,
         hold_id: id_or_empty(outcome.hold_id),
         expires_at: outcome.expires_at.map(timestamp),
-        meter: Some(meter(&outcome.meter)),
+        meter: t.meter,
+        meters: t.meters,
+        retry_after_ms: t.retry_after_ms,
     }
 }
 
@@ -123,7 +178,11 @@ fn hold_status(status: HoldStatus) -> pb::HoldStatus {
 }
 
 pub fn release(outcome: ReleaseOutcome) -> pb::ReleaseResponse {
-    pb::ReleaseResponse { status: hold_status(outcome.status) as i32, meter: Some(meter(&outcome.meter)) }
+    pb::ReleaseResponse {
+        status: hold_status(outcome.status) as i32,
+        meter: outcome.meters.first().map(meter),
+        meters: outcome.meters.iter().map(meter).collect(),
+    }
 }
 
 pub fn refund(outcome: RefundOutcome) -> pb::RefundResponse {
@@ -147,20 +206,32 @@ pub fn plan(record: PlanRecord) -> pb::Plan {
         meters: record
             .meters
             .iter()
-            .map(|(m, p)| pb::MeterAllowance {
+            .map(|(m, t)| pb::MeterAllowance {
                 meter: m.as_str().to_owned(),
-                allowance_credits: p.allowance_credits,
-                rollover_cap_credits: p.rollover_cap_credits,
-                debt_limit_credits: p.debt_limit_credits,
+                allowance_credits: t.policy.allowance_credits,
+                rollover_cap_credits: t.policy.rollover_cap_credits,
+                debt_limit_credits: t.policy.debt_limit_credits,
+                rate_limit_per_minute: t.rate.map(|r| r.limit_per_minute),
+                rate_burst: t.rate.map(|r| r.burst),
+                rate_failure_policy: match t.rate {
+                    Some(r) if !r.fail_open => pb::RateFailurePolicy::FailClosed as i32,
+                    Some(_) => pb::RateFailurePolicy::FailOpen as i32,
+                    None => pb::RateFailurePolicy::Unspecified as i32,
+                },
+                member_cap_credits: t.member_cap_credits,
             })
             .collect(),
         trial_days: record.trial_days,
         is_free_default: record.is_free_default,
         updated_at: Some(timestamp(record.updated_at)),
+        scope: match record.scope {
+            allot_domain::plan::Scope::User => pb::PlanScope::User as i32,
+            allot_domain::plan::Scope::Org => pb::PlanScope::Org as i32,
+        },
     }
 }
 
-pub fn subscription(record: SubscriptionRecord) -> pb::Subscription {
+pub fn subscription(record: SubscriptionRecord, entitled: bool) -> pb::Subscription {
     let status = match record.status {
         SubscriptionStatus::Active => pb::SubscriptionStatus::Active,
         SubscriptionStatus::Trialing => pb::SubscriptionStatus::Trialing,
@@ -175,8 +246,9 @@ pub fn subscription(record: SubscriptionRecord) -> pb::Subscription {
         status: status as i32,
         current_period_start: Some(timestamp(record.current_period_start)),
         current_period_end: Some(timestamp(record.current_period_end)),
-        entitled: record.status.is_entitled(),
+        entitled,
         updated_at: Some(timestamp(record.updated_at)),
+        cancel_at_period_end: record.cancel_at_period_end,
     }
 }
 
@@ -228,6 +300,7 @@ fn entry_kind(kind: EntryKind) -> pb::EntryKind {
         EntryKind::Grant => pb::EntryKind::Grant,
         EntryKind::PeriodRoll => pb::EntryKind::PeriodRoll,
         EntryKind::GrantExpiry => pb::EntryKind::GrantExpiry,
+        EntryKind::PlanChange => pb::EntryKind::PlanChange,
     }
 }
 
@@ -247,8 +320,48 @@ pub fn ledger(entries: Vec<EntryRow>, next_page_token: String) -> pb::ListLedger
                 hold_id: id_or_empty(e.refs.hold_id),
                 idempotency_key: e.refs.idempotency_key.unwrap_or_default(),
                 created_at: Some(timestamp(e.created_at)),
+                acting_account_id: e.refs.acting_account_id.unwrap_or_default(),
+                attributes: e
+                    .refs
+                    .attributes
+                    .as_ref()
+                    .and_then(|a| a.as_object())
+                    .map(|o| o.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned()))).collect())
+                    .unwrap_or_default(),
             })
             .collect(),
         next_page_token,
+    }
+}
+
+pub fn summary(account_id: String, summary: Summary) -> pb::GetUsageSummaryResponse {
+    let payer = &summary.payer;
+    pb::GetUsageSummaryResponse {
+        account_id,
+        plan_id: payer.plan_id.clone().unwrap_or_default(),
+        plan_tier: payer.plan_tier.clone().unwrap_or_default(),
+        subscription_status: payer.subscription.as_ref().map(|s| s.status.as_str().to_owned()).unwrap_or_default(),
+        entitled: payer.entitled,
+        period_start: Some(timestamp(payer.period.start)),
+        period_end: Some(timestamp(payer.period.end)),
+        payer_account_id: payer.payer.as_str().to_owned(),
+        meters: summary
+            .meters
+            .iter()
+            .map(|m| pb::MeterUsage {
+                status: Some(meter(&m.view)),
+                rollover_credits: m.view.rollover_credits,
+                purchased_credits: m.purchased_credits,
+                promotional_credits: m.promotional_credits,
+            })
+            .collect(),
+    }
+}
+
+pub fn breakdown_response(period: allot_domain::period::Period, groups: Vec<Group>) -> pb::GetUsageBreakdownResponse {
+    pb::GetUsageBreakdownResponse {
+        period_start: Some(timestamp(period.start)),
+        period_end: Some(timestamp(period.end)),
+        groups: groups.into_iter().map(|g| pb::UsageGroup { value: g.value, total_credits: g.total_credits, count: g.charges }).collect(),
     }
 }

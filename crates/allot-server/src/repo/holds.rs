@@ -38,11 +38,15 @@ impl HoldStatus {
     }
 }
 
-/// A hold as stored.
+/// One meter of a hold as stored (a hold on several meters has one row each, sharing the id).
 #[derive(Debug, Clone)]
 pub struct HoldRow {
     pub id: Uuid,
+    /// The account that pays (the meter row's account).
     pub account_id: String,
+    /// The account that placed the hold.
+    pub acting_account_id: String,
+    pub attributes: serde_json::Value,
     pub meter: String,
     pub amount_credits: i64,
     pub status: HoldStatus,
@@ -51,7 +55,8 @@ pub struct HoldRow {
     pub settlement_response: Option<serde_json::Value>,
 }
 
-const COLUMNS: &str = "id, account_id, meter, amount_credits, status, expires_at, settlement_request_sha256, settlement_response";
+const COLUMNS: &str =
+    "id, account_id, meter, amount_credits, status, expires_at, settlement_request_sha256, settlement_response, acting_account_id, attributes";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<HoldRow, Error> {
     Ok(HoldRow {
@@ -63,6 +68,8 @@ fn from_row(row: &tokio_postgres::Row) -> Result<HoldRow, Error> {
         expires_at: row.get(5),
         settlement_request_sha256: row.get(6),
         settlement_response: row.get(7),
+        acting_account_id: row.get(8),
+        attributes: row.get(9),
     })
 }
 
@@ -93,6 +100,8 @@ pub async fn live_for_account(tx: &Tx<'_>, tenant: TenantId, account: &AccountId
 pub struct NewHold<'a> {
     pub id: Uuid,
     pub account: &'a AccountId,
+    pub acting: &'a AccountId,
+    pub attributes: &'a serde_json::Value,
     pub meter: &'a Meter,
     pub amount_credits: i64,
     pub expires_at: OffsetDateTime,
@@ -101,23 +110,38 @@ pub struct NewHold<'a> {
 pub async fn insert(tx: &Tx<'_>, tenant: TenantId, hold: &NewHold<'_>, now: OffsetDateTime) -> Result<(), Error> {
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO holds (tenant_id, id, account_id, meter, amount_credits, status, expires_at, created_at) \
-             VALUES ($1, $2, $3, $4, $5, 'held', $6, $7)",
+            "INSERT INTO holds (tenant_id, id, account_id, meter, amount_credits, status, expires_at, created_at, acting_account_id, attributes) \
+             VALUES ($1, $2, $3, $4, $5, 'held', $6, $7, $8, $9)",
         )
         .await?;
-    tx.execute(&stmt, &[&tenant.0, &hold.id, &hold.account.as_str(), &hold.meter.as_str(), &hold.amount_credits, &hold.expires_at, &now]).await?;
+    tx.execute(
+        &stmt,
+        &[
+            &tenant.0,
+            &hold.id,
+            &hold.account.as_str(),
+            &hold.meter.as_str(),
+            &hold.amount_credits,
+            &hold.expires_at,
+            &now,
+            &hold.acting.as_str(),
+            hold.attributes,
+        ],
+    )
+    .await?;
     Ok(())
 }
 
-/// Reads a hold; with `for_update` it is locked (after its meter's row: see the lock order).
-pub async fn get(tx: &Tx<'_>, tenant: TenantId, id: Uuid, for_update: bool) -> Result<Option<HoldRow>, Error> {
+/// Reads every meter of a hold, in meter order; with `for_update` they are locked (after their
+/// meters' rows: see the lock order). Empty when there is no such hold.
+pub async fn get(tx: &Tx<'_>, tenant: TenantId, id: Uuid, for_update: bool) -> Result<Vec<HoldRow>, Error> {
     let lock = if for_update { " FOR UPDATE" } else { "" };
-    let sql = format!("SELECT {COLUMNS} FROM holds WHERE tenant_id = $1 AND id = $2{lock}");
+    let sql = format!("SELECT {COLUMNS} FROM holds WHERE tenant_id = $1 AND id = $2 ORDER BY meter{lock}");
     let stmt = tx.prepare_cached(&sql).await?;
-    tx.query_opt(&stmt, &[&tenant.0, &id]).await?.as_ref().map(from_row).transpose()
+    tx.query(&stmt, &[&tenant.0, &id]).await?.iter().map(from_row).collect()
 }
 
-/// Settles a held hold, storing the response that retries will get.
+/// Settles every meter of a held hold, storing the response that retries will get.
 pub async fn settle(
     tx: &Tx<'_>,
     tenant: TenantId,
@@ -134,7 +158,7 @@ pub async fn settle(
         )
         .await?;
     let updated = tx.execute(&stmt, &[&tenant.0, &id, &status.as_str(), &now, &request_sha256, response]).await?;
-    if updated != 1 {
+    if updated == 0 {
         return Err(Error::Internal("settled a hold that was not held".into()));
     }
     Ok(())
@@ -145,8 +169,8 @@ pub async fn settle(
 pub async fn sweep_expired(client: &deadpool_postgres::Client, now: OffsetDateTime, limit: i64) -> Result<u64, Error> {
     let stmt = client
         .prepare_cached(
-            "UPDATE holds SET status = 'expired', settled_at = $1 WHERE (tenant_id, id) IN ( \
-                SELECT tenant_id, id FROM holds WHERE status = 'held' AND expires_at <= $1 \
+            "UPDATE holds SET status = 'expired', settled_at = $1 WHERE (tenant_id, id, meter) IN ( \
+                SELECT tenant_id, id, meter FROM holds WHERE status = 'held' AND expires_at <= $1 \
                 ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
         )
         .await?;

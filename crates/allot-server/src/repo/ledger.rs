@@ -16,6 +16,10 @@ pub struct EntryRefs {
     pub refunds_entry_id: Option<Uuid>,
     pub hold_id: Option<Uuid>,
     pub idempotency_key: Option<String>,
+    /// The account that acted, when it is not the one that paid (a pooled org member).
+    pub acting_account_id: Option<String>,
+    /// Caller-supplied labels (`{}` when none).
+    pub attributes: Option<serde_json::Value>,
 }
 
 /// A ledger entry as stored.
@@ -34,8 +38,8 @@ pub struct EntryRow {
     pub created_at: OffsetDateTime,
 }
 
-const COLUMNS: &str =
-    "position, id, account_id, meter, seq, kind, delta_credits, breakdown, period_start, period_end, refunds_entry_id, hold_id, idempotency_key, created_at";
+const COLUMNS: &str = "position, id, account_id, meter, seq, kind, delta_credits, breakdown, period_start, period_end, refunds_entry_id, hold_id, \
+     idempotency_key, created_at, acting_account_id, attributes";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<EntryRow, Error> {
     let kind: &str = row.get(5);
@@ -50,7 +54,13 @@ fn from_row(row: &tokio_postgres::Row) -> Result<EntryRow, Error> {
         delta_credits: row.get(6),
         breakdown: serde_json::from_value(breakdown).map_err(|e| Error::Internal(format!("stored breakdown: {e}")))?,
         period: Period { start: row.get(8), end: row.get(9) },
-        refs: EntryRefs { refunds_entry_id: row.get(10), hold_id: row.get(11), idempotency_key: row.get(12) },
+        refs: EntryRefs {
+            refunds_entry_id: row.get(10),
+            hold_id: row.get(11),
+            idempotency_key: row.get(12),
+            acting_account_id: row.get(14),
+            attributes: Some(row.get(15)),
+        },
         created_at: row.get(13),
     })
 }
@@ -77,10 +87,12 @@ pub async fn append(
     let stmt = tx
         .prepare_cached(
             "INSERT INTO ledger_entries (tenant_id, id, account_id, meter, seq, kind, delta_credits, breakdown, period_start, period_end, \
-             refunds_entry_id, hold_id, idempotency_key, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)",
+             refunds_entry_id, hold_id, idempotency_key, created_at, acting_account_id, attributes) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
         )
         .await?;
     let mut seq = last_seq;
+    let no_attributes = serde_json::Value::Object(serde_json::Map::new());
     for entry in entries {
         seq += 1;
         let breakdown = serde_json::to_value(&entry.effect.breakdown).map_err(|e| Error::Internal(format!("breakdown: {e}")))?;
@@ -101,6 +113,8 @@ pub async fn append(
                 &entry.refs.hold_id,
                 &entry.refs.idempotency_key,
                 &now,
+                &entry.refs.acting_account_id,
+                entry.refs.attributes.as_ref().unwrap_or(&no_attributes),
             ],
         )
         .await?;

@@ -1,6 +1,7 @@
 //! The only place with SQL. Every function takes the caller's transaction and the tenant, and
 //! every statement filters by `tenant_id`. Functions load and store rows; they decide nothing.
 
+pub mod accounts;
 pub mod balances;
 pub mod grants;
 pub mod holds;
@@ -9,6 +10,7 @@ pub mod ledger;
 pub mod plans;
 pub mod subscriptions;
 pub mod tenants;
+pub mod usage;
 
 /// The transaction type every repository function takes.
 pub type Tx<'a> = deadpool_postgres::Transaction<'a>;

@@ -15,7 +15,15 @@ pub struct SubscriptionRecord {
     pub status: SubscriptionStatus,
     pub current_period_start: OffsetDateTime,
     pub current_period_end: OffsetDateTime,
+    pub cancel_at_period_end: bool,
     pub updated_at: OffsetDateTime,
+}
+
+impl SubscriptionRecord {
+    /// Whether it entitles the account to its plan at `now`.
+    pub fn entitled_at(&self, now: OffsetDateTime) -> bool {
+        allot_domain::plan::entitled_at(self.status, self.cancel_at_period_end, self.current_period_end, now)
+    }
 }
 
 /// Inserts or replaces the account's subscription. Fails with a foreign-key violation when the
@@ -23,10 +31,11 @@ pub struct SubscriptionRecord {
 pub async fn upsert(tx: &Tx<'_>, tenant: TenantId, sub: &SubscriptionRecord) -> Result<(), Error> {
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO subscriptions (tenant_id, account_id, plan_id, status, current_period_start, current_period_end, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id, account_id) DO UPDATE SET plan_id = EXCLUDED.plan_id, \
-             status = EXCLUDED.status, current_period_start = EXCLUDED.current_period_start, \
-             current_period_end = EXCLUDED.current_period_end, updated_at = EXCLUDED.updated_at",
+            "INSERT INTO subscriptions (tenant_id, account_id, plan_id, status, current_period_start, current_period_end, updated_at, \
+             cancel_at_period_end) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (tenant_id, account_id) DO UPDATE SET \
+             plan_id = EXCLUDED.plan_id, status = EXCLUDED.status, current_period_start = EXCLUDED.current_period_start, \
+             current_period_end = EXCLUDED.current_period_end, updated_at = EXCLUDED.updated_at, \
+             cancel_at_period_end = EXCLUDED.cancel_at_period_end",
         )
         .await?;
     tx.execute(
@@ -39,6 +48,7 @@ pub async fn upsert(tx: &Tx<'_>, tenant: TenantId, sub: &SubscriptionRecord) -> 
             &sub.current_period_start,
             &sub.current_period_end,
             &sub.updated_at,
+            &sub.cancel_at_period_end,
         ],
     )
     .await?;
@@ -48,7 +58,7 @@ pub async fn upsert(tx: &Tx<'_>, tenant: TenantId, sub: &SubscriptionRecord) -> 
 pub async fn get(tx: &Tx<'_>, tenant: TenantId, account: &AccountId) -> Result<Option<SubscriptionRecord>, Error> {
     let stmt = tx
         .prepare_cached(
-            "SELECT plan_id, status, current_period_start, current_period_end, updated_at FROM subscriptions \
+            "SELECT plan_id, status, current_period_start, current_period_end, updated_at, cancel_at_period_end FROM subscriptions \
              WHERE tenant_id = $1 AND account_id = $2",
         )
         .await?;
@@ -63,5 +73,6 @@ pub async fn get(tx: &Tx<'_>, tenant: TenantId, account: &AccountId) -> Result<O
         current_period_start: row.get(2),
         current_period_end: row.get(3),
         updated_at: row.get(4),
+        cancel_at_period_end: row.get(5),
     }))
 }

@@ -6,6 +6,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::idempotent::{self, fingerprint};
+use super::in_force;
 use super::meter_session::MeterSession;
 use super::outcome::{GrantOutcome, MeterView};
 use super::Ctx;
@@ -86,7 +87,8 @@ impl Admin {
         Ok(paginate(plans, page_size, |p| p.id.as_str().to_owned()))
     }
 
-    pub async fn upsert_subscription(&self, tenant: TenantId, mut sub: SubscriptionRecord) -> Result<SubscriptionRecord, Error> {
+    /// Stores the subscription; returns it and whether it entitles the account now.
+    pub async fn upsert_subscription(&self, tenant: TenantId, mut sub: SubscriptionRecord) -> Result<(SubscriptionRecord, bool), Error> {
         sub.updated_at = self.ctx.clock.now();
         let mut client = self.ctx.pool.get().await?;
         let tx = client.transaction().await?;
@@ -95,15 +97,43 @@ impl Admin {
         }
         repo::subscriptions::upsert(&tx, tenant, &sub).await?;
         tx.commit().await?;
-        Ok(sub)
+        let entitled = sub.entitled_at(self.ctx.clock.now());
+        Ok((sub, entitled))
     }
 
-    pub async fn get_subscription(&self, tenant: TenantId, account: &AccountId) -> Result<SubscriptionRecord, Error> {
+    /// Sets an account's org. An org cannot itself be a member, and a member cannot be an org.
+    pub async fn upsert_account(&self, tenant: TenantId, account: &AccountId, org: Option<&AccountId>) -> Result<(), Error> {
+        let mut client = self.ctx.pool.get().await?;
+        let tx = client.transaction().await?;
+        if let Some(org) = org {
+            if repo::accounts::org_of(&tx, tenant, org).await?.is_some() {
+                return Err(Error::invalid("org_id", "is itself a member of an org"));
+            }
+            if repo::accounts::has_members(&tx, tenant, account).await? {
+                return Err(Error::invalid("account_id", "is an org with members and cannot join another org"));
+            }
+        }
+        repo::accounts::upsert(&tx, tenant, account, org).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn get_account(&self, tenant: TenantId, account: &AccountId) -> Result<Option<AccountId>, Error> {
+        let mut client = self.ctx.pool.get().await?;
+        let tx = client.transaction().await?;
+        let org = repo::accounts::org_of(&tx, tenant, account).await?;
+        tx.commit().await?;
+        Ok(org)
+    }
+
+    /// The account's subscription and whether it entitles the account now.
+    pub async fn get_subscription(&self, tenant: TenantId, account: &AccountId) -> Result<(SubscriptionRecord, bool), Error> {
         let mut client = self.ctx.pool.get().await?;
         let tx = client.transaction().await?;
         let sub = repo::subscriptions::get(&tx, tenant, account).await?.ok_or(Error::NotFound { what: "subscription" })?;
         tx.commit().await?;
-        Ok(sub)
+        let entitled = sub.entitled_at(self.ctx.clock.now());
+        Ok((sub, entitled))
     }
 
     /// Adds credit to a meter, idempotent by key.
@@ -117,7 +147,10 @@ impl Admin {
         let mut client = self.ctx.pool.get().await?;
         {
             let tx = client.transaction().await?;
-            let mut session = MeterSession::lock(&tx, tenant, &cmd.account, &cmd.meter, now, &[]).await?;
+            let payer = in_force::resolve(&tx, tenant, &cmd.account, now).await?;
+            let mut own = payer.clone();
+            own.payer = cmd.account.clone();
+            let mut session = MeterSession::lock(&tx, tenant, &own, &cmd.meter, now, &[]).await?;
             if let Some(replayed) = idempotent::replay(&tx, tenant, &cmd.key, "grant", &print).await? {
                 return Ok(replayed);
             }
@@ -154,11 +187,12 @@ impl Admin {
         let meters = repo::balances::list_meters(&tx, tenant, account).await?;
         let grants = repo::grants::for_account(&tx, tenant, account).await?;
         let holds = repo::holds::live_for_account(&tx, tenant, account, now).await?;
-        let mut plan_id = None;
+        let mut payer = in_force::resolve(&tx, tenant, account, now).await?;
+        payer.payer = account.clone();
+        let plan_id = payer.plan_id.clone();
         let mut views = Vec::with_capacity(meters.len());
         for meter in &meters {
-            let session = MeterSession::snapshot(&tx, tenant, account, meter, now).await?;
-            plan_id = session.in_force.plan_id.clone();
+            let session = MeterSession::snapshot(&tx, tenant, &payer, meter, now).await?;
             let live_ids: Vec<Uuid> = session.state.grants_in_waterfall_order(now).iter().map(|g| g.id).collect();
             let mut meter_grants: Vec<GrantRow> = Vec::new();
             for id in live_ids {
@@ -171,12 +205,6 @@ impl Admin {
                 grants: meter_grants,
                 holds: holds.iter().filter(|h| h.meter == meter.as_str()).cloned().collect(),
             });
-        }
-        if plan_id.is_none() {
-            plan_id = match repo::subscriptions::get(&tx, tenant, account).await? {
-                Some(sub) if sub.status.is_entitled() => Some(sub.plan_id.as_str().to_owned()),
-                _ => repo::plans::free_default(&tx, tenant).await?,
-            };
         }
         tx.commit().await?;
         Ok(Balance { plan_id, meters: views })

@@ -1,5 +1,9 @@
 //! The hot path: check, debit, reserve, commit, release and refund. Each mutation is one
-//! transaction: lock the meter, replay or decide, persist, store the idempotent outcome, commit.
+//! transaction: resolve who pays, lock the payer's meters in meter order, replay or decide (credit,
+//! member cap, then the rate cap), persist, store the idempotent outcome, commit. A request with
+//! several meters is all or nothing.
+
+use std::collections::BTreeMap;
 
 use allot_domain::charge::{self, Mode};
 use allot_domain::ledger::{Bucket, EntryKind};
@@ -10,8 +14,10 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::idempotent::{self, fingerprint};
+use super::in_force::{self, Payer};
 use super::meter_session::MeterSession;
-use super::outcome::{ChargeOutcome, CheckOutcome, RefundOutcome, ReleaseOutcome, ReserveOutcome};
+use super::outcome::{Decision, Denial, MeterOutcome, RefundOutcome, ReleaseOutcome, ReserveOutcome};
+use super::rate::{RateLimiter, RateRequest};
 use super::Ctx;
 use crate::error::Error;
 use crate::ids::{AccountId, IdempotencyKey, Meter, TenantId};
@@ -19,35 +25,48 @@ use crate::repo::holds::{HoldRow, HoldStatus, NewHold};
 use crate::repo::ledger::EntryRefs;
 use crate::repo::{self, Tx};
 
+/// Meters and amounts of one request, in request order, each meter once.
+pub type Usage = Vec<(Meter, i64)>;
+/// Caller-supplied labels kept on ledger entries.
+pub type Attributes = BTreeMap<String, String>;
+
 #[derive(Debug, Clone)]
 pub struct CheckCommand {
     pub account: AccountId,
-    pub meter: Meter,
-    pub amount_credits: i64,
+    pub usage: Usage,
 }
 
 #[derive(Debug, Clone)]
 pub struct DebitCommand {
     pub account: AccountId,
-    pub meter: Meter,
-    pub amount_credits: i64,
+    pub usage: Usage,
     pub mode: Mode,
     pub key: IdempotencyKey,
+    pub attributes: Attributes,
 }
 
 #[derive(Debug, Clone)]
 pub struct ReserveCommand {
     pub account: AccountId,
-    pub meter: Meter,
-    pub amount_credits: i64,
+    pub usage: Usage,
     pub ttl_ms: i64,
     pub key: IdempotencyKey,
+    pub attributes: Attributes,
+}
+
+/// What a hold really used.
+#[derive(Debug, Clone)]
+pub enum Actual {
+    /// For a hold on one meter.
+    Single(i64),
+    /// Per meter; meters left out used nothing.
+    PerMeter(Usage),
 }
 
 #[derive(Debug, Clone)]
 pub struct CommitCommand {
     pub hold_id: Uuid,
-    pub actual_credits: i64,
+    pub actual: Actual,
 }
 
 #[derive(Debug, Clone)]
@@ -61,121 +80,316 @@ pub struct RefundCommand {
 #[derive(Clone)]
 pub struct Credits {
     ctx: Ctx,
+    rate: RateLimiter,
 }
 
 /// What a keyed operation did inside its transaction.
 enum Keyed<T> {
     /// A stored outcome for the same request: nothing was written.
     Replayed(T),
-    /// A new outcome, saved; the transaction still has to store the key and commit.
+    /// A new outcome, saved; it is stored under the key and committed.
     Decided(T),
+    /// A new outcome that passes with time (rate limited): committed but not stored under the key,
+    /// so a retry with the same key is decided afresh.
+    Transient(T),
+}
+
+fn usage_print(usage: &Usage) -> String {
+    usage.iter().map(|(m, a)| format!("{m}={a}")).collect::<Vec<_>>().join(",")
+}
+
+fn attributes_print(attributes: &Attributes) -> String {
+    attributes.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("\u{1e}")
+}
+
+/// Attributes as stored on ledger entries and holds.
+pub fn attributes_json(attributes: &Attributes) -> serde_json::Value {
+    serde_json::Value::Object(attributes.iter().map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone()))).collect())
+}
+
+fn attributes_of(json: &serde_json::Value) -> Attributes {
+    json.as_object().map(|o| o.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned()))).collect()).unwrap_or_default()
+}
+
+fn refs(payer: &Payer, key: Option<&IdempotencyKey>, hold_id: Option<Uuid>, attributes: &Attributes) -> EntryRefs {
+    EntryRefs {
+        refunds_entry_id: None,
+        hold_id,
+        idempotency_key: key.map(|k| k.as_str().to_owned()),
+        acting_account_id: payer.pooled().then(|| payer.acting.as_str().to_owned()),
+        attributes: Some(attributes_json(attributes)),
+    }
+}
+
+/// Locks the payer's meters in meter order (the lock order) and returns them in request order.
+async fn lock_all(tx: &Tx<'_>, tenant: TenantId, payer: &Payer, meters: &[&Meter], now: OffsetDateTime) -> Result<Vec<MeterSession>, Error> {
+    let mut order: Vec<usize> = (0..meters.len()).collect();
+    order.sort_by(|a, b| meters[*a].cmp(meters[*b]));
+    let mut locked: Vec<Option<MeterSession>> = (0..meters.len()).map(|_| None).collect();
+    for i in order {
+        locked[i] = Some(MeterSession::lock(tx, tenant, payer, meters[i], now, &[]).await?);
+    }
+    Ok(locked.into_iter().flatten().collect())
+}
+
+/// Credit and member-cap verdicts per meter; changes nothing.
+fn credit_denials(sessions: &[MeterSession], usage: &Usage, mode: Mode, now: OffsetDateTime) -> Vec<Option<Denial>> {
+    sessions
+        .iter()
+        .zip(usage)
+        .map(|(session, (_, amount))| {
+            if !session.within_member_cap(*amount) {
+                return Some(Denial::MemberCapReached);
+            }
+            charge::check(&session.state, &session.in_force.policy, *amount, mode, now).err().map(|d| session.denial(d))
+        })
+        .collect()
+}
+
+fn outcomes(sessions: &[MeterSession], denials: &[Option<Denial>], retry_after_ms: &[i64], now: OffsetDateTime) -> Vec<MeterOutcome> {
+    sessions
+        .iter()
+        .enumerate()
+        .map(|(i, s)| MeterOutcome {
+            denial: denials[i],
+            entry_id: None,
+            breakdown: Vec::new(),
+            retry_after_ms: retry_after_ms[i],
+            meter: s.view(now),
+        })
+        .collect()
 }
 
 impl Credits {
-    pub fn new(ctx: Ctx) -> Credits {
-        Credits { ctx }
+    pub fn new(ctx: Ctx, rate: RateLimiter) -> Credits {
+        Credits { ctx, rate }
     }
 
-    /// Would the amount be allowed now, as a gate? Reads a consistent snapshot, writes nothing.
-    pub async fn check(&self, tenant: TenantId, cmd: CheckCommand) -> Result<CheckOutcome, Error> {
+    /// Decides the rate caps of all meters at once (counting them when `consume`); sets each
+    /// session's rate view and returns the refusing meter and its wait.
+    async fn decide_rate(
+        &self,
+        tenant: TenantId,
+        sessions: &mut [MeterSession],
+        usage: &Usage,
+        now: OffsetDateTime,
+        consume: bool,
+    ) -> Option<(usize, i64)> {
+        let mut capped = Vec::new();
+        let mut requests = Vec::new();
+        for (i, session) in sessions.iter().enumerate() {
+            if let Some(cap) = session.in_force.rate {
+                capped.push(i);
+                requests.push(RateRequest {
+                    key: RateLimiter::key(&tenant.to_string(), session.account.as_str(), session.meter.as_str()),
+                    limit_per_minute: cap.limit_per_minute,
+                    burst: cap.burst,
+                    weight: usage[i].1,
+                    fail_open: cap.fail_open,
+                });
+            }
+        }
+        let decision = self.rate.decide(&requests, now, consume).await;
+        for (view, i) in decision.views.into_iter().zip(&capped) {
+            sessions[*i].rate = Some(view);
+        }
+        decision.limited.map(|(index, wait_ms)| (capped[index], wait_ms))
+    }
+
+    /// Would the usage be allowed now, as a gate? Reads a consistent snapshot, writes nothing, and
+    /// only looks at the rate caps.
+    pub async fn check(&self, tenant: TenantId, cmd: CheckCommand) -> Result<Decision, Error> {
         let now = self.ctx.clock.now();
         let mut client = self.ctx.pool.get().await?;
         let tx = client.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await?;
-        let session = MeterSession::snapshot(&tx, tenant, &cmd.account, &cmd.meter, now).await?;
-        let denial = charge::check(&session.state, &session.in_force.policy, cmd.amount_credits, Mode::Gate, now).err().map(|d| session.denial(d));
-        let outcome = CheckOutcome { denial, meter: session.view(now) };
+        let payer = in_force::resolve(&tx, tenant, &cmd.account, now).await?;
+        let mut sessions = Vec::with_capacity(cmd.usage.len());
+        for (meter, _) in &cmd.usage {
+            sessions.push(MeterSession::snapshot(&tx, tenant, &payer, meter, now).await?);
+        }
         tx.commit().await?;
-        Ok(outcome)
+        let mut denials = credit_denials(&sessions, &cmd.usage, Mode::Gate, now);
+        let mut retry = vec![0; sessions.len()];
+        if let Some((i, wait_ms)) = self.decide_rate(tenant, &mut sessions, &cmd.usage, now, false).await {
+            if denials.iter().all(Option::is_none) {
+                denials[i] = Some(Denial::RateLimited);
+                retry[i] = wait_ms;
+            }
+        }
+        let decision = Decision { meters: outcomes(&sessions, &denials, &retry, now) };
+        count("check", &decision);
+        Ok(decision)
     }
 
-    pub async fn debit(&self, tenant: TenantId, cmd: DebitCommand) -> Result<ChargeOutcome, Error> {
-        let print = fingerprint("debit", &[&cmd.account, &cmd.meter, &cmd.amount_credits, &format!("{:?}", cmd.mode)]);
-        self.keyed(tenant, &cmd.key, "debit", print.clone(), |tx, now| {
-            let cmd = cmd.clone();
-            let print = print.clone();
-            Box::pin(async move {
-                let mut session = MeterSession::lock(tx, tenant, &cmd.account, &cmd.meter, now, &[]).await?;
-                if let Some(replayed) = idempotent::replay(tx, tenant, &cmd.key, "debit", &print).await? {
-                    return Ok(Keyed::Replayed(replayed));
-                }
-                let policy = session.in_force.policy;
-                let outcome = match charge::debit(&mut session.state, &policy, cmd.amount_credits, cmd.mode, EntryKind::Debit, now) {
-                    Ok(effect) => {
-                        let breakdown = effect.breakdown.clone();
-                        let refs = EntryRefs { idempotency_key: Some(cmd.key.as_str().to_owned()), ..EntryRefs::default() };
-                        let entry_id = session.record(effect, refs);
-                        ChargeOutcome { denial: None, entry_id: Some(entry_id), breakdown, meter: session.view(now) }
+    pub async fn debit(&self, tenant: TenantId, cmd: DebitCommand) -> Result<Decision, Error> {
+        let print = fingerprint("debit", &[&cmd.account, &usage_print(&cmd.usage), &format!("{:?}", cmd.mode), &attributes_print(&cmd.attributes)]);
+        let decision: Decision = self
+            .keyed(tenant, &cmd.key, "debit", print.clone(), |tx, now| {
+                let cmd = cmd.clone();
+                let print = print.clone();
+                let this = self.clone();
+                Box::pin(async move {
+                    let payer = in_force::resolve(tx, tenant, &cmd.account, now).await?;
+                    let meters: Vec<&Meter> = cmd.usage.iter().map(|(m, _)| m).collect();
+                    let mut sessions = lock_all(tx, tenant, &payer, &meters, now).await?;
+                    if let Some(replayed) = idempotent::replay(tx, tenant, &cmd.key, "debit", &print).await? {
+                        return Ok(Keyed::Replayed(replayed));
                     }
-                    Err(denial) => {
-                        ChargeOutcome { denial: Some(session.denial(denial)), entry_id: None, breakdown: Vec::new(), meter: session.view(now) }
+                    let mut denials = credit_denials(&sessions, &cmd.usage, cmd.mode, now);
+                    let mut retry = vec![0; sessions.len()];
+                    if denials.iter().all(Option::is_none) {
+                        if let Some((i, wait_ms)) = this.decide_rate(tenant, &mut sessions, &cmd.usage, now, true).await {
+                            denials[i] = Some(Denial::RateLimited);
+                            retry[i] = wait_ms;
+                        }
                     }
-                };
-                session.save(tx, now).await?;
-                Ok(Keyed::Decided(outcome))
+                    let mut meters = outcomes(&sessions, &denials, &retry, now);
+                    if denials.iter().all(Option::is_none) {
+                        for (i, session) in sessions.iter_mut().enumerate() {
+                            let amount = cmd.usage[i].1;
+                            let policy = session.in_force.policy;
+                            let effect = charge::debit(&mut session.state, &policy, amount, cmd.mode, EntryKind::Debit, now)
+                                .map_err(|d| Error::Internal(format!("a checked debit was denied: {d:?}")))?;
+                            meters[i].breakdown = effect.breakdown.clone();
+                            meters[i].entry_id = Some(session.record(effect, refs(&payer, Some(&cmd.key), None, &cmd.attributes)));
+                            session.add_member_use(amount);
+                            session.roll_up(session.state.period.start, cmd.attributes.clone(), amount, 1);
+                            meters[i].meter = session.view(now);
+                        }
+                    }
+                    for session in sessions {
+                        session.save(tx, now).await?;
+                    }
+                    let decision = Decision { meters };
+                    Ok(if decision.is_transient() { Keyed::Transient(decision) } else { Keyed::Decided(decision) })
+                })
             })
-        })
-        .await
+            .await?;
+        count("debit", &decision);
+        Ok(decision)
     }
 
     pub async fn reserve(&self, tenant: TenantId, cmd: ReserveCommand) -> Result<ReserveOutcome, Error> {
-        let print = fingerprint("reserve", &[&cmd.account, &cmd.meter, &cmd.amount_credits, &cmd.ttl_ms]);
-        self.keyed(tenant, &cmd.key, "reserve", print.clone(), |tx, now| {
-            let cmd = cmd.clone();
-            let print = print.clone();
-            Box::pin(async move {
-                let mut session = MeterSession::lock(tx, tenant, &cmd.account, &cmd.meter, now, &[]).await?;
-                if let Some(replayed) = idempotent::replay(tx, tenant, &cmd.key, "reserve", &print).await? {
-                    return Ok(Keyed::Replayed(replayed));
-                }
-                let policy = session.in_force.policy;
-                let outcome = match charge::reserve(&mut session.state, &policy, cmd.amount_credits, now) {
-                    Ok(()) => {
-                        let hold_id = Uuid::new_v4();
-                        let expires_at = now + time::Duration::milliseconds(cmd.ttl_ms);
-                        let hold = NewHold { id: hold_id, account: &cmd.account, meter: &cmd.meter, amount_credits: cmd.amount_credits, expires_at };
-                        repo::holds::insert(tx, tenant, &hold, now).await?;
-                        ReserveOutcome { denial: None, hold_id: Some(hold_id), expires_at: Some(expires_at), meter: session.view(now) }
+        let print = fingerprint("reserve", &[&cmd.account, &usage_print(&cmd.usage), &cmd.ttl_ms, &attributes_print(&cmd.attributes)]);
+        let outcome: ReserveOutcome = self
+            .keyed(tenant, &cmd.key, "reserve", print.clone(), |tx, now| {
+                let cmd = cmd.clone();
+                let print = print.clone();
+                let this = self.clone();
+                Box::pin(async move {
+                    let payer = in_force::resolve(tx, tenant, &cmd.account, now).await?;
+                    let meters: Vec<&Meter> = cmd.usage.iter().map(|(m, _)| m).collect();
+                    let mut sessions = lock_all(tx, tenant, &payer, &meters, now).await?;
+                    if let Some(replayed) = idempotent::replay(tx, tenant, &cmd.key, "reserve", &print).await? {
+                        return Ok(Keyed::Replayed(replayed));
                     }
-                    Err(denial) => ReserveOutcome { denial: Some(session.denial(denial)), hold_id: None, expires_at: None, meter: session.view(now) },
-                };
-                session.save(tx, now).await?;
-                Ok(Keyed::Decided(outcome))
+                    let mut denials = credit_denials(&sessions, &cmd.usage, Mode::Gate, now);
+                    let mut retry = vec![0; sessions.len()];
+                    if denials.iter().all(Option::is_none) {
+                        if let Some((i, wait_ms)) = this.decide_rate(tenant, &mut sessions, &cmd.usage, now, true).await {
+                            denials[i] = Some(Denial::RateLimited);
+                            retry[i] = wait_ms;
+                        }
+                    }
+                    let (mut hold_id, mut expires_at) = (None, None);
+                    if denials.iter().all(Option::is_none) {
+                        let id = Uuid::new_v4();
+                        let expiry = now + time::Duration::milliseconds(cmd.ttl_ms);
+                        let attributes = attributes_json(&cmd.attributes);
+                        for (i, session) in sessions.iter_mut().enumerate() {
+                            let amount = cmd.usage[i].1;
+                            let policy = session.in_force.policy;
+                            charge::reserve(&mut session.state, &policy, amount, now)
+                                .map_err(|d| Error::Internal(format!("a checked hold was denied: {d:?}")))?;
+                            session.member_held_credits += amount;
+                            let hold = NewHold {
+                                id,
+                                account: &session.account,
+                                acting: &payer.acting,
+                                attributes: &attributes,
+                                meter: &session.meter,
+                                amount_credits: amount,
+                                expires_at: expiry,
+                            };
+                            repo::holds::insert(tx, tenant, &hold, now).await?;
+                        }
+                        (hold_id, expires_at) = (Some(id), Some(expiry));
+                    }
+                    let decision = Decision { meters: outcomes(&sessions, &denials, &retry, now) };
+                    for session in sessions {
+                        session.save(tx, now).await?;
+                    }
+                    let outcome = ReserveOutcome { hold_id, expires_at, decision };
+                    Ok(if outcome.decision.is_transient() { Keyed::Transient(outcome) } else { Keyed::Decided(outcome) })
+                })
             })
-        })
-        .await
+            .await?;
+        count("reserve", &outcome.decision);
+        Ok(outcome)
     }
 
-    /// Settles a hold with the actual amount, at most once. A retry of the same commit gets the
+    /// Settles a hold with the actual amounts, at most once. A retry of the same commit gets the
     /// original answer; a denied commit (floor) leaves the hold in place.
-    pub async fn commit(&self, tenant: TenantId, cmd: CommitCommand) -> Result<ChargeOutcome, Error> {
+    pub async fn commit(&self, tenant: TenantId, cmd: CommitCommand) -> Result<Decision, Error> {
         let now = self.ctx.clock.now();
-        let print = fingerprint("commit", &[&cmd.hold_id, &cmd.actual_credits]);
+        let actual_print = match &cmd.actual {
+            Actual::Single(a) => a.to_string(),
+            Actual::PerMeter(usage) => usage_print(usage),
+        };
+        let print = fingerprint("commit", &[&cmd.hold_id, &actual_print]);
         let mut client = self.ctx.pool.get().await?;
         let tx = client.transaction().await?;
-        let (mut session, hold) = lock_hold(&tx, tenant, cmd.hold_id, now).await?;
-        match hold.status {
-            HoldStatus::Committed if hold.settlement_request_sha256.as_deref() == Some(print.as_slice()) => return stored(hold),
-            HoldStatus::Committed | HoldStatus::Released => return Err(Error::HoldSettled { status: hold.status.as_str() }),
+        let (payer, mut sessions, holds) = lock_hold(&tx, tenant, cmd.hold_id, now).await?;
+        match holds[0].status {
+            HoldStatus::Committed if holds[0].settlement_request_sha256.as_deref() == Some(print.as_slice()) => return stored(&holds[0]),
+            HoldStatus::Committed | HoldStatus::Released => return Err(Error::HoldSettled { status: holds[0].status.as_str() }),
             HoldStatus::Expired => return Err(Error::HoldExpired),
-            HoldStatus::Held if hold.expires_at <= now => return Err(Error::HoldExpired),
+            HoldStatus::Held if holds[0].expires_at <= now => return Err(Error::HoldExpired),
             HoldStatus::Held => {}
         }
-        let policy = session.in_force.policy;
-        let outcome = match charge::commit(&mut session.state, &policy, hold.amount_credits, cmd.actual_credits, now) {
-            Ok(effect) => {
-                let breakdown = effect.as_ref().map(|e| e.breakdown.clone()).unwrap_or_default();
-                let refs = EntryRefs { hold_id: Some(hold.id), ..EntryRefs::default() };
-                let entry_id = effect.map(|e| session.record(e, refs));
-                let outcome = ChargeOutcome { denial: None, entry_id, breakdown, meter: session.view(now) };
-                let response = serde_json::to_value(&outcome).map_err(|e| Error::Internal(format!("outcome: {e}")))?;
-                repo::holds::settle(&tx, tenant, hold.id, HoldStatus::Committed, &print, &response, now).await?;
-                outcome
+        let actual = actual_amounts(&holds, &cmd.actual)?;
+        let mut trials = Vec::with_capacity(sessions.len());
+        for (i, session) in sessions.iter().enumerate() {
+            let mut state = session.state.clone();
+            let result = charge::commit(&mut state, &session.in_force.policy, holds[i].amount_credits, actual[i], now);
+            trials.push((state, result.map_err(|d| session.denial(d))));
+        }
+        let allowed = trials.iter().all(|(_, r)| r.is_ok());
+        let attributes = attributes_of(&holds[0].attributes);
+        let mut meters = Vec::with_capacity(sessions.len());
+        for (i, (state, result)) in trials.into_iter().enumerate() {
+            let session = &mut sessions[i];
+            let mut outcome = MeterOutcome {
+                denial: result.as_ref().err().copied(),
+                entry_id: None,
+                breakdown: Vec::new(),
+                retry_after_ms: 0,
+                meter: session.view(now),
+            };
+            if allowed {
+                session.state = state;
+                session.member_held_credits = (session.member_held_credits - holds[i].amount_credits).max(0);
+                if let Ok(Some(effect)) = result {
+                    outcome.breakdown = effect.breakdown.clone();
+                    outcome.entry_id = Some(session.record(effect, refs(&payer, None, Some(cmd.hold_id), &attributes)));
+                    session.add_member_use(actual[i]);
+                    session.roll_up(session.state.period.start, attributes.clone(), actual[i], 1);
+                }
+                outcome.meter = session.view(now);
             }
-            Err(denial) => ChargeOutcome { denial: Some(session.denial(denial)), entry_id: None, breakdown: Vec::new(), meter: session.view(now) },
-        };
-        session.save(&tx, now).await?;
+            meters.push(outcome);
+        }
+        let decision = Decision { meters };
+        if allowed {
+            let response = serde_json::to_value(&decision).map_err(|e| Error::Internal(format!("outcome: {e}")))?;
+            repo::holds::settle(&tx, tenant, cmd.hold_id, HoldStatus::Committed, &print, &response, now).await?;
+        }
+        for session in sessions {
+            session.save(&tx, now).await?;
+        }
         tx.commit().await?;
-        Ok(outcome)
+        count("commit", &decision);
+        Ok(decision)
     }
 
     /// Voids a hold. Releasing a hold twice answers the same; releasing an expired hold says so.
@@ -184,21 +398,27 @@ impl Credits {
         let print = fingerprint("release", &[&hold_id]);
         let mut client = self.ctx.pool.get().await?;
         let tx = client.transaction().await?;
-        let (mut session, hold) = lock_hold(&tx, tenant, hold_id, now).await?;
-        let outcome = match hold.status {
-            HoldStatus::Released => return stored(hold),
-            HoldStatus::Committed => return Err(Error::HoldSettled { status: hold.status.as_str() }),
-            HoldStatus::Expired => ReleaseOutcome { status: HoldStatus::Expired, meter: session.view(now) },
-            HoldStatus::Held if hold.expires_at <= now => ReleaseOutcome { status: HoldStatus::Expired, meter: session.view(now) },
-            HoldStatus::Held => {
-                session.state.held_credits -= hold.amount_credits;
-                let outcome = ReleaseOutcome { status: HoldStatus::Released, meter: session.view(now) };
-                let response = serde_json::to_value(&outcome).map_err(|e| Error::Internal(format!("outcome: {e}")))?;
-                repo::holds::settle(&tx, tenant, hold.id, HoldStatus::Released, &print, &response, now).await?;
-                outcome
-            }
+        let (_, mut sessions, holds) = lock_hold(&tx, tenant, hold_id, now).await?;
+        let status = match holds[0].status {
+            HoldStatus::Released => return stored(&holds[0]),
+            HoldStatus::Committed => return Err(Error::HoldSettled { status: holds[0].status.as_str() }),
+            HoldStatus::Held if holds[0].expires_at > now => HoldStatus::Released,
+            HoldStatus::Held | HoldStatus::Expired => HoldStatus::Expired,
         };
-        session.save(&tx, now).await?;
+        if status == HoldStatus::Released {
+            for (session, hold) in sessions.iter_mut().zip(&holds) {
+                session.state.held_credits -= hold.amount_credits;
+                session.member_held_credits = (session.member_held_credits - hold.amount_credits).max(0);
+            }
+        }
+        let outcome = ReleaseOutcome { status, meters: sessions.iter().map(|s| s.view(now)).collect() };
+        if status == HoldStatus::Released {
+            let response = serde_json::to_value(&outcome).map_err(|e| Error::Internal(format!("outcome: {e}")))?;
+            repo::holds::settle(&tx, tenant, hold_id, HoldStatus::Released, &print, &response, now).await?;
+        }
+        for session in sessions {
+            session.save(&tx, now).await?;
+        }
         tx.commit().await?;
         Ok(outcome)
     }
@@ -214,7 +434,9 @@ impl Credits {
                 if !matches!(original.kind, EntryKind::Debit | EntryKind::Commit) {
                     return Err(Error::FailedPrecondition(format!("a {} entry cannot be refunded: only debits and commits", original.kind.as_str())));
                 }
-                let account = AccountId::parse(&original.account_id).map_err(|e| Error::Internal(format!("stored account: {e}")))?;
+                let stored_id = |raw: &str| AccountId::parse(raw).map_err(|e| Error::Internal(format!("stored account: {e}")));
+                let account = stored_id(&original.account_id)?;
+                let acting = original.refs.acting_account_id.as_deref().map(stored_id).transpose()?.unwrap_or_else(|| account.clone());
                 let meter = Meter::parse(&original.meter).map_err(|e| Error::Internal(format!("stored meter: {e}")))?;
                 let grant_ids: Vec<Uuid> = original
                     .breakdown
@@ -224,7 +446,8 @@ impl Credits {
                         _ => None,
                     })
                     .collect();
-                let mut session = MeterSession::lock(tx, tenant, &account, &meter, now, &grant_ids).await?;
+                let payer = in_force::resolve_stored(tx, tenant, &acting, &account, now).await?;
+                let mut session = MeterSession::lock(tx, tenant, &payer, &meter, now, &grant_ids).await?;
                 if let Some(replayed) = idempotent::replay(tx, tenant, &cmd.key, "refund", &print).await? {
                     return Ok(Keyed::Replayed(replayed));
                 }
@@ -243,11 +466,17 @@ impl Credits {
                 let mut effects = effects.into_iter();
                 let refund_effect = effects.next().ok_or_else(|| Error::Internal("refund proposed no effect".into()))?;
                 let breakdown = refund_effect.breakdown.clone();
-                let refs = EntryRefs { refunds_entry_id: Some(original.id), idempotency_key: Some(cmd.key.as_str().to_owned()), hold_id: None };
-                let entry_id = session.record(refund_effect, refs);
+                let attributes = original.refs.attributes.as_ref().map(attributes_of).unwrap_or_default();
+                let mut entry_refs = refs(&payer, Some(&cmd.key), None, &attributes);
+                entry_refs.refunds_entry_id = Some(original.id);
+                let entry_id = session.record(refund_effect, entry_refs);
                 for effect in effects {
                     session.record(effect, EntryRefs::default());
                 }
+                if original.period == session.state.period {
+                    session.add_member_use(-cmd.amount_credits);
+                }
+                session.roll_up(original.period.start, attributes, -cmd.amount_credits, 0);
                 let outcome =
                     RefundOutcome { entry_id, breakdown, refunded_total_credits: refunded_credits + cmd.amount_credits, meter: session.view(now) };
                 session.save(tx, now).await?;
@@ -258,8 +487,9 @@ impl Credits {
     }
 
     /// Runs a keyed operation in one transaction: `decide` locks, replays or decides and saves;
-    /// then the outcome is stored under the key and committed. When a concurrent request with
-    /// the same key stored first, the outcome is replayed from a fresh transaction.
+    /// then the outcome is stored under the key (unless transient) and committed. When a
+    /// concurrent request with the same key stored first, the outcome is replayed from a fresh
+    /// transaction.
     async fn keyed<T, F>(&self, tenant: TenantId, key: &IdempotencyKey, operation: &str, print: Vec<u8>, decide: F) -> Result<T, Error>
     where
         T: Serialize + DeserializeOwned,
@@ -271,6 +501,10 @@ impl Credits {
             let tx = client.transaction().await?;
             match decide(&tx, now).await? {
                 Keyed::Replayed(outcome) => return Ok(outcome),
+                Keyed::Transient(outcome) => {
+                    tx.commit().await?;
+                    return Ok(outcome);
+                }
                 Keyed::Decided(outcome) => {
                     if idempotent::store(&tx, tenant, key, operation, print.clone(), &outcome).await? {
                         tx.commit().await?;
@@ -286,18 +520,48 @@ impl Credits {
     }
 }
 
-/// Finds a hold, locks its meter and then the hold itself (the lock order).
-async fn lock_hold(tx: &Tx<'_>, tenant: TenantId, hold_id: Uuid, now: OffsetDateTime) -> Result<(MeterSession, HoldRow), Error> {
-    let hold = repo::holds::get(tx, tenant, hold_id, false).await?.ok_or(Error::NotFound { what: "hold" })?;
-    let account = AccountId::parse(&hold.account_id).map_err(|e| Error::Internal(format!("stored account: {e}")))?;
-    let meter = Meter::parse(&hold.meter).map_err(|e| Error::Internal(format!("stored meter: {e}")))?;
-    let session = MeterSession::lock(tx, tenant, &account, &meter, now, &[]).await?;
-    let hold = repo::holds::get(tx, tenant, hold_id, true).await?.ok_or(Error::NotFound { what: "hold" })?;
-    Ok((session, hold))
+/// Finds a hold, locks its meters (in meter order) and then the hold's rows: the lock order.
+async fn lock_hold(tx: &Tx<'_>, tenant: TenantId, hold_id: Uuid, now: OffsetDateTime) -> Result<(Payer, Vec<MeterSession>, Vec<HoldRow>), Error> {
+    let holds = repo::holds::get(tx, tenant, hold_id, false).await?;
+    let first = holds.first().ok_or(Error::NotFound { what: "hold" })?;
+    let stored_id = |raw: &str| AccountId::parse(raw).map_err(|e| Error::Internal(format!("stored account: {e}")));
+    let payer = in_force::resolve_stored(tx, tenant, &stored_id(&first.acting_account_id)?, &stored_id(&first.account_id)?, now).await?;
+    let meters: Vec<Meter> =
+        holds.iter().map(|h| Meter::parse(&h.meter).map_err(|e| Error::Internal(format!("stored meter: {e}")))).collect::<Result<_, _>>()?;
+    let mut sessions = Vec::with_capacity(meters.len());
+    for meter in &meters {
+        sessions.push(MeterSession::lock(tx, tenant, &payer, meter, now, &[]).await?);
+    }
+    let holds = repo::holds::get(tx, tenant, hold_id, true).await?;
+    if holds.len() != sessions.len() {
+        return Err(Error::Internal("a hold's meters changed under its lock".into()));
+    }
+    Ok((payer, sessions, holds))
+}
+
+/// The actual amount per held meter, in the holds' order.
+fn actual_amounts(holds: &[HoldRow], actual: &Actual) -> Result<Vec<i64>, Error> {
+    match actual {
+        Actual::Single(amount) if holds.len() == 1 => Ok(vec![*amount]),
+        Actual::Single(_) => Err(Error::invalid("actual", "the hold covers several meters: give an actual amount per meter")),
+        Actual::PerMeter(usage) => {
+            if let Some((meter, _)) = usage.iter().find(|(m, _)| !holds.iter().any(|h| h.meter == m.as_str())) {
+                return Err(Error::invalid("actual", format!("meter {meter} is not part of the hold")));
+            }
+            Ok(holds.iter().map(|h| usage.iter().find(|(m, _)| m.as_str() == h.meter).map_or(0, |(_, a)| *a)).collect())
+        }
+    }
 }
 
 /// The outcome a settled hold stored.
-fn stored<T: DeserializeOwned>(hold: HoldRow) -> Result<T, Error> {
-    let response = hold.settlement_response.ok_or_else(|| Error::Internal("settled hold without a response".into()))?;
+fn stored<T: DeserializeOwned>(hold: &HoldRow) -> Result<T, Error> {
+    let response = hold.settlement_response.clone().ok_or_else(|| Error::Internal("settled hold without a response".into()))?;
     serde_json::from_value(response).map_err(|e| Error::Internal(format!("stored outcome: {e}")))
+}
+
+fn count(rpc: &'static str, decision: &Decision) {
+    match decision.denial() {
+        None => crate::telemetry::count_decision(rpc, "allowed", "none"),
+        Some(denial) => crate::telemetry::count_decision(rpc, "denied", denial.as_str()),
+    }
 }

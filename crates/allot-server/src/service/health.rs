@@ -1,13 +1,15 @@
-//! Reports dependency health through `grpc.health.v1.Health`: every service is SERVING while
-//! PostgreSQL answers a probe within the interval, NOT_SERVING otherwise.
+//! Reports dependency health through `grpc.health.v1.Health`: `allot.v1.Entitlements` and
+//! `allot.v1.Admin` are SERVING while PostgreSQL answers a probe within the interval and
+//! NOT_SERVING otherwise (readiness). The whole server ("") stays SERVING while the process runs
+//! (liveness: a database outage must not restart every replica), until shutdown.
 
 use std::time::Duration;
 
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
-/// The names reported: the whole server ("") and each gRPC service.
-pub const SERVICES: [&str; 3] = ["", "allot.v1.Entitlements", "allot.v1.Admin"];
+/// The services whose status follows PostgreSQL.
+pub const SERVICES: [&str; 2] = ["allot.v1.Entitlements", "allot.v1.Admin"];
 
 /// Probes PostgreSQL every `interval` and updates `reporter` on each change until `shutdown`.
 pub async fn run(pool: deadpool_postgres::Pool, reporter: HealthReporter, interval: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
@@ -30,7 +32,7 @@ pub async fn run(pool: deadpool_postgres::Pool, reporter: HealthReporter, interv
         tokio::select! {
             _ = ticker.tick() => {}
             _ = shutdown.changed() => {
-                for service in SERVICES {
+                for service in std::iter::once("").chain(SERVICES) {
                     reporter.set_service_status(service, ServingStatus::NotServing).await;
                 }
                 return;

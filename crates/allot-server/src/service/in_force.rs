@@ -1,40 +1,104 @@
-//! Which plan governs an account's meter right now, and the billing period it is in.
+//! Who acts, who pays, and under which plan and billing period.
+//!
+//! An account that belongs to an org is governed by the org's subscription (or the tenant's free
+//! plan when the org has no entitled one). When that plan is ORG-scoped, the org's meters pay
+//! for every member (pooled); when it is USER-scoped, each member counts its own meters under the
+//! org's plan. An account without an org is governed by its own subscription.
 
 use allot_domain::period::{period_containing, subscription_period, Period, CALENDAR_ANCHOR};
-use allot_domain::plan::MeterPolicy;
+use allot_domain::plan::{MeterPolicy, Scope};
 use time::OffsetDateTime;
 
 use crate::error::Error;
 use crate::ids::{AccountId, Meter, TenantId};
+use crate::repo::plans::{MeterTerms, RateCap};
+use crate::repo::subscriptions::SubscriptionRecord;
 use crate::repo::{self, Tx};
 
-/// The plan, policy and period in force for one meter.
+/// The resolution for one request, shared by all its meters.
 #[derive(Debug, Clone)]
-pub struct InForce {
-    /// `None` when the account has no entitled subscription and the tenant no free plan.
+pub struct Payer {
+    /// The account named in the request.
+    pub acting: AccountId,
+    /// The account whose meters are charged: `acting`, or its org when the plan pools.
+    pub payer: AccountId,
+    /// The subscription that governs (the acting account's, or its org's).
+    pub subscription: Option<SubscriptionRecord>,
+    pub entitled: bool,
+    /// `None` when nothing is entitled and the tenant has no free plan.
     pub plan_id: Option<String>,
-    pub policy: MeterPolicy,
+    pub plan_tier: Option<String>,
     /// Monthly anchor for periods skipped while the account was idle.
     pub anchor: OffsetDateTime,
     pub period: Period,
 }
 
-/// Entitled subscriptions (active, trialing, past due) keep their plan and billing period;
-/// everyone else gets the tenant's free plan on calendar months. A meter the plan does not list
-/// has no allowance: only grants pay for it.
-pub async fn resolve(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter: &Meter, now: OffsetDateTime) -> Result<InForce, Error> {
-    let subscription = repo::subscriptions::get(tx, tenant, account).await?;
-    let (plan_id, anchor, period) = match subscription {
-        Some(sub) if sub.status.is_entitled() => (
-            Some(sub.plan_id.as_str().to_owned()),
-            sub.current_period_start,
-            subscription_period(sub.current_period_start, sub.current_period_end, now),
-        ),
-        _ => (repo::plans::free_default(tx, tenant).await?, CALENDAR_ANCHOR, period_containing(CALENDAR_ANCHOR, now)),
+impl Payer {
+    /// Whether members draw on an org's pool.
+    pub fn pooled(&self) -> bool {
+        self.payer != self.acting
+    }
+}
+
+/// Resolves the payer and plan for `acting` at `now`.
+pub async fn resolve(tx: &Tx<'_>, tenant: TenantId, acting: &AccountId, now: OffsetDateTime) -> Result<Payer, Error> {
+    let org = repo::accounts::org_of(tx, tenant, acting).await?;
+    let governing = org.as_ref().unwrap_or(acting);
+    let subscription = repo::subscriptions::get(tx, tenant, governing).await?;
+    let entitled = subscription.as_ref().is_some_and(|s| s.entitled_at(now));
+    let plan = match (&subscription, entitled) {
+        (Some(sub), true) => repo::plans::header(tx, tenant, sub.plan_id.as_str()).await?,
+        _ => repo::plans::free_default(tx, tenant).await?,
     };
-    let policy = match &plan_id {
-        Some(id) => repo::plans::meter_policy(tx, tenant, id, meter).await?.unwrap_or(MeterPolicy::UNLISTED),
-        None => MeterPolicy::UNLISTED,
+    let (anchor, period) = match (&subscription, entitled) {
+        (Some(sub), true) => (sub.current_period_start, subscription_period(sub.current_period_start, sub.current_period_end, now)),
+        _ => (CALENDAR_ANCHOR, period_containing(CALENDAR_ANCHOR, now)),
     };
-    Ok(InForce { plan_id, policy, anchor, period })
+    let payer = match (&org, plan.as_ref().map(|p| p.scope)) {
+        (Some(org), Some(Scope::Org)) => org.clone(),
+        _ => acting.clone(),
+    };
+    Ok(Payer {
+        acting: acting.clone(),
+        payer,
+        subscription,
+        entitled,
+        plan_id: plan.as_ref().map(|p| p.id.clone()),
+        plan_tier: plan.map(|p| p.tier),
+        anchor,
+        period,
+    })
+}
+
+/// Resolves for a stored hold or entry: the plan as for `acting` now, but charging the account
+/// that was charged then (membership may have changed since).
+pub async fn resolve_stored(tx: &Tx<'_>, tenant: TenantId, acting: &AccountId, payer: &AccountId, now: OffsetDateTime) -> Result<Payer, Error> {
+    let mut resolved = resolve(tx, tenant, acting, now).await?;
+    resolved.payer = payer.clone();
+    Ok(resolved)
+}
+
+/// The plan, policy and period in force for one meter.
+#[derive(Debug, Clone)]
+pub struct InForce {
+    pub payer: Payer,
+    pub policy: MeterPolicy,
+    pub rate: Option<RateCap>,
+    pub member_cap_credits: Option<i64>,
+}
+
+impl InForce {
+    /// The plan's terms for `meter` (a meter the plan does not list has no allowance).
+    pub async fn load(tx: &Tx<'_>, tenant: TenantId, payer: &Payer, meter: &Meter) -> Result<InForce, Error> {
+        let terms = match &payer.plan_id {
+            Some(id) => repo::plans::meter_terms(tx, tenant, id, meter).await?.unwrap_or(MeterTerms::UNLISTED),
+            None => MeterTerms::UNLISTED,
+        };
+        Ok(InForce {
+            payer: payer.clone(),
+            policy: terms.policy,
+            rate: terms.rate,
+            member_cap_credits: if payer.pooled() { terms.member_cap_credits } else { None },
+        })
+    }
 }

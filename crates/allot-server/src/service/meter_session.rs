@@ -12,26 +12,38 @@ use allot_domain::meter::{Grant, MeterState};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use super::in_force::{self, InForce};
+use std::collections::BTreeMap;
+
+use super::in_force::{InForce, Payer};
 use super::outcome::{Denial, MeterView};
+use super::rate::RateView;
 use crate::error::Error;
 use crate::ids::{AccountId, Meter, TenantId};
 use crate::repo::balances::BalanceRow;
 use crate::repo::ledger::{EntryRefs, NewEntry};
+use crate::repo::usage::Rollup;
 use crate::repo::{self, Tx};
 
 /// A loaded meter and the entries its changes will write.
 #[derive(Debug)]
 pub struct MeterSession {
     pub tenant: TenantId,
+    /// The account whose meter this is (the payer).
     pub account: AccountId,
     pub meter: Meter,
     pub in_force: InForce,
     pub state: MeterState,
+    /// For pooled meters: the acting member's use this period and live holds.
+    pub member_used_credits: i64,
+    pub member_held_credits: i64,
+    /// Set once the rate cap was decided.
+    pub rate: Option<RateView>,
     last_seq: i64,
     grants_before: HashMap<Uuid, i64>,
     new_grants: Vec<(Grant, i64)>,
     entries: Vec<NewEntry>,
+    member_delta_credits: i64,
+    rollups: Vec<Rollup>,
 }
 
 impl MeterSession {
@@ -40,17 +52,18 @@ impl MeterSession {
     pub async fn lock(
         tx: &Tx<'_>,
         tenant: TenantId,
-        account: &AccountId,
+        payer: &Payer,
         meter: &Meter,
         now: OffsetDateTime,
         also_grants: &[Uuid],
     ) -> Result<MeterSession, Error> {
-        let in_force = in_force::resolve(tx, tenant, account, meter, now).await?;
+        let in_force = InForce::load(tx, tenant, payer, meter).await?;
+        let account = &payer.payer;
         let mut opening = None;
         let row = match repo::balances::lock(tx, tenant, account, meter).await? {
             Some(row) => row,
             None => {
-                let (state, effect) = advance::open(&in_force.policy, in_force.period);
+                let (state, effect) = advance::open(&in_force.policy, payer.period);
                 if repo::balances::insert_opening(tx, tenant, account, meter, state.period, state.allowance_credits, now).await? {
                     opening = effect;
                 }
@@ -67,12 +80,13 @@ impl MeterSession {
 
     /// Loads the meter without locking or creating anything, for answers that change nothing.
     /// Run it in a read-only repeatable-read transaction for a consistent view.
-    pub async fn snapshot(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter: &Meter, now: OffsetDateTime) -> Result<MeterSession, Error> {
-        let in_force = in_force::resolve(tx, tenant, account, meter, now).await?;
+    pub async fn snapshot(tx: &Tx<'_>, tenant: TenantId, payer: &Payer, meter: &Meter, now: OffsetDateTime) -> Result<MeterSession, Error> {
+        let in_force = InForce::load(tx, tenant, payer, meter).await?;
+        let account = &payer.payer;
         let row = match repo::balances::read(tx, tenant, account, meter).await? {
             Some(row) => row,
             None => {
-                let (state, _) = advance::open(&in_force.policy, in_force.period);
+                let (state, _) = advance::open(&in_force.policy, payer.period);
                 row_of(&state, 0)
             }
         };
@@ -105,24 +119,55 @@ impl MeterSession {
             held_credits,
         };
         state.assert_invariants();
+        let (mut member_used_credits, mut member_held_credits) = (0, 0);
+        if in_force.member_cap_credits.is_some() {
+            let member = &in_force.payer.acting;
+            member_used_credits = repo::usage::member_used(tx, tenant, account, meter, in_force.payer.period.start, member).await?;
+            member_held_credits = repo::usage::member_held(tx, tenant, account, meter, member, now).await?;
+        }
         Ok(MeterSession {
             tenant,
             account: account.clone(),
             meter: meter.clone(),
             in_force,
             state,
+            member_used_credits,
+            member_held_credits,
+            rate: None,
             last_seq: row.seq,
             grants_before,
             new_grants: Vec::new(),
             entries: Vec::new(),
+            member_delta_credits: 0,
+            rollups: Vec::new(),
         })
     }
 
     fn advance(&mut self, now: OffsetDateTime) {
-        let effects = advance::advance(&mut self.state, &self.in_force.policy, self.in_force.anchor, self.in_force.period, now);
+        let payer = &self.in_force.payer;
+        let effects = advance::advance(&mut self.state, &self.in_force.policy, payer.anchor, payer.period, now);
         for effect in effects {
             self.record(effect, EntryRefs::default());
         }
+    }
+
+    /// Whether the acting member may use `amount_credits` more of a pooled meter.
+    pub fn within_member_cap(&self, amount_credits: i64) -> bool {
+        allot_domain::plan::within_member_cap(self.in_force.member_cap_credits, self.member_used_credits, self.member_held_credits, amount_credits)
+    }
+
+    /// Counts a charge (or, negative, a refund) against the acting member of a pooled meter, in
+    /// the period it was made in.
+    pub fn add_member_use(&mut self, delta_credits: i64) {
+        if self.in_force.payer.pooled() {
+            self.member_delta_credits += delta_credits;
+            self.member_used_credits = (self.member_used_credits + delta_credits).max(0);
+        }
+    }
+
+    /// Adds a charge (`charges` 1) or a refund (0, negative total) to the usage roll-ups.
+    pub fn roll_up(&mut self, period_start: OffsetDateTime, attributes: BTreeMap<String, String>, total_credits: i64, charges: i64) {
+        self.rollups.push(Rollup { period_start, attributes, total_credits, charges });
     }
 
     /// Queues a ledger entry for an effect the rules proposed; returns the entry's id.
@@ -141,7 +186,7 @@ impl MeterSession {
     /// The rules' denial, or "no entitlement" when no plan is in force.
     pub fn denial(&self, denial: RuleDenial) -> Denial {
         match denial {
-            _ if self.in_force.plan_id.is_none() => Denial::NoEntitlement,
+            _ if self.in_force.payer.plan_id.is_none() => Denial::NoEntitlement,
             RuleDenial::QuotaExhausted => Denial::QuotaExhausted,
             RuleDenial::InsufficientCredit => Denial::InsufficientCredit,
             RuleDenial::DebtLimitReached => Denial::DebtLimitReached,
@@ -153,7 +198,11 @@ impl MeterSession {
         let clamp = |v: i128| i64::try_from(v).unwrap_or(if v < 0 { i64::MIN } else { i64::MAX });
         MeterView {
             meter: self.meter.as_str().to_owned(),
-            plan_id: self.in_force.plan_id.clone(),
+            plan_id: self.in_force.payer.plan_id.clone(),
+            payer_account_id: self.account.as_str().to_owned(),
+            member_cap_credits: self.in_force.member_cap_credits,
+            member_used_credits: self.member_used_credits,
+            rate: self.rate.clone(),
             limit_credits: self.state.allowance_credits,
             used_credits: self.state.allowance_used_credits,
             remaining_credits: self.state.net_credits(now).map(clamp),
@@ -183,7 +232,16 @@ impl MeterSession {
             .filter(|g| self.grants_before.get(&g.id).is_some_and(|before| *before != g.remaining_credits))
             .map(|g| (g.id, g.remaining_credits))
             .collect();
-        repo::grants::set_remaining(tx, self.tenant, &changed).await
+        repo::grants::set_remaining(tx, self.tenant, &changed).await?;
+        if self.member_delta_credits != 0 {
+            let payer = &self.in_force.payer;
+            repo::usage::add_member_used(tx, self.tenant, &self.account, &self.meter, payer.period.start, &payer.acting, self.member_delta_credits)
+                .await?;
+        }
+        for rollup in &self.rollups {
+            repo::usage::roll_up(tx, self.tenant, &self.account, &self.meter, rollup).await?;
+        }
+        Ok(())
     }
 }
 

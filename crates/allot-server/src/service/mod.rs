@@ -14,6 +14,8 @@ pub mod idempotent;
 pub mod in_force;
 pub mod meter_session;
 pub mod outcome;
+pub mod rate;
+pub mod summary;
 pub mod sweeper;
 
 use std::sync::Arc;

@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::rate::RateView;
 use crate::repo::holds::HoldStatus;
 
-/// Why a decision was denied (the rules' reasons plus the plan's absence).
+/// Why a meter was denied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Denial {
@@ -16,6 +17,21 @@ pub enum Denial {
     InsufficientCredit,
     DebtLimitReached,
     NoEntitlement,
+    RateLimited,
+    MemberCapReached,
+}
+
+impl Denial {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::QuotaExhausted => "quota_exhausted",
+            Self::InsufficientCredit => "insufficient_credit",
+            Self::DebtLimitReached => "debt_limit_reached",
+            Self::NoEntitlement => "no_entitlement",
+            Self::RateLimited => "rate_limited",
+            Self::MemberCapReached => "member_cap_reached",
+        }
+    }
 }
 
 /// A meter's figures as the caller may see them.
@@ -23,6 +39,7 @@ pub enum Denial {
 pub struct MeterView {
     pub meter: String,
     pub plan_id: Option<String>,
+    pub payer_account_id: String,
     pub limit_credits: Option<i64>,
     pub used_credits: i64,
     pub remaining_credits: Option<i64>,
@@ -34,37 +51,57 @@ pub struct MeterView {
     pub period_start: OffsetDateTime,
     #[serde(with = "time::serde::rfc3339")]
     pub period_end: OffsetDateTime,
+    pub member_cap_credits: Option<i64>,
+    pub member_used_credits: i64,
+    pub rate: Option<RateView>,
 }
 
-/// The answer to a check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CheckOutcome {
-    pub denial: Option<Denial>,
-    pub meter: MeterView,
-}
-
-/// The answer to a debit or a commit.
+/// The decision on one meter of a request.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChargeOutcome {
+pub struct MeterOutcome {
     pub denial: Option<Denial>,
     pub entry_id: Option<Uuid>,
     pub breakdown: Vec<Portion>,
+    pub retry_after_ms: i64,
     pub meter: MeterView,
 }
 
+/// The decisions on every meter of a request, in request order. All are allowed or none is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    pub meters: Vec<MeterOutcome>,
+}
+
+impl Decision {
+    /// The first denied meter's reason; `None` when every meter is allowed.
+    pub fn denial(&self) -> Option<Denial> {
+        self.meters.iter().find_map(|m| m.denial)
+    }
+
+    /// The longest wait any meter asks for.
+    pub fn retry_after_ms(&self) -> i64 {
+        self.meters.iter().map(|m| m.retry_after_ms).max().unwrap_or(0)
+    }
+
+    /// Whether the decision may not be replayed: a rate limit passes with time.
+    pub fn is_transient(&self) -> bool {
+        self.denial() == Some(Denial::RateLimited)
+    }
+}
+
+/// The answer to a reserve.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReserveOutcome {
-    pub denial: Option<Denial>,
     pub hold_id: Option<Uuid>,
     #[serde(with = "time::serde::rfc3339::option")]
     pub expires_at: Option<OffsetDateTime>,
-    pub meter: MeterView,
+    pub decision: Decision,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReleaseOutcome {
     pub status: HoldStatus,
-    pub meter: MeterView,
+    pub meters: Vec<MeterView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

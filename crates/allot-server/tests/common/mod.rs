@@ -17,10 +17,11 @@ pub async fn free_plan(admin: &mut Admin, meter: &str, allowance: Option<i64>, r
                     allowance_credits: allowance,
                     rollover_cap_credits: rollover_cap,
                     debt_limit_credits: debt_limit,
+                    ..Default::default()
                 }],
                 trial_days: 0,
                 is_free_default: true,
-                updated_at: None,
+                ..Default::default()
             }),
         })
         .await
@@ -28,7 +29,14 @@ pub async fn free_plan(admin: &mut Admin, meter: &str, allowance: Option<i64>, r
 }
 
 pub fn debit_req(account: &str, meter: &str, amount: i64, key: &str, mode: pb::DebitMode) -> pb::DebitRequest {
-    pb::DebitRequest { account_id: account.into(), meter: meter.into(), amount_credits: amount, idempotency_key: key.into(), mode: mode as i32 }
+    pb::DebitRequest {
+        account_id: account.into(),
+        meter: meter.into(),
+        amount_credits: amount,
+        idempotency_key: key.into(),
+        mode: mode as i32,
+        ..Default::default()
+    }
 }
 
 pub async fn debit(client: &mut Entitlements, account: &str, meter: &str, amount: i64, key: &str) -> pb::DebitResponse {
@@ -36,7 +44,11 @@ pub async fn debit(client: &mut Entitlements, account: &str, meter: &str, amount
 }
 
 pub async fn check(client: &mut Entitlements, account: &str, meter: &str, amount: i64) -> pb::CheckResponse {
-    client.check(pb::CheckRequest { account_id: account.into(), meter: meter.into(), amount_credits: amount }).await.expect("check").into_inner()
+    client
+        .check(pb::CheckRequest { account_id: account.into(), meter: meter.into(), amount_credits: amount, ..Default::default() })
+        .await
+        .expect("check")
+        .into_inner()
 }
 
 pub fn allowed(decision: i32) -> bool {
