@@ -48,6 +48,8 @@ impl App {
     }
 }
 
+/// Connects Redis in the background. Start-up does not wait for it: until it answers, rate caps
+/// follow their failure policy (money never depends on Redis).
 async fn connect_redis(url: &str) -> anyhow::Result<fred::prelude::Client> {
     use fred::prelude::*;
     let client = Builder::from_config(Config::from_url(url)?)
@@ -58,9 +60,12 @@ async fn connect_redis(url: &str) -> anyhow::Result<fred::prelude::Client> {
         .with_performance_config(|p| p.default_command_timeout = Duration::from_millis(250))
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
         .build()?;
-    client.init().await?;
-    let pong: String = client.ping(None).await?;
-    tracing::info!(redis.reply = %pong, "redis connected");
+    let _connection = client.connect();
+    match tokio::time::timeout(Duration::from_secs(2), client.wait_for_connect()).await {
+        Ok(Ok(())) => tracing::info!("redis connected"),
+        Ok(Err(err)) => tracing::warn!(error = %err, "redis unreachable, rate caps follow their failure policy"),
+        Err(_) => tracing::warn!("redis not connected after 2 s, rate caps follow their failure policy"),
+    }
     Ok(client)
 }
 

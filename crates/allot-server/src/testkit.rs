@@ -31,6 +31,10 @@ pub struct Stack {
 pub fn stack() -> &'static Stack {
     static STACK: OnceLock<Stack> = OnceLock::new();
     STACK.get_or_init(|| {
+        // Server logs in test output when RUST_LOG is set (e.g. RUST_LOG=allot_server=debug).
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+        }
         let root = tempfile::Builder::new().prefix("allot-test-").tempdir().expect("temp dir");
         let postgres = LocalPostgres::start(root.path()).expect("start postgres (run scripts/setup)");
         let redis = LocalRedis::start(root.path()).expect("start redis (run scripts/setup)");

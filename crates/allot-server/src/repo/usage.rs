@@ -38,7 +38,7 @@ pub async fn add_member_used(
 ) -> Result<(), Error> {
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO member_usage (tenant_id, org_id, meter, period_start, member_id, used_credits) VALUES ($1, $2, $3, $4, $5, GREATEST($6, 0)) \
+            "INSERT INTO member_usage (tenant_id, org_id, meter, period_start, member_id, used_credits) VALUES ($1, $2, $3, $4, $5, GREATEST($6::bigint, 0)) \
              ON CONFLICT (tenant_id, org_id, meter, period_start, member_id) \
              DO UPDATE SET used_credits = GREATEST(member_usage.used_credits + $6, 0)",
         )
