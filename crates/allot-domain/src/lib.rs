@@ -10,6 +10,7 @@
 //! - [`advance`]: housekeeping before any decision (grant expiry, period roll-over).
 //! - [`charge`]: the debit waterfall, gates, records, reserve and commit.
 //! - [`refund`]: returning credit to the buckets it came from.
+//! - [`escalation`]: the fair-use ladder, soft caps and daily budgets.
 //!
 //! # Invariants
 //! - No async, no I/O, no clock reads, no floating point.
@@ -20,6 +21,7 @@
 
 pub mod advance;
 pub mod charge;
+pub mod escalation;
 pub mod ledger;
 pub mod limits;
 pub mod meter;

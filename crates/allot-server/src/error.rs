@@ -29,6 +29,9 @@ pub enum Error {
     /// The request conflicts with the current state.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A classifier ticket was already used or has expired.
+    #[error("classifier ticket {0}")]
+    TicketSpent(&'static str),
     /// Two transactions collided; the caller may retry the same request.
     #[error("concurrent update, retry")]
     Aborted,

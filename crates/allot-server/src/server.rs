@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use allot_proto::v1::admin_server::AdminServer;
 use allot_proto::v1::entitlements_server::EntitlementsServer;
+use allot_proto::v1::fair_use_server::FairUseServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -16,7 +17,9 @@ use crate::clock::Clock;
 use crate::config::Config;
 use crate::grpc::admin::AdminApi;
 use crate::grpc::entitlements::EntitlementsApi;
+use crate::grpc::fair_use::FairUseApi;
 use crate::service::admin::Admin;
+use crate::service::classification::Classifier;
 use crate::service::credits::Credits;
 use crate::service::rate::RateLimiter;
 use crate::service::summary::Reports;
@@ -44,7 +47,7 @@ impl App {
             None => None,
         };
         let auth = Arc::new(Authenticator::new(pool.clone(), Duration::from_millis(config.auth_cache_ttl_ms)));
-        Ok(App { config, ctx: Ctx { pool, clock }, auth, redis })
+        Ok(App { config, ctx: Ctx::new(pool, clock), auth, redis })
     }
 }
 
@@ -91,6 +94,10 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
     })
     .max_decoding_message_size(max_message_bytes)
     .max_encoding_message_size(max_message_bytes);
+    let classifier = Classifier::new(app.ctx.clone(), app.redis.clone(), Duration::from_millis(config.redis_timeout_ms));
+    let fair_use = FairUseServer::new(FairUseApi { auth: app.auth.clone(), classifier, ctx: app.ctx.clone() })
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
     let admin = AdminServer::new(AdminApi { auth: app.auth.clone(), admin: Admin::new(app.ctx.clone()) })
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
@@ -105,6 +112,7 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
         .add_service(reflection_v1alpha)
         .add_service(entitlements)
         .add_service(admin)
+        .add_service(fair_use)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
         .await;
     let _ = stop_tx.send(true);

@@ -37,3 +37,13 @@ pub fn count_decision(rpc: &'static str, outcome: &'static str, reason: &'static
 pub fn count_rate_store_failure(policy: &'static str) {
     metrics::counter!("allot_rate_store_failures_total", "policy" => policy).increment(1);
 }
+
+/// The classifier cooldown store could not answer (the request was answered "cooldown").
+pub fn count_cooldown_store_failure() {
+    metrics::counter!("allot_cooldown_store_failures_total").increment(1);
+}
+
+/// The credit look-up behind a classifier request failed (the account counted as not exhausted).
+pub fn count_exhaustion_lookup_failure() {
+    metrics::counter!("allot_exhaustion_lookup_failures_total").increment(1);
+}

@@ -7,6 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use allot_proto::v1::admin_client::AdminClient;
 use allot_proto::v1::entitlements_client::EntitlementsClient;
+use allot_proto::v1::fair_use_client::FairUseClient;
 use time::OffsetDateTime;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -92,6 +93,7 @@ impl tonic::service::Interceptor for Bearer {
 
 pub type Entitlements = EntitlementsClient<InterceptedService<Channel, Bearer>>;
 pub type Admin = AdminClient<InterceptedService<Channel, Bearer>>;
+pub type FairUse = FairUseClient<InterceptedService<Channel, Bearer>>;
 
 /// A real server on a fresh database, with a manual clock.
 pub struct TestServer {
@@ -99,6 +101,8 @@ pub struct TestServer {
     pub database_url: String,
     pub clock: Arc<ManualClock>,
     pub pool: deadpool_postgres::Pool,
+    /// Connections the server's services took (see `Ctx::db`).
+    pub db_checkouts: Arc<std::sync::atomic::AtomicU64>,
     pub tenant: TenantKey,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
@@ -123,6 +127,7 @@ impl TestServer {
         let clock = Arc::new(ManualClock::new(now));
         let app = App::connect(config, clock.clone()).await.expect("connect");
         let pool = app.ctx.pool.clone();
+        let db_checkouts = app.ctx.db_checkouts.clone();
         let tenant = crate::seed::tenant(&pool, "test").await.expect("tenant");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -130,7 +135,7 @@ impl TestServer {
         let task = tokio::spawn(serve(app, listener, async {
             let _ = rx.await;
         }));
-        TestServer { addr, database_url, clock, pool, tenant, shutdown: Some(tx), task: Some(task) }
+        TestServer { addr, database_url, clock, pool, db_checkouts, tenant, shutdown: Some(tx), task: Some(task) }
     }
 
     /// A channel to the server.
@@ -150,6 +155,12 @@ impl TestServer {
         let channel = self.channel().await;
         let bearer = Bearer(format!("Bearer {api_key}").parse().expect("ascii key"));
         (EntitlementsClient::with_interceptor(channel.clone(), bearer.clone()), AdminClient::with_interceptor(channel, bearer))
+    }
+
+    /// A FairUse client authenticated with `api_key`.
+    pub async fn fair_use_for(&self, api_key: &str) -> FairUse {
+        let bearer = Bearer(format!("Bearer {api_key}").parse().expect("ascii key"));
+        FairUseClient::with_interceptor(self.channel().await, bearer)
     }
 
     /// Clients authenticated as the test tenant.

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod entitlements;
+pub mod fair_use;
 pub mod from_proto;
 pub mod status;
 pub mod to_proto;

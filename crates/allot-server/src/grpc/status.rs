@@ -27,6 +27,8 @@ impl From<Error> for Status {
             Error::HoldExpired => (Code::FailedPrecondition, "HOLD_EXPIRED"),
             Error::RefundExceedsCharge { .. } => (Code::FailedPrecondition, "REFUND_EXCEEDS_CHARGE"),
             Error::FailedPrecondition(_) => (Code::FailedPrecondition, "FAILED_PRECONDITION"),
+            Error::TicketSpent("already used") => (Code::FailedPrecondition, "TICKET_USED"),
+            Error::TicketSpent(_) => (Code::FailedPrecondition, "TICKET_EXPIRED"),
             Error::Aborted => (Code::Aborted, "CONCURRENT_UPDATE"),
             Error::Unavailable(_) => (Code::Unavailable, "DEPENDENCY_UNAVAILABLE"),
             Error::Internal(detail) => {

@@ -33,6 +33,7 @@ fn decision(denial: Option<Denial>) -> (i32, i32) {
         Some(Denial::NoEntitlement) => pb::DenialReason::NoEntitlement,
         Some(Denial::RateLimited) => pb::DenialReason::RateLimited,
         Some(Denial::MemberCapReached) => pb::DenialReason::MemberCapReached,
+        Some(Denial::DailyBudgetExhausted) => pb::DenialReason::DailyBudgetExhausted,
     };
     let decision = if denial.is_some() { pb::Decision::Denied } else { pb::Decision::Allowed };
     (decision as i32, reason as i32)
@@ -89,6 +90,22 @@ struct Top {
     meter: Option<pb::MeterStatus>,
     meters: Vec<pb::MeterDecision>,
     retry_after_ms: i64,
+    fair_use: Option<pb::FairUseStatus>,
+}
+
+/// The proto stage of a stored stage name.
+pub fn stage(name: &str) -> pb::EscalationStage {
+    match allot_domain::escalation::Stage::parse(name) {
+        Some(allot_domain::escalation::Stage::None) => pb::EscalationStage::None,
+        Some(allot_domain::escalation::Stage::Warning) => pb::EscalationStage::Warning,
+        Some(allot_domain::escalation::Stage::Throttle) => pb::EscalationStage::Throttle,
+        Some(allot_domain::escalation::Stage::Restrict) => pb::EscalationStage::Restrict,
+        None => pb::EscalationStage::Unspecified,
+    }
+}
+
+pub fn fair_use(view: &crate::service::fair_use::FairUseView) -> pb::FairUseStatus {
+    pb::FairUseStatus { stage: stage(&view.stage) as i32, soft_caps_triggered: view.soft_caps_triggered.clone(), enforced: view.enforced }
 }
 
 fn top(d: &Decision) -> Top {
@@ -102,6 +119,7 @@ fn top(d: &Decision) -> Top {
         meter: first.map(|m| meter(&m.meter)),
         meters: d.meters.iter().map(meter_decision).collect(),
         retry_after_ms: d.retry_after_ms(),
+        fair_use: d.fair_use.as_ref().map(fair_use),
     }
 }
 
@@ -134,7 +152,14 @@ fn id_or_empty(id: Option<uuid::Uuid>) -> String {
 
 pub fn check(d: Decision) -> pb::CheckResponse {
     let t = top(&d);
-    pb::CheckResponse { decision: t.decision, reason: t.reason, meter: t.meter, meters: t.meters, retry_after_ms: t.retry_after_ms }
+    pb::CheckResponse {
+        decision: t.decision,
+        reason: t.reason,
+        meter: t.meter,
+        meters: t.meters,
+        retry_after_ms: t.retry_after_ms,
+        fair_use: t.fair_use,
+    }
 }
 
 pub fn debit(d: Decision) -> pb::DebitResponse {
@@ -147,6 +172,7 @@ pub fn debit(d: Decision) -> pb::DebitResponse {
         meter: t.meter,
         meters: t.meters,
         retry_after_ms: t.retry_after_ms,
+        fair_use: t.fair_use,
     }
 }
 
@@ -165,6 +191,7 @@ pub fn reserve(outcome: ReserveOutcome) -> pb::ReserveResponse {
         meter: t.meter,
         meters: t.meters,
         retry_after_ms: t.retry_after_ms,
+        fair_use: t.fair_use,
     }
 }
 

@@ -47,6 +47,8 @@ pub struct HoldRow {
     /// The account that placed the hold.
     pub acting_account_id: String,
     pub attributes: serde_json::Value,
+    /// The day whose restrict-stage budget the hold pre-charged.
+    pub restrict_day: Option<time::Date>,
     pub meter: String,
     pub amount_credits: i64,
     pub status: HoldStatus,
@@ -56,7 +58,7 @@ pub struct HoldRow {
 }
 
 const COLUMNS: &str =
-    "id, account_id, meter, amount_credits, status, expires_at, settlement_request_sha256, settlement_response, acting_account_id, attributes";
+    "id, account_id, meter, amount_credits, status, expires_at, settlement_request_sha256, settlement_response, acting_account_id, attributes, restrict_day";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<HoldRow, Error> {
     Ok(HoldRow {
@@ -70,6 +72,7 @@ fn from_row(row: &tokio_postgres::Row) -> Result<HoldRow, Error> {
         settlement_response: row.get(7),
         acting_account_id: row.get(8),
         attributes: row.get(9),
+        restrict_day: row.get(10),
     })
 }
 
@@ -105,13 +108,14 @@ pub struct NewHold<'a> {
     pub meter: &'a Meter,
     pub amount_credits: i64,
     pub expires_at: OffsetDateTime,
+    pub restrict_day: Option<time::Date>,
 }
 
 pub async fn insert(tx: &Tx<'_>, tenant: TenantId, hold: &NewHold<'_>, now: OffsetDateTime) -> Result<(), Error> {
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO holds (tenant_id, id, account_id, meter, amount_credits, status, expires_at, created_at, acting_account_id, attributes) \
-             VALUES ($1, $2, $3, $4, $5, 'held', $6, $7, $8, $9)",
+            "INSERT INTO holds (tenant_id, id, account_id, meter, amount_credits, status, expires_at, created_at, acting_account_id, attributes, restrict_day) \
+             VALUES ($1, $2, $3, $4, $5, 'held', $6, $7, $8, $9, $10)",
         )
         .await?;
     tx.execute(
@@ -126,6 +130,7 @@ pub async fn insert(tx: &Tx<'_>, tenant: TenantId, hold: &NewHold<'_>, now: Offs
             &now,
             &hold.acting.as_str(),
             hold.attributes,
+            &hold.restrict_day,
         ],
     )
     .await?;

@@ -3,10 +3,12 @@
 
 pub mod accounts;
 pub mod balances;
+pub mod fair_use;
 pub mod grants;
 pub mod holds;
 pub mod idempotency;
 pub mod ledger;
+pub mod outbox;
 pub mod plans;
 pub mod subscriptions;
 pub mod tenants;

@@ -62,7 +62,7 @@ impl Admin {
 
     pub async fn upsert_plan(&self, tenant: TenantId, mut plan: PlanRecord) -> Result<PlanRecord, Error> {
         plan.updated_at = self.ctx.clock.now();
-        let mut client = self.ctx.pool.get().await?;
+        let mut client = self.ctx.db().await?;
         let tx = client.transaction().await?;
         repo::plans::upsert(&tx, tenant, &plan).await?;
         tx.commit().await?;
@@ -70,7 +70,7 @@ impl Admin {
     }
 
     pub async fn get_plan(&self, tenant: TenantId, id: &PlanId) -> Result<PlanRecord, Error> {
-        let mut client = self.ctx.pool.get().await?;
+        let mut client = self.ctx.db().await?;
         let tx = client.transaction().await?;
         let plan = repo::plans::get(&tx, tenant, id.as_str()).await?.ok_or(Error::NotFound { what: "plan" })?;
         tx.commit().await?;
@@ -80,7 +80,7 @@ impl Admin {
     /// A page of plans in id order, and the token of the next page (empty at the end).
     pub async fn list_plans(&self, tenant: TenantId, page_size: u32, after: &str) -> Result<(Vec<PlanRecord>, String), Error> {
         let limit = i64::from(page_size);
-        let mut client = self.ctx.pool.get().await?;
+        let mut client = self.ctx.db().await?;
         let tx = client.transaction().await?;
         let plans = repo::plans::page(&tx, tenant, after, limit + 1).await?;
         tx.commit().await?;
@@ -90,7 +90,7 @@ impl Admin {
     /// Stores the subscription; returns it and whether it entitles the account now.
     pub async fn upsert_subscription(&self, tenant: TenantId, mut sub: SubscriptionRecord) -> Result<(SubscriptionRecord, bool), Error> {
         sub.updated_at = self.ctx.clock.now();
-        let mut client = self.ctx.pool.get().await?;
+        let mut client = self.ctx.db().await?;
         let tx = client.transaction().await?;
         if repo::plans::get(&tx, tenant, sub.plan_id.as_str()).await?.is_none() {
             return Err(Error::NotFound { what: "plan" });
@@ -103,7 +103,7 @@ impl Admin {
 
     /// Sets an account's org. An org cannot itself be a member, and a member cannot be an org.
     pub async fn upsert_account(&self, tenant: TenantId, account: &AccountId, org: Option<&AccountId>) -> Result<(), Error> {
-        let mut client = self.ctx.pool.get().await?;
+        let mut client = self.ctx.db().await?;
         let tx = client.transaction().await?;
         if let Some(org) = org {
             if repo::accounts::org_of(&tx, tenant, org).await?.is_some() {
@@ -119,7 +119,7 @@ impl Admin {
     }
 
     pub async fn get_account(&self, tenant: TenantId, account: &AccountId) -> Result<Option<AccountId>, Error> {
-        let mut client = self.ctx.pool.get().await?;
+        let mut client = self.ctx.db().await?;
         let tx = client.transaction().await?;
         let org = repo::accounts::org_of(&tx, tenant, account).await?;
         tx.commit().await?;
@@ -128,7 +128,7 @@ impl Admin {
 
     /// The account's subscription and whether it entitles the account now.
     pub async fn get_subscription(&self, tenant: TenantId, account: &AccountId) -> Result<(SubscriptionRecord, bool), Error> {
-        let mut client = self.ctx.pool.get().await?;
+        let mut client = self.ctx.db().await?;
         let tx = client.transaction().await?;
         let sub = repo::subscriptions::get(&tx, tenant, account).await?.ok_or(Error::NotFound { what: "subscription" })?;
         tx.commit().await?;
@@ -144,7 +144,7 @@ impl Admin {
         }
         let expiry = cmd.expires_at.map(|t| t.unix_timestamp_nanos().to_string()).unwrap_or_default();
         let print = fingerprint("grant", &[&cmd.account, &cmd.meter, &cmd.amount_credits, &cmd.kind.as_str(), &cmd.priority, &expiry]);
-        let mut client = self.ctx.pool.get().await?;
+        let mut client = self.ctx.db().await?;
         {
             let tx = client.transaction().await?;
             let payer = in_force::resolve(&tx, tenant, &cmd.account, now).await?;
@@ -182,7 +182,7 @@ impl Admin {
     /// Every meter the account has used, with live grants and holds, from one snapshot.
     pub async fn balance(&self, tenant: TenantId, account: &AccountId) -> Result<Balance, Error> {
         let now = self.ctx.clock.now();
-        let mut client = self.ctx.pool.get().await?;
+        let mut client = self.ctx.db().await?;
         let tx = client.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await?;
         let meters = repo::balances::list_meters(&tx, tenant, account).await?;
         let grants = repo::grants::for_account(&tx, tenant, account).await?;
@@ -219,7 +219,7 @@ impl Admin {
         page_size: u32,
         after_position: i64,
     ) -> Result<(Vec<EntryRow>, String), Error> {
-        let mut client = self.ctx.pool.get().await?;
+        let mut client = self.ctx.db().await?;
         let tx = client.transaction().await?;
         let entries = repo::ledger::page(&tx, tenant, account, meter, after_position, i64::from(page_size) + 1).await?;
         tx.commit().await?;

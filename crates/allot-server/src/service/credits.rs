@@ -13,6 +13,7 @@ use serde::Serialize;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::fair_use::{self, Standing};
 use super::idempotent::{self, fingerprint};
 use super::in_force::{self, Payer};
 use super::meter_session::MeterSession;
@@ -146,6 +147,51 @@ fn credit_denials(sessions: &[MeterSession], usage: &Usage, mode: Mode, now: Off
         .collect()
 }
 
+/// Restrict-stage daily budgets: adds DAILY_BUDGET_EXHAUSTED to meters that are otherwise
+/// allowed but would bust their budget. Returns, per meter, the budgeted day when one applies.
+async fn budget_denials(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    standing: &Standing,
+    acting: &AccountId,
+    usage: &Usage,
+    denials: &mut [Option<Denial>],
+    now: OffsetDateTime,
+) -> Result<Vec<Option<time::Date>>, Error> {
+    let day = repo::fair_use::day_of(now);
+    let mut budgeted = Vec::with_capacity(usage.len());
+    for (i, (meter, amount)) in usage.iter().enumerate() {
+        let Some(budget) = standing.daily_budget(meter) else {
+            budgeted.push(None);
+            continue;
+        };
+        let used = repo::fair_use::restrict_used(tx, tenant, acting, meter, day).await?;
+        if denials[i].is_none() && !allot_domain::escalation::within_daily_budget(budget, used, *amount) {
+            denials[i] = Some(Denial::DailyBudgetExhausted);
+        }
+        budgeted.push(Some(day));
+    }
+    Ok(budgeted)
+}
+
+/// Writes a `budget_exhausted` event for each meter denied by its daily budget.
+async fn budget_events(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    acting: &AccountId,
+    usage: &Usage,
+    denials: &[Option<Denial>],
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    for (i, denial) in denials.iter().enumerate() {
+        if *denial == Some(Denial::DailyBudgetExhausted) {
+            let payload = serde_json::json!({ "meter": usage[i].0.as_str(), "amount_credits": usage[i].1 });
+            repo::outbox::append(tx, tenant, "budget_exhausted", acting, payload, now).await?;
+        }
+    }
+    Ok(())
+}
+
 fn outcomes(sessions: &[MeterSession], denials: &[Option<Denial>], retry_after_ms: &[i64], now: OffsetDateTime) -> Vec<MeterOutcome> {
     sessions
         .iter()
@@ -172,9 +218,11 @@ impl Credits {
         tenant: TenantId,
         sessions: &mut [MeterSession],
         usage: &Usage,
+        throttle_percent: Option<u32>,
         now: OffsetDateTime,
         consume: bool,
     ) -> Option<(usize, i64)> {
+        let lowered = |v: i64| throttle_percent.map_or(v, |p| allot_domain::escalation::throttled(v, p));
         let mut capped = Vec::new();
         let mut requests = Vec::new();
         for (i, session) in sessions.iter().enumerate() {
@@ -182,8 +230,8 @@ impl Credits {
                 capped.push(i);
                 requests.push(RateRequest {
                     key: RateLimiter::key(&tenant.to_string(), session.account.as_str(), session.meter.as_str()),
-                    limit_per_minute: cap.limit_per_minute,
-                    burst: cap.burst,
+                    limit_per_minute: lowered(cap.limit_per_minute),
+                    burst: lowered(cap.burst),
                     weight: usage[i].1,
                     fail_open: cap.fail_open,
                 });
@@ -200,23 +248,29 @@ impl Credits {
     /// only looks at the rate caps.
     pub async fn check(&self, tenant: TenantId, cmd: CheckCommand) -> Result<Decision, Error> {
         let now = self.ctx.clock.now();
-        let mut client = self.ctx.pool.get().await?;
+        let mut client = self.ctx.db().await?;
         let tx = client.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await?;
         let payer = in_force::resolve(&tx, tenant, &cmd.account, now).await?;
         let mut sessions = Vec::with_capacity(cmd.usage.len());
         for (meter, _) in &cmd.usage {
             sessions.push(MeterSession::snapshot(&tx, tenant, &payer, meter, now).await?);
         }
-        tx.commit().await?;
+        let standing = Standing::load(&tx, tenant, &payer.acting, now).await?;
         let mut denials = credit_denials(&sessions, &cmd.usage, Mode::Gate, now);
+        budget_denials(&tx, tenant, &standing, &payer.acting, &cmd.usage, &mut denials, now).await?;
+        let mut caps = Vec::new();
+        for (meter, _) in &cmd.usage {
+            caps.extend(fair_use::triggered_caps(&tx, tenant, &payer.acting, payer.plan_id.as_deref(), Some(meter), now).await?);
+        }
+        tx.commit().await?;
         let mut retry = vec![0; sessions.len()];
-        if let Some((i, wait_ms)) = self.decide_rate(tenant, &mut sessions, &cmd.usage, now, false).await {
+        if let Some((i, wait_ms)) = self.decide_rate(tenant, &mut sessions, &cmd.usage, standing.rate_percent(), now, false).await {
             if denials.iter().all(Option::is_none) {
                 denials[i] = Some(Denial::RateLimited);
                 retry[i] = wait_ms;
             }
         }
-        let decision = Decision { meters: outcomes(&sessions, &denials, &retry, now) };
+        let decision = Decision { meters: outcomes(&sessions, &denials, &retry, now), fair_use: Some(standing.view(caps)) };
         count("check", &decision);
         Ok(decision)
     }
@@ -235,15 +289,20 @@ impl Credits {
                     if let Some(replayed) = idempotent::replay(tx, tenant, &cmd.key, "debit", &print).await? {
                         return Ok(Keyed::Replayed(replayed));
                     }
+                    let mut standing = Standing::load(tx, tenant, &payer.acting, now).await?;
+                    standing.sync(tx, tenant, &payer.acting, "", now).await?;
                     let mut denials = credit_denials(&sessions, &cmd.usage, cmd.mode, now);
+                    let budgeted = budget_denials(tx, tenant, &standing, &payer.acting, &cmd.usage, &mut denials, now).await?;
                     let mut retry = vec![0; sessions.len()];
                     if denials.iter().all(Option::is_none) {
-                        if let Some((i, wait_ms)) = this.decide_rate(tenant, &mut sessions, &cmd.usage, now, true).await {
+                        if let Some((i, wait_ms)) = this.decide_rate(tenant, &mut sessions, &cmd.usage, standing.rate_percent(), now, true).await {
                             denials[i] = Some(Denial::RateLimited);
                             retry[i] = wait_ms;
                         }
                     }
+                    budget_events(tx, tenant, &payer.acting, &cmd.usage, &denials, now).await?;
                     let mut meters = outcomes(&sessions, &denials, &retry, now);
+                    let mut caps = Vec::new();
                     if denials.iter().all(Option::is_none) {
                         for (i, session) in sessions.iter_mut().enumerate() {
                             let amount = cmd.usage[i].1;
@@ -255,12 +314,18 @@ impl Credits {
                             session.add_member_use(amount);
                             session.roll_up(session.state.period.start, cmd.attributes.clone(), amount, 1);
                             meters[i].meter = session.view(now);
+                            if let Some(day) = budgeted[i] {
+                                repo::fair_use::add_restrict_used(tx, tenant, &payer.acting, &session.meter, day, amount).await?;
+                            }
+                            caps.extend(
+                                fair_use::record_usage(tx, tenant, &payer.acting, payer.plan_id.as_deref(), &session.meter, amount, now).await?,
+                            );
                         }
                     }
                     for session in sessions {
                         session.save(tx, now).await?;
                     }
-                    let decision = Decision { meters };
+                    let decision = Decision { meters, fair_use: Some(standing.view(caps)) };
                     Ok(if decision.is_transient() { Keyed::Transient(decision) } else { Keyed::Decided(decision) })
                 })
             })
@@ -283,14 +348,18 @@ impl Credits {
                     if let Some(replayed) = idempotent::replay(tx, tenant, &cmd.key, "reserve", &print).await? {
                         return Ok(Keyed::Replayed(replayed));
                     }
+                    let mut standing = Standing::load(tx, tenant, &payer.acting, now).await?;
+                    standing.sync(tx, tenant, &payer.acting, "", now).await?;
                     let mut denials = credit_denials(&sessions, &cmd.usage, Mode::Gate, now);
+                    let budgeted = budget_denials(tx, tenant, &standing, &payer.acting, &cmd.usage, &mut denials, now).await?;
                     let mut retry = vec![0; sessions.len()];
                     if denials.iter().all(Option::is_none) {
-                        if let Some((i, wait_ms)) = this.decide_rate(tenant, &mut sessions, &cmd.usage, now, true).await {
+                        if let Some((i, wait_ms)) = this.decide_rate(tenant, &mut sessions, &cmd.usage, standing.rate_percent(), now, true).await {
                             denials[i] = Some(Denial::RateLimited);
                             retry[i] = wait_ms;
                         }
                     }
+                    budget_events(tx, tenant, &payer.acting, &cmd.usage, &denials, now).await?;
                     let (mut hold_id, mut expires_at) = (None, None);
                     if denials.iter().all(Option::is_none) {
                         let id = Uuid::new_v4();
@@ -310,12 +379,18 @@ impl Credits {
                                 meter: &session.meter,
                                 amount_credits: amount,
                                 expires_at: expiry,
+                                restrict_day: budgeted[i],
                             };
                             repo::holds::insert(tx, tenant, &hold, now).await?;
+                            if let Some(day) = budgeted[i] {
+                                // A long job is pre-charged against the day's budget; the commit settles it.
+                                repo::fair_use::add_restrict_used(tx, tenant, &payer.acting, &session.meter, day, amount).await?;
+                            }
                         }
                         (hold_id, expires_at) = (Some(id), Some(expiry));
                     }
-                    let decision = Decision { meters: outcomes(&sessions, &denials, &retry, now) };
+                    let caps = fair_use::triggered_caps(tx, tenant, &payer.acting, payer.plan_id.as_deref(), None, now).await?;
+                    let decision = Decision { meters: outcomes(&sessions, &denials, &retry, now), fair_use: Some(standing.view(caps)) };
                     for session in sessions {
                         session.save(tx, now).await?;
                     }
@@ -337,7 +412,7 @@ impl Credits {
             Actual::PerMeter(usage) => usage_print(usage),
         };
         let print = fingerprint("commit", &[&cmd.hold_id, &actual_print]);
-        let mut client = self.ctx.pool.get().await?;
+        let mut client = self.ctx.db().await?;
         let tx = client.transaction().await?;
         let (payer, mut sessions, holds) = lock_hold(&tx, tenant, cmd.hold_id, now).await?;
         match holds[0].status {
@@ -374,12 +449,17 @@ impl Credits {
                     outcome.entry_id = Some(session.record(effect, refs(&payer, None, Some(cmd.hold_id), &attributes)));
                     session.add_member_use(actual[i]);
                     session.roll_up(session.state.period.start, attributes.clone(), actual[i], 1);
+                    fair_use::record_usage(&tx, tenant, &payer.acting, payer.plan_id.as_deref(), &session.meter, actual[i], now).await?;
+                }
+                if let Some(day) = holds[i].restrict_day {
+                    let settle = actual[i] - holds[i].amount_credits;
+                    repo::fair_use::add_restrict_used(&tx, tenant, &payer.acting, &session.meter, day, settle).await?;
                 }
                 outcome.meter = session.view(now);
             }
             meters.push(outcome);
         }
-        let decision = Decision { meters };
+        let decision = Decision { meters, fair_use: None };
         if allowed {
             let response = serde_json::to_value(&decision).map_err(|e| Error::Internal(format!("outcome: {e}")))?;
             repo::holds::settle(&tx, tenant, cmd.hold_id, HoldStatus::Committed, &print, &response, now).await?;
@@ -396,9 +476,9 @@ impl Credits {
     pub async fn release(&self, tenant: TenantId, hold_id: Uuid) -> Result<ReleaseOutcome, Error> {
         let now = self.ctx.clock.now();
         let print = fingerprint("release", &[&hold_id]);
-        let mut client = self.ctx.pool.get().await?;
+        let mut client = self.ctx.db().await?;
         let tx = client.transaction().await?;
-        let (_, mut sessions, holds) = lock_hold(&tx, tenant, hold_id, now).await?;
+        let (payer, mut sessions, holds) = lock_hold(&tx, tenant, hold_id, now).await?;
         let status = match holds[0].status {
             HoldStatus::Released => return stored(&holds[0]),
             HoldStatus::Committed => return Err(Error::HoldSettled { status: holds[0].status.as_str() }),
@@ -409,6 +489,9 @@ impl Credits {
             for (session, hold) in sessions.iter_mut().zip(&holds) {
                 session.state.held_credits -= hold.amount_credits;
                 session.member_held_credits = (session.member_held_credits - hold.amount_credits).max(0);
+                if let Some(day) = hold.restrict_day {
+                    repo::fair_use::add_restrict_used(&tx, tenant, &payer.acting, &session.meter, day, -hold.amount_credits).await?;
+                }
             }
         }
         let outcome = ReleaseOutcome { status, meters: sessions.iter().map(|s| s.view(now)).collect() };
@@ -496,7 +579,7 @@ impl Credits {
         F: for<'a> Fn(&'a Tx<'a>, OffsetDateTime) -> futures::future::BoxFuture<'a, Result<Keyed<T>, Error>>,
     {
         let now = self.ctx.clock.now();
-        let mut client = self.ctx.pool.get().await?;
+        let mut client = self.ctx.db().await?;
         {
             let tx = client.transaction().await?;
             match decide(&tx, now).await? {

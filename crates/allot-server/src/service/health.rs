@@ -9,7 +9,7 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 
 /// The services whose status follows PostgreSQL.
-pub const SERVICES: [&str; 2] = ["allot.v1.Entitlements", "allot.v1.Admin"];
+pub const SERVICES: [&str; 3] = ["allot.v1.Entitlements", "allot.v1.Admin", "allot.v1.FairUse"];
 
 /// Probes PostgreSQL every `interval` and updates `reporter` on each change until `shutdown`.
 pub async fn run(pool: deadpool_postgres::Pool, reporter: HealthReporter, interval: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {

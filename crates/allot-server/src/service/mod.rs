@@ -8,7 +8,10 @@
 //! Grants, ledger entries and idempotency records are only touched while (1) is held.
 
 pub mod admin;
+pub mod classification;
 pub mod credits;
+pub mod events;
+pub mod fair_use;
 pub mod health;
 pub mod idempotent;
 pub mod in_force;
@@ -18,13 +21,30 @@ pub mod rate;
 pub mod summary;
 pub mod sweeper;
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use crate::clock::Clock;
+use crate::error::Error;
 
 /// What every service needs: the pool and the clock.
 #[derive(Clone)]
 pub struct Ctx {
     pub pool: deadpool_postgres::Pool,
     pub clock: Arc<dyn Clock>,
+    /// Connections taken by services (health probes excluded): proves paths that must not touch
+    /// the database (a held classifier cooldown) do not.
+    pub db_checkouts: Arc<AtomicU64>,
+}
+
+impl Ctx {
+    pub fn new(pool: deadpool_postgres::Pool, clock: Arc<dyn Clock>) -> Ctx {
+        Ctx { pool, clock, db_checkouts: Arc::new(AtomicU64::new(0)) }
+    }
+
+    /// A pooled connection for one operation.
+    pub async fn db(&self) -> Result<deadpool_postgres::Client, Error> {
+        self.db_checkouts.fetch_add(1, Ordering::Relaxed);
+        Ok(self.pool.get().await?)
+    }
 }

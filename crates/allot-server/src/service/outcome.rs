@@ -6,6 +6,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
+use super::fair_use::FairUseView;
 use super::rate::RateView;
 use crate::repo::holds::HoldStatus;
 
@@ -19,6 +20,7 @@ pub enum Denial {
     NoEntitlement,
     RateLimited,
     MemberCapReached,
+    DailyBudgetExhausted,
 }
 
 impl Denial {
@@ -30,6 +32,7 @@ impl Denial {
             Self::NoEntitlement => "no_entitlement",
             Self::RateLimited => "rate_limited",
             Self::MemberCapReached => "member_cap_reached",
+            Self::DailyBudgetExhausted => "daily_budget_exhausted",
         }
     }
 }
@@ -70,6 +73,9 @@ pub struct MeterOutcome {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     pub meters: Vec<MeterOutcome>,
+    /// The acting account's fair-use standing.
+    #[serde(default)]
+    pub fair_use: Option<FairUseView>,
 }
 
 impl Decision {

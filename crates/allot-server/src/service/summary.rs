@@ -52,7 +52,7 @@ impl Reports {
     /// Plan, subscription and period, and every meter the plan lists or the payer has used.
     pub async fn summary(&self, tenant: TenantId, account: &AccountId) -> Result<Summary, Error> {
         let now = self.ctx.clock.now();
-        let mut client = self.ctx.pool.get().await?;
+        let mut client = self.ctx.db().await?;
         let tx = read_only(&mut client).await?;
         let payer = in_force::resolve(&tx, tenant, account, now).await?;
         let mut meters = repo::balances::list_meters(&tx, tenant, &payer.payer).await?;
@@ -91,7 +91,7 @@ impl Reports {
         period_at: Option<OffsetDateTime>,
     ) -> Result<(Period, Vec<Group>), Error> {
         let now = self.ctx.clock.now();
-        let mut client = self.ctx.pool.get().await?;
+        let mut client = self.ctx.db().await?;
         let tx = read_only(&mut client).await?;
         let payer = in_force::resolve(&tx, tenant, account, now).await?;
         let period = match period_at {

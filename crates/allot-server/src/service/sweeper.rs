@@ -26,7 +26,7 @@ pub async fn run(ctx: Ctx, interval: Duration, mut shutdown: tokio::sync::watch:
 
 /// Voids expired holds until none is left; returns how many.
 pub async fn sweep_once(ctx: &Ctx) -> Result<u64, crate::error::Error> {
-    let client = ctx.pool.get().await?;
+    let client = ctx.db().await?;
     let mut total = 0;
     loop {
         let voided = crate::repo::holds::sweep_expired(&client, ctx.clock.now(), SWEEP_BATCH_MAX).await?;

@@ -1,0 +1,346 @@
+//! The misuse classifier's runs and the fair-use controls.
+//!
+//! `request` takes a Redis cooldown lock (`SET key token NX PX ttl`) before anything else: while
+//! the lock is held the answer is COOLDOWN at the cost of one Redis round trip and no database
+//! read. If Redis cannot answer, the answer is COOLDOWN too (fail closed: never a stampede of
+//! expensive runs). With the lock taken, a free-plan account whose credit is exhausted gets a
+//! synthetic score of 1.0 and a shorter cooldown instead of a run (derived from Allot's own
+//! ledger; if that look-up fails the account is treated as not exhausted). Otherwise the caller
+//! gets a single-use ticket bound to the account. Nothing privilege-bearing comes from the payload.
+
+use std::time::Duration;
+
+use allot_domain::escalation::{is_violation, Stage, SCORE_MAX_MILLI};
+use fred::prelude::*;
+use fred::types::scripts::Script;
+use fred::types::{Expiration, SetOptions};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use super::fair_use::{self, FairUseView, Standing};
+use super::in_force;
+use super::meter_session::MeterSession;
+use super::Ctx;
+use crate::error::Error;
+use crate::ids::{AccountId, Meter, PlanId, TenantId};
+use crate::repo::fair_use::{ClassificationRow, Settings};
+use crate::repo::{self, Tx};
+
+/// Sets a key's TTL only while `token` still owns it.
+const EXTEND_IF_OWNER: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
+/// Deletes a key only while `token` still owns it.
+const RELEASE_IF_OWNER: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
+/// Most classifications listed in an account's history.
+pub const HISTORY_MAX: i64 = 50;
+
+/// What to tell the caller about a classifier run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Verdict {
+    Run { ticket: Uuid, expires_at: OffsetDateTime },
+    Cooldown { ends_at: Option<OffsetDateTime> },
+    NotNeeded,
+}
+
+#[derive(Debug, Clone)]
+pub struct RequestOutcome {
+    pub verdict: Verdict,
+    pub stage: Stage,
+    pub reason: String,
+}
+
+/// An account's escalation, for GetEscalation.
+#[derive(Debug, Clone)]
+pub struct Escalation {
+    pub stage: Stage,
+    pub reason: String,
+    pub violations: i64,
+    pub exempt: bool,
+    pub fair_use: FairUseView,
+    pub history: Vec<ClassificationRow>,
+}
+
+#[derive(Clone)]
+pub struct Classifier {
+    ctx: Ctx,
+    redis: Option<Client>,
+    redis_timeout: Duration,
+    /// TTL the lock is taken with before settings are read; adjusted to the tenant's after.
+    default_cooldown_ms: i64,
+}
+
+impl Classifier {
+    pub fn new(ctx: Ctx, redis: Option<Client>, redis_timeout: Duration) -> Classifier {
+        Classifier { ctx, redis, redis_timeout, default_cooldown_ms: Settings::default().cooldown_ms }
+    }
+
+    fn key(tenant: TenantId, account: &AccountId) -> String {
+        format!("allot:cooldown:{{{tenant}}}:{account}")
+    }
+
+    async fn redis<T>(&self, call: impl std::future::Future<Output = Result<T, fred::error::Error>>) -> Result<T, String> {
+        match tokio::time::timeout(self.redis_timeout, call).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err(format!("timed out after {} ms", self.redis_timeout.as_millis())),
+        }
+    }
+
+    /// Takes the cooldown lock; `Err(ends_at)` when it is held (or Redis cannot answer).
+    async fn take_lock(&self, key: &str, token: &str, now: OffsetDateTime) -> Result<(), Option<OffsetDateTime>> {
+        let Some(redis) = &self.redis else {
+            tracing::warn!("no redis configured, classifier requests answer cooldown");
+            return Err(None);
+        };
+        let set: Result<Option<String>, String> =
+            self.redis(redis.set(key, token, Some(Expiration::PX(self.default_cooldown_ms)), Some(SetOptions::NX), false)).await;
+        match set {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => {
+                let ttl_ms: Result<i64, String> = self.redis(redis.pttl(key)).await;
+                Err(ttl_ms.ok().filter(|ms| *ms > 0).map(|ms| now + time::Duration::milliseconds(ms)))
+            }
+            Err(err) => {
+                crate::telemetry::count_cooldown_store_failure();
+                tracing::warn!(error = %err, "cooldown store unavailable, failing closed");
+                Err(None)
+            }
+        }
+    }
+
+    async fn owned(&self, script: &str, key: &str, token: &str, ttl_ms: i64) {
+        if let Some(redis) = &self.redis {
+            let script = Script::from_lua(script);
+            let call = script.evalsha_with_reload::<i64, _, _>(redis, vec![key.to_owned()], vec![token.to_owned(), ttl_ms.to_string()]);
+            if let Err(err) = self.redis(call).await {
+                tracing::warn!(error = %err, "cooldown lock update failed");
+            }
+        }
+    }
+
+    pub async fn request(&self, tenant: TenantId, account: &AccountId) -> Result<RequestOutcome, Error> {
+        let now = self.ctx.clock.now();
+        let key = Self::key(tenant, account);
+        let token = Uuid::new_v4().to_string();
+        if let Err(ends_at) = self.take_lock(&key, &token, now).await {
+            return Ok(RequestOutcome {
+                verdict: Verdict::Cooldown { ends_at },
+                stage: Stage::None,
+                reason: "a classifier run happened recently".into(),
+            });
+        }
+        let exhausted = self.free_and_exhausted(tenant, account, now).await;
+        let mut client = self.ctx.db().await?;
+        let tx = client.transaction().await?;
+        let mut standing = Standing::load(&tx, tenant, account, now).await?;
+        if !standing.enforced() {
+            tx.commit().await?;
+            self.owned(RELEASE_IF_OWNER, &key, &token, 0).await;
+            return Ok(RequestOutcome {
+                verdict: Verdict::NotNeeded,
+                stage: Stage::None,
+                reason: "fair use is not enforced for this account".into(),
+            });
+        }
+        let settings = standing.settings.clone();
+        let outcome = if exhausted {
+            let reason = "credit exhausted on the free plan: synthetic score 1.0".to_owned();
+            record(&tx, tenant, account, &mut standing, SCORE_MAX_MILLI, Vec::new(), true, &reason, now).await?;
+            RequestOutcome { verdict: Verdict::NotNeeded, stage: standing.stage(), reason }
+        } else {
+            let ticket = Uuid::new_v4();
+            let expires_at = now + time::Duration::milliseconds(settings.ticket_ttl_ms);
+            repo::fair_use::insert_ticket(&tx, tenant, ticket, account, now, expires_at).await?;
+            let payload = serde_json::json!({ "ticket_expires_at": expires_at.unix_timestamp() });
+            repo::outbox::append(&tx, tenant, "classification_requested", account, payload, now).await?;
+            RequestOutcome { verdict: Verdict::Run { ticket, expires_at }, stage: standing.stage(), reason: "run the classifier".into() }
+        };
+        tx.commit().await?;
+        let ttl_ms = if exhausted { settings.exhausted_cooldown_ms } else { settings.cooldown_ms };
+        if ttl_ms != self.default_cooldown_ms {
+            self.owned(EXTEND_IF_OWNER, &key, &token, ttl_ms).await;
+        }
+        Ok(outcome)
+    }
+
+    /// Whether the account is on the free plan with no credit left on any meter it has used.
+    /// A failed look-up counts as not exhausted (fail open), logged and counted.
+    async fn free_and_exhausted(&self, tenant: TenantId, account: &AccountId, now: OffsetDateTime) -> bool {
+        match self.exhausted_lookup(tenant, account, now).await {
+            Ok(exhausted) => exhausted,
+            Err(err) => {
+                crate::telemetry::count_exhaustion_lookup_failure();
+                tracing::warn!(error = %err, account.id = %account, "credit look-up failed, treating the account as not exhausted");
+                false
+            }
+        }
+    }
+
+    async fn exhausted_lookup(&self, tenant: TenantId, account: &AccountId, now: OffsetDateTime) -> Result<bool, Error> {
+        let mut client = self.ctx.db().await?;
+        let tx = client.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await?;
+        let payer = in_force::resolve(&tx, tenant, account, now).await?;
+        if payer.entitled || payer.plan_id.is_none() {
+            return Ok(false);
+        }
+        let meters = repo::balances::list_meters(&tx, tenant, &payer.payer).await?;
+        let mut exhausted = !meters.is_empty();
+        for meter in &meters {
+            let session = MeterSession::snapshot(&tx, tenant, &payer, meter, now).await?;
+            if session.state.available_credits(now).is_none_or(|a| a > 0) {
+                exhausted = false;
+                break;
+            }
+        }
+        tx.commit().await?;
+        Ok(exhausted)
+    }
+
+    /// Records the classifier's result for a single-use ticket.
+    pub async fn submit(&self, tenant: TenantId, ticket: Uuid, score_milli: u32, labels: Vec<String>) -> Result<(bool, Stage), Error> {
+        let now = self.ctx.clock.now();
+        let mut client = self.ctx.db().await?;
+        let tx = client.transaction().await?;
+        let (account, expires_at, used) = repo::fair_use::lock_ticket(&tx, tenant, ticket).await?.ok_or(Error::NotFound { what: "ticket" })?;
+        if used {
+            return Err(Error::TicketSpent("already used"));
+        }
+        if expires_at <= now {
+            return Err(Error::TicketSpent("expired"));
+        }
+        repo::fair_use::use_ticket(&tx, tenant, ticket, now).await?;
+        let account = AccountId::parse(&account).map_err(|e| Error::Internal(format!("stored account: {e}")))?;
+        let mut standing = Standing::load(&tx, tenant, &account, now).await?;
+        let violation = is_violation(score_milli, standing.settings.gate_score_milli);
+        let reason =
+            format!("classifier score {:.3} (gate {:.3})", f64::from(score_milli) / 1000.0, f64::from(standing.settings.gate_score_milli) / 1000.0);
+        record(&tx, tenant, &account, &mut standing, score_milli, labels, false, &reason, now).await?;
+        tx.commit().await?;
+        Ok((violation, standing.stage()))
+    }
+
+    pub async fn escalation(&self, tenant: TenantId, account: &AccountId) -> Result<Escalation, Error> {
+        let now = self.ctx.clock.now();
+        let mut client = self.ctx.db().await?;
+        let tx = client.build_transaction().read_only(true).start().await?;
+        let standing = Standing::load(&tx, tenant, account, now).await?;
+        let payer = in_force::resolve(&tx, tenant, account, now).await?;
+        let caps = fair_use::triggered_caps(&tx, tenant, account, payer.plan_id.as_deref(), None, now).await?;
+        let reason = repo::fair_use::stored_reason(&tx, tenant, account).await?;
+        let history = repo::fair_use::history(&tx, tenant, account, HISTORY_MAX).await?;
+        tx.commit().await?;
+        Ok(Escalation {
+            stage: standing.stage(),
+            reason,
+            violations: standing.violations,
+            exempt: standing.exempt,
+            fair_use: standing.view(caps),
+            history,
+        })
+    }
+
+    pub async fn settings(&self, tenant: TenantId) -> Result<Settings, Error> {
+        let mut client = self.ctx.db().await?;
+        let tx = client.transaction().await?;
+        let settings = repo::fair_use::settings(&tx, tenant).await?;
+        tx.commit().await?;
+        Ok(settings)
+    }
+
+    /// Replaces the settings, auditing before and after.
+    pub async fn update_settings(&self, tenant: TenantId, settings: Settings) -> Result<Settings, Error> {
+        let now = self.ctx.clock.now();
+        let mut client = self.ctx.db().await?;
+        let tx = client.transaction().await?;
+        let before = repo::fair_use::settings(&tx, tenant).await?;
+        repo::fair_use::save_settings(&tx, tenant, &settings, now).await?;
+        repo::fair_use::audit(&tx, tenant, "update_settings", audit_json(&before), audit_json(&settings), now).await?;
+        let stored = repo::fair_use::settings(&tx, tenant).await?;
+        tx.commit().await?;
+        Ok(stored)
+    }
+
+    pub async fn set_exempt(&self, tenant: TenantId, account: &AccountId, exempt: bool) -> Result<bool, Error> {
+        let now = self.ctx.clock.now();
+        let mut client = self.ctx.db().await?;
+        let tx = client.transaction().await?;
+        if repo::fair_use::set_exempt(&tx, tenant, account, exempt).await? {
+            let action = if exempt { "exempt" } else { "unexempt" };
+            repo::fair_use::audit(
+                &tx,
+                tenant,
+                action,
+                serde_json::json!({ "account_id": account.as_str(), "exempt": !exempt }),
+                serde_json::json!({ "account_id": account.as_str(), "exempt": exempt }),
+                now,
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(exempt)
+    }
+
+    pub async fn set_soft_caps(&self, tenant: TenantId, plan: &PlanId, caps: Vec<(Meter, allot_domain::escalation::SoftCap)>) -> Result<(), Error> {
+        let now = self.ctx.clock.now();
+        let mut client = self.ctx.db().await?;
+        let tx = client.transaction().await?;
+        if repo::plans::header(&tx, tenant, plan.as_str()).await?.is_none() {
+            return Err(Error::NotFound { what: "plan" });
+        }
+        let before: Vec<serde_json::Value> = repo::fair_use::soft_caps(&tx, tenant, plan.as_str(), None)
+            .await?
+            .into_iter()
+            .map(|(m, c)| serde_json::json!({ "meter": m, "window_ms": c.window_ms, "threshold_credits": c.threshold_credits }))
+            .collect();
+        repo::fair_use::replace_soft_caps(&tx, tenant, plan.as_str(), &caps).await?;
+        let after: Vec<serde_json::Value> = caps
+            .iter()
+            .map(|(m, c)| serde_json::json!({ "meter": m.as_str(), "window_ms": c.window_ms, "threshold_credits": c.threshold_credits }))
+            .collect();
+        repo::fair_use::audit(
+            &tx,
+            tenant,
+            "set_soft_caps",
+            serde_json::json!({ "plan_id": plan.as_str(), "caps": before }),
+            serde_json::json!({ "plan_id": plan.as_str(), "caps": after }),
+            now,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn audit_json(settings: &Settings) -> serde_json::Value {
+    let mut value = serde_json::to_value(settings).unwrap_or_default();
+    if let Some(object) = value.as_object_mut() {
+        object.insert("warning_after".into(), settings.ladder.warning_after.into());
+        object.insert("throttle_after".into(), settings.ladder.throttle_after.into());
+        object.insert("restrict_after".into(), settings.ladder.restrict_after.into());
+    }
+    value
+}
+
+/// Stores a classification, counts a violation, moves the stage and writes the events.
+#[allow(clippy::too_many_arguments)]
+async fn record(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    account: &AccountId,
+    standing: &mut Standing,
+    score_milli: u32,
+    labels: Vec<String>,
+    synthetic: bool,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    let violation = is_violation(score_milli, standing.settings.gate_score_milli);
+    let row = ClassificationRow { score_milli, labels: labels.clone(), synthetic, violation, created_at: now };
+    repo::fair_use::insert_classification(tx, tenant, account, &row).await?;
+    let payload = serde_json::json!({ "score_milli": score_milli, "labels": labels, "synthetic": synthetic, "violation": violation });
+    repo::outbox::append(tx, tenant, "classification_recorded", account, payload, now).await?;
+    if violation {
+        standing.violations += 1;
+    }
+    standing.sync(tx, tenant, account, if violation { reason } else { "" }, now).await?;
+    Ok(())
+}

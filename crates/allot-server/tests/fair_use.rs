@@ -1,0 +1,312 @@
+//! Fair use: classifier cooldown locks in Redis, the escalation ladder and its effects on
+//! decisions, controls (kill switch, exemptions), tickets, free exhausted accounts, soft caps,
+//! and the event stream.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use allot_proto::v1 as pb;
+use allot_server::testkit::{Admin, FairUse, TestServer};
+use common::*;
+
+fn verdict(v: pb::ClassificationVerdict) -> i32 {
+    v as i32
+}
+
+async fn settings(fair: &mut FairUse, change: impl FnOnce(&mut pb::EscalationSettings)) {
+    let mut current = fair.get_settings(pb::GetSettingsRequest {}).await.expect("settings").into_inner();
+    change(&mut current);
+    fair.update_settings(current).await.expect("update settings");
+}
+
+async fn request(fair: &mut FairUse, account: &str) -> pb::RequestClassificationResponse {
+    fair.request_classification(pb::RequestClassificationRequest { account_id: account.into() }).await.expect("request").into_inner()
+}
+
+/// Requests a run (waiting out a short cooldown if needed) and submits `score`.
+async fn classify(fair: &mut FairUse, account: &str, score: f64) -> pb::SubmitClassificationResponse {
+    for _ in 0..40 {
+        let response = request(fair, account).await;
+        if response.verdict == verdict(pb::ClassificationVerdict::Run) {
+            return fair
+                .submit_classification(pb::SubmitClassificationRequest { ticket: response.ticket, score, labels: vec!["test".into()] })
+                .await
+                .expect("submit")
+                .into_inner();
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("no classifier run was granted");
+}
+
+async fn plan_with(admin: &mut Admin, meters: Vec<pb::MeterAllowance>) {
+    admin
+        .upsert_plan(pb::UpsertPlanRequest {
+            plan: Some(pb::Plan {
+                plan_id: "free".into(),
+                tier: "free".into(),
+                name: "Free".into(),
+                meters,
+                is_free_default: true,
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("plan");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_get_exactly_one_run_and_a_held_lock_reads_no_database() {
+    let server = TestServer::start().await;
+    let (_, mut admin) = server.clients().await;
+    plan_with(&mut admin, vec![pb::MeterAllowance { meter: "speech_ms".into(), allowance_credits: Some(1_000_000), ..Default::default() }]).await;
+    let fair = server.fair_use_for(&server.tenant.api_key).await;
+
+    let mut tasks = Vec::new();
+    for _ in 0..200 {
+        let mut client = fair.clone();
+        tasks.push(tokio::spawn(async move { request(&mut client, "acct").await }));
+    }
+    let mut runs = 0;
+    for task in tasks {
+        let response = task.await.expect("task");
+        if response.verdict == verdict(pb::ClassificationVerdict::Run) {
+            runs += 1;
+            assert!(!response.ticket.is_empty());
+        } else {
+            assert_eq!(response.verdict, verdict(pb::ClassificationVerdict::Cooldown));
+            let ends = response.cooldown_ends_at.expect("cooldown end").seconds;
+            let now = allot_server::clock::Clock::now(&*server.clock).unix_timestamp();
+            assert!((ends - now - 12 * 3600).abs() < 120, "a 12 h cooldown");
+        }
+    }
+    assert_eq!(runs, 1);
+
+    let mut client = fair.clone();
+    let before = server.db_checkouts.load(Ordering::Relaxed);
+    for _ in 0..20 {
+        assert_eq!(request(&mut client, "acct").await.verdict, verdict(pb::ClassificationVerdict::Cooldown));
+    }
+    assert_eq!(server.db_checkouts.load(Ordering::Relaxed), before, "a held lock costs no database query");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ladder_climbs_bites_and_steps_back_down() {
+    let start = time::macros::datetime!(2026-05-04 09:00 UTC);
+    let server = TestServer::start_at(start).await;
+    let (mut entitlements, mut admin) = server.clients().await;
+    plan_with(
+        &mut admin,
+        vec![
+            pb::MeterAllowance { meter: "speech_ms".into(), allowance_credits: Some(100_000_000), ..Default::default() },
+            pb::MeterAllowance { meter: "requests".into(), allowance_credits: None, rate_limit_per_minute: Some(100), ..Default::default() },
+        ],
+    )
+    .await;
+    let mut fair = server.fair_use_for(&server.tenant.api_key).await;
+    settings(&mut fair, |s| {
+        s.cooldown_ms = 1_000;
+        s.violation_window_ms = 86_400_000;
+        s.restrict_daily_budgets.insert("speech_ms".into(), 1_800_000);
+    })
+    .await;
+
+    let stage_of = |r: &pb::CheckResponse| r.fair_use.as_ref().expect("fair use").stage;
+    assert_eq!(stage_of(&check(&mut entitlements, "acct", "speech_ms", 1).await), pb::EscalationStage::None as i32);
+    let clean = classify(&mut fair, "acct", 0.2).await;
+    assert!(!clean.violation);
+    assert_eq!(classify(&mut fair, "acct", 0.9).await.stage, pb::EscalationStage::Warning as i32);
+    assert_eq!(stage_of(&check(&mut entitlements, "acct", "speech_ms", 1).await), pb::EscalationStage::Warning as i32);
+
+    assert_eq!(classify(&mut fair, "acct", 0.7).await.stage, pb::EscalationStage::Throttle as i32);
+    let throttled = check(&mut entitlements, "acct", "requests", 1).await;
+    assert_eq!(throttled.meter.expect("meter").rate.expect("rate").limit_per_minute, 25, "100/min throttled to 25%");
+
+    assert_eq!(classify(&mut fair, "acct", 1.0).await.stage, pb::EscalationStage::Restrict as i32);
+    // Restrict: 30 minutes of speech a day. A long job is pre-charged, then confirmed.
+    let hold = entitlements
+        .reserve(pb::ReserveRequest {
+            account_id: "acct".into(),
+            meter: "speech_ms".into(),
+            amount_credits: 1_200_000,
+            ttl_ms: 600_000,
+            idempotency_key: "job".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("reserve")
+        .into_inner();
+    assert!(allowed(hold.decision));
+    let busted = debit(&mut entitlements, "acct", "speech_ms", 700_000, "big").await;
+    assert_eq!(busted.reason, pb::DenialReason::DailyBudgetExhausted as i32, "pre-charged 1.2 M + 0.7 M > 1.8 M");
+    entitlements.commit(pb::CommitRequest { hold_id: hold.hold_id, actual_credits: 1_000_000, ..Default::default() }).await.expect("commit");
+    assert!(allowed(debit(&mut entitlements, "acct", "speech_ms", 700_000, "fits").await.decision), "1.0 M + 0.7 M ≤ 1.8 M");
+    assert_eq!(debit(&mut entitlements, "acct", "speech_ms", 200_000, "over").await.reason, pb::DenialReason::DailyBudgetExhausted as i32);
+    // Other meters are not budgeted.
+    assert!(allowed(debit(&mut entitlements, "acct", "requests", 1, "r1").await.decision));
+
+    // A day later the violations have expired: the stage steps down on the next decision.
+    server.clock.advance(time::Duration::hours(25));
+    let later = debit(&mut entitlements, "acct", "speech_ms", 200_000, "later").await;
+    assert!(allowed(later.decision));
+    assert_eq!(later.fair_use.expect("fair use").stage, pb::EscalationStage::None as i32);
+    let escalation = fair.get_escalation(pb::GetEscalationRequest { account_id: "acct".into() }).await.expect("escalation").into_inner();
+    assert_eq!((escalation.stage, escalation.violations_in_window), (pb::EscalationStage::None as i32, 0));
+    assert_eq!(escalation.history.len(), 4);
+
+    let db = server.sql().await;
+    let stages: Vec<String> = db
+        .query("SELECT payload->>'to' FROM outbox_events WHERE kind = 'stage_changed' ORDER BY seq", &[])
+        .await
+        .expect("events")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    assert_eq!(stages, vec!["warning", "throttle", "restrict", "none"]);
+    let exhausted: i64 = db.query_one("SELECT COUNT(*) FROM outbox_events WHERE kind = 'budget_exhausted'", &[]).await.expect("n").get(0);
+    assert_eq!(exhausted, 2);
+    assert_ledger_explains_balances(&server).await;
+}
+
+#[tokio::test]
+async fn kill_switch_and_exemptions_turn_fair_use_off() {
+    let server = TestServer::start().await;
+    let (mut entitlements, mut admin) = server.clients().await;
+    plan_with(&mut admin, vec![pb::MeterAllowance { meter: "speech_ms".into(), allowance_credits: Some(1_000), ..Default::default() }]).await;
+    let mut fair = server.fair_use_for(&server.tenant.api_key).await;
+    settings(&mut fair, |s| s.cooldown_ms = 1_000).await;
+    assert_eq!(classify(&mut fair, "acct", 0.95).await.stage, pb::EscalationStage::Warning as i32);
+
+    settings(&mut fair, |s| s.kill_switch = true).await;
+    let off = check(&mut entitlements, "acct", "speech_ms", 1).await.fair_use.expect("fair use");
+    assert_eq!((off.stage, off.enforced), (pb::EscalationStage::None as i32, false));
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(request(&mut fair, "acct").await.verdict, verdict(pb::ClassificationVerdict::NotNeeded));
+
+    settings(&mut fair, |s| s.kill_switch = false).await;
+    assert_eq!(check(&mut entitlements, "acct", "speech_ms", 1).await.fair_use.expect("fair use").stage, pb::EscalationStage::Warning as i32);
+    fair.set_exempt(pb::SetExemptRequest { account_id: "acct".into(), exempt: true }).await.expect("exempt");
+    assert!(!check(&mut entitlements, "acct", "speech_ms", 1).await.fair_use.expect("fair use").enforced);
+    let audited: i64 = server.sql().await.query_one("SELECT COUNT(*) FROM escalation_audit", &[]).await.expect("audit").get(0);
+    assert_eq!(audited, 4, "three settings changes and one exemption");
+
+    let err = fair
+        .update_settings(pb::EscalationSettings { warning_after: 3, throttle_after: 2, restrict_after: 4, ..Default::default() })
+        .await
+        .expect_err("bad ladder");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument);
+}
+
+#[tokio::test]
+async fn tickets_are_single_use_bound_and_expire() {
+    let server = TestServer::start().await;
+    let (_, mut admin) = server.clients().await;
+    plan_with(&mut admin, vec![pb::MeterAllowance { meter: "speech_ms".into(), allowance_credits: Some(1_000), ..Default::default() }]).await;
+    let mut fair = server.fair_use_for(&server.tenant.api_key).await;
+    let run = request(&mut fair, "acct").await;
+    let submit = |ticket: String| pb::SubmitClassificationRequest { ticket, score: 0.1, labels: vec![] };
+    fair.submit_classification(submit(run.ticket.clone())).await.expect("first use");
+    let reused = fair.submit_classification(submit(run.ticket.clone())).await.expect_err("reuse");
+    assert_eq!(reason(&reused), "TICKET_USED");
+    let forged = fair.submit_classification(submit(uuid::Uuid::new_v4().to_string())).await.expect_err("forged");
+    assert_eq!(forged.code(), tonic::Code::NotFound);
+    let malformed = fair.submit_classification(submit("x".into())).await.expect_err("malformed");
+    assert_eq!(malformed.code(), tonic::Code::InvalidArgument);
+    let bad_score = fair
+        .submit_classification(pb::SubmitClassificationRequest { ticket: run.ticket.clone(), score: 1.5, labels: vec![] })
+        .await
+        .expect_err("score");
+    assert_eq!(bad_score.code(), tonic::Code::InvalidArgument);
+
+    let other = request(&mut fair, "other").await;
+    // Another tenant cannot use it.
+    let stranger = allot_server::seed::tenant(&server.pool, "stranger").await.expect("tenant");
+    let mut theirs = server.fair_use_for(&stranger.api_key).await;
+    assert_eq!(theirs.submit_classification(submit(other.ticket.clone())).await.expect_err("foreign").code(), tonic::Code::NotFound);
+    // And it expires (15 min by default).
+    server.clock.advance(time::Duration::minutes(16));
+    let expired = fair.submit_classification(submit(other.ticket)).await.expect_err("expired");
+    assert_eq!(reason(&expired), "TICKET_EXPIRED");
+}
+
+#[tokio::test]
+async fn a_free_account_out_of_credit_escalates_without_a_classifier_run() {
+    let server = TestServer::start().await;
+    let (mut entitlements, mut admin) = server.clients().await;
+    plan_with(&mut admin, vec![pb::MeterAllowance { meter: "speech_ms".into(), allowance_credits: Some(10), ..Default::default() }]).await;
+    let mut fair = server.fair_use_for(&server.tenant.api_key).await;
+    assert!(allowed(debit(&mut entitlements, "poor", "speech_ms", 10, "d1").await.decision));
+
+    let response = request(&mut fair, "poor").await;
+    assert_eq!(response.verdict, verdict(pb::ClassificationVerdict::NotNeeded));
+    assert_eq!(response.stage, pb::EscalationStage::Warning as i32);
+    let again = request(&mut fair, "poor").await;
+    assert_eq!(again.verdict, verdict(pb::ClassificationVerdict::Cooldown));
+    let ends = again.cooldown_ends_at.expect("end").seconds - allot_server::clock::Clock::now(&*server.clock).unix_timestamp();
+    assert!((3_500..=3_600).contains(&ends), "the cooldown was shortened to 1 h, got {ends} s");
+    let escalation = fair.get_escalation(pb::GetEscalationRequest { account_id: "poor".into() }).await.expect("escalation").into_inner();
+    assert!(escalation.history[0].synthetic && escalation.history[0].score == 1.0);
+
+    // An account with credit left is asked to run the classifier.
+    assert_eq!(request(&mut fair, "rich").await.verdict, verdict(pb::ClassificationVerdict::Run));
+}
+
+#[tokio::test]
+async fn soft_caps_trigger_on_rolling_usage() {
+    let server = TestServer::start().await;
+    let (mut entitlements, mut admin) = server.clients().await;
+    plan_with(&mut admin, vec![pb::MeterAllowance { meter: "speech_ms".into(), allowance_credits: None, ..Default::default() }]).await;
+    let mut fair = server.fair_use_for(&server.tenant.api_key).await;
+    fair.set_soft_caps(pb::SetSoftCapsRequest {
+        plan_id: "free".into(),
+        caps: vec![
+            pb::SoftCap { meter: "speech_ms".into(), window_ms: 86_400_000, threshold_credits: 14_400_000 },
+            pb::SoftCap { meter: "speech_ms".into(), window_ms: 7 * 86_400_000, threshold_credits: 72_000_000 },
+        ],
+    })
+    .await
+    .expect("caps");
+    let first = debit(&mut entitlements, "acct", "speech_ms", 10_000_000, "d1").await;
+    assert!(first.fair_use.expect("fair use").soft_caps_triggered.is_empty());
+    let second = debit(&mut entitlements, "acct", "speech_ms", 5_000_000, "d2").await;
+    assert_eq!(second.fair_use.expect("fair use").soft_caps_triggered, vec!["speech_ms/86400000".to_owned()]);
+    server.clock.advance(time::Duration::hours(26));
+    let later = check(&mut entitlements, "acct", "speech_ms", 1).await;
+    assert!(later.fair_use.expect("fair use").soft_caps_triggered.is_empty(), "the day window rolled past");
+    let events: i64 =
+        server.sql().await.query_one("SELECT COUNT(*) FROM outbox_events WHERE kind = 'soft_cap_triggered'", &[]).await.expect("n").get(0);
+    assert_eq!(events, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_events_delivers_every_event_once_across_a_reconnect() {
+    let server = TestServer::start().await;
+    let (_, mut admin) = server.clients().await;
+    plan_with(&mut admin, vec![pb::MeterAllowance { meter: "speech_ms".into(), allowance_credits: Some(1_000), ..Default::default() }]).await;
+    let mut fair = server.fair_use_for(&server.tenant.api_key).await;
+    for i in 0..6 {
+        request(&mut fair, &format!("a{i}")).await; // one classification_requested each
+    }
+    let mut stream = fair.watch_events(pb::WatchEventsRequest { from_cursor: 0 }).await.expect("watch").into_inner();
+    let mut seen = Vec::new();
+    for _ in 0..4 {
+        seen.push(stream.message().await.expect("event").expect("open").cursor);
+    }
+    drop(stream);
+    let mut stream = fair.watch_events(pb::WatchEventsRequest { from_cursor: *seen.last().expect("cursor") }).await.expect("watch").into_inner();
+    for _ in 0..2 {
+        seen.push(stream.message().await.expect("event").expect("open").cursor);
+    }
+    // New events arrive live on the open stream.
+    let mut writer = fair.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        request(&mut writer, "late").await;
+    });
+    let live = tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("in time").expect("event").expect("open");
+    assert_eq!(live.account_id, "late");
+    seen.push(live.cursor);
+    assert_eq!(seen, (1..=7).collect::<Vec<i64>>(), "gap-free, in order, no repeats");
+}
