@@ -1,6 +1,7 @@
 //! The `allot` binary: `serve` the gRPC API, `migrate` the database, run a complete local stack
 //! with `dev`, and `create-tenant` to issue a tenant and its first API key.
 
+use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use allot_server::clock::SystemClock;
 use allot_server::config::Config;
 use allot_server::telemetry::{self, LogFormat};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
 /// Build identity, set by build.rs.
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ALLOT_GIT_COMMIT"), ")");
@@ -26,7 +27,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Serve the gRPC API.
-    Serve(Config),
+    Serve(ServeArgs),
     /// Apply pending database migrations and exit.
     Migrate {
         #[arg(long, env = "ALLOT_DATABASE_URL")]
@@ -49,16 +50,52 @@ enum Command {
     },
 }
 
+/// `allot serve`'s settings: an optional file under the flags and `ALLOT_*` variables.
+#[derive(Debug, clap::Args)]
+struct ServeArgs {
+    /// TOML file of settings, keyed by flag name with underscores (`db_pool_size_max = 32`);
+    /// flags and ALLOT_* variables override it.
+    #[arg(long = "config", env = "ALLOT_CONFIG", value_name = "FILE")]
+    config_file: Option<PathBuf>,
+    #[command(flatten)]
+    config: Config,
+}
+
+/// Parses the command line; for `serve`, the configuration file (if any) is layered under the
+/// flags and the environment first, so a bad file fails here with its name and key.
+fn parse(args: Vec<OsString>) -> anyhow::Result<Cli> {
+    let mut command = Cli::command();
+    if args.iter().skip(1).any(|arg| arg == "serve") {
+        if let Some(path) = allot_server::config::file_from_args(&args) {
+            let serve = command.find_subcommand("serve").cloned().ok_or_else(|| anyhow::anyhow!("no serve command"))?;
+            let serve = allot_server::config::layer_file(serve, &path)?;
+            command = command.mut_subcommand("serve", |_| serve);
+        }
+    }
+    let matches = command.get_matches_from(args);
+    Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit()))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = parse(std::env::args_os().collect())?;
     let format = if matches!(cli.command, Command::Dev { .. }) { LogFormat::Pretty } else { cli.log_format };
-    telemetry::init(format);
-    match cli.command {
-        Command::Serve(config) => {
-            let listener = tokio::net::TcpListener::bind(config.listen).await?;
-            let app = allot_server::server::App::connect(config, Arc::new(SystemClock)).await?;
-            allot_server::server::serve(app, listener, allot_server::dev::shutdown_signal()).await
+    let mut otlp_endpoint = None;
+    if let Command::Serve(args) = &cli.command {
+        args.config.validate()?;
+        otlp_endpoint = args.config.otlp_endpoint.clone();
+    }
+    let telemetry = telemetry::init(format, otlp_endpoint.as_deref())?;
+    let result = match cli.command {
+        Command::Serve(ServeArgs { config, config_file }) => {
+            if let Some(file) = config_file {
+                tracing::info!(config.file = %file.display(), "configuration file layered under flags and environment");
+            }
+            let result = serve(config).await;
+            if let Err(err) = &result {
+                tracing::error!(error = format!("{err:#}"), "allot serve failed");
+            }
+            result
         }
         Command::Migrate { database_url } => {
             let applied = allot_server::db::migrate(&database_url).await?;
@@ -73,5 +110,16 @@ async fn main() -> anyhow::Result<()> {
             println!("tenant {} created\napi key (shown once): {}", created.tenant, created.api_key);
             Ok(())
         }
-    }
+    };
+    // Export the last spans; the exporter blocks, so off the async workers.
+    tokio::task::spawn_blocking(move || telemetry.shutdown()).await?;
+    result
+}
+
+/// `allot serve`: bind, connect (validating, migrating when asked, refusing unsafe durability),
+/// serve until SIGTERM or Ctrl-C, then drain within the grace window.
+async fn serve(config: Config) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.listen).await?;
+    let app = allot_server::server::App::connect(config, Arc::new(SystemClock)).await?;
+    allot_server::server::serve(app, listener, allot_server::dev::shutdown_signal()).await
 }

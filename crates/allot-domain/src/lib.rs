@@ -10,6 +10,7 @@
 //! - [`advance`]: housekeeping before any decision (grant expiry, period roll-over).
 //! - [`charge`]: the debit waterfall, gates, records, reserve and commit.
 //! - [`refund`]: returning credit to the buckets it came from.
+//! - [`pricing`]: rating usage of a SKU in whole credits at the price version in force.
 //! - [`escalation`]: the fair-use ladder, soft caps and daily budgets.
 //!
 //! # Invariants
@@ -27,6 +28,7 @@ pub mod limits;
 pub mod meter;
 pub mod period;
 pub mod plan;
+pub mod pricing;
 pub mod refund;
 
 pub use time::OffsetDateTime;

@@ -39,14 +39,16 @@ impl SubscriptionStatus {
 }
 
 /// Whether a subscription entitles its account to its plan at `now`: its status is entitled and,
-/// when it is set to cancel at the period's end, that end has not come yet.
+/// when it is set to cancel at the period's end or is a trial (which ends with its period), that
+/// end has not come yet.
 pub fn entitled_at(
     status: SubscriptionStatus,
     cancel_at_period_end: bool,
     current_period_end: time::OffsetDateTime,
     now: time::OffsetDateTime,
 ) -> bool {
-    status.is_entitled() && !(cancel_at_period_end && now >= current_period_end)
+    let ends_with_period = cancel_at_period_end || status == SubscriptionStatus::Trialing;
+    status.is_entitled() && !(ends_with_period && now >= current_period_end)
 }
 
 /// Who a plan's quotas and credits belong to.
@@ -123,6 +125,8 @@ mod tests {
             (SubscriptionStatus::Active, true, end, false),
             (SubscriptionStatus::PastDue, true, datetime!(2025-01-15 00:00 UTC), true),
             (SubscriptionStatus::Canceled, false, datetime!(2025-01-15 00:00 UTC), false),
+            (SubscriptionStatus::Trialing, false, datetime!(2025-01-31 23:59 UTC), true),
+            (SubscriptionStatus::Trialing, false, end, false),
         ];
         for (status, cancel, now, expected) in cases {
             assert_eq!(entitled_at(status, cancel, end, now), expected, "{status:?} cancel={cancel} at {now}");

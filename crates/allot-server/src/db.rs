@@ -1,9 +1,11 @@
 //! The PostgreSQL pool and schema migrations. Every connection is set up with the timeouts that
-//! keep a stuck lock or a dropped client from pinning a connection inside a transaction.
+//! keep a stuck lock or a dropped client from pinning a connection inside a transaction, and is
+//! checked for durability: with `fsync=off` or `synchronous_commit=off` an acknowledged charge
+//! could vanish in a crash, so such a connection is refused (unless explicitly allowed).
 
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use deadpool_postgres::{HookError, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 
 use crate::config::Config;
 
@@ -26,14 +28,72 @@ pub fn pool(config: &Config) -> anyhow::Result<Pool> {
     ));
     let manager = Manager::from_config(pg, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     let wait = Duration::from_millis(config.db_pool_wait_ms);
-    let pool = Pool::builder(manager)
+    let mut builder = Pool::builder(manager)
         .max_size(usize::try_from(config.db_pool_size_max)?)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(wait))
         .create_timeout(Some(wait))
-        .recycle_timeout(Some(wait))
-        .build()?;
-    Ok(pool)
+        .recycle_timeout(Some(wait));
+    if !config.allow_unsafe_durability {
+        // Every new connection: a database restarted (or reconfigured) unsafely is refused too.
+        builder = builder.post_create(deadpool_postgres::Hook::async_fn(|client, _| {
+            Box::pin(async move {
+                match unsafe_durability(client).await {
+                    Ok(None) => Ok(()),
+                    Ok(Some(setting)) => Err(HookError::Message(refusal(&setting).into())),
+                    Err(err) => Err(HookError::Backend(err)),
+                }
+            })
+        }));
+    }
+    Ok(builder.build()?)
+}
+
+/// The setting that makes commits unsafe on this connection (`fsync=off`,
+/// `synchronous_commit=off`), if any. Per connection, since `synchronous_commit` can be set per
+/// database or role.
+pub async fn unsafe_durability(client: &tokio_postgres::Client) -> Result<Option<String>, tokio_postgres::Error> {
+    let row = client.query_one("SELECT current_setting('fsync'), current_setting('synchronous_commit')", &[]).await?;
+    let (fsync, synchronous_commit): (String, String) = (row.get(0), row.get(1));
+    Ok(if fsync == "off" {
+        Some("fsync=off".to_owned())
+    } else if synchronous_commit == "off" {
+        Some("synchronous_commit=off".to_owned())
+    } else {
+        None
+    })
+}
+
+fn refusal(setting: &str) -> String {
+    format!(
+        "PostgreSQL runs with {setting}: an acknowledged charge could be lost in a crash; \
+         fix the server's settings, or set ALLOT_ALLOW_UNSAFE_DURABILITY=true for a throwaway environment"
+    )
+}
+
+/// At start-up: refuses an unsafe database (see [`unsafe_durability`]) unless `allow`, in which
+/// case it only warns. A database that cannot be reached yet is not an error (requests answer
+/// UNAVAILABLE until it is back, and every new connection is checked).
+pub async fn check_durability(pool: &Pool, allow: bool) -> anyhow::Result<()> {
+    match pool.get().await {
+        Ok(client) => match unsafe_durability(&client).await {
+            Ok(Some(setting)) if allow => {
+                tracing::warn!(setting = %setting, "postgresql durability is off, allowed by ALLOT_ALLOW_UNSAFE_DURABILITY");
+                Ok(())
+            }
+            Ok(Some(setting)) => anyhow::bail!(refusal(&setting)),
+            Ok(None) => Ok(()),
+            Err(err) => {
+                tracing::warn!(error = %err, "could not read postgresql durability settings");
+                Ok(())
+            }
+        },
+        Err(PoolError::PostCreateHook(HookError::Message(message))) => anyhow::bail!(message.into_owned()),
+        Err(err) => {
+            tracing::warn!(error = %err, "database unreachable at start-up, requests answer unavailable until it is back");
+            Ok(())
+        }
+    }
 }
 
 /// Applies pending migrations, forward only. A session-level advisory lock makes concurrent

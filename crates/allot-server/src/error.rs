@@ -32,6 +32,15 @@ pub enum Error {
     /// A classifier ticket was already used or has expired.
     #[error("classifier ticket {0}")]
     TicketSpent(&'static str),
+    /// No price is in force for the SKU at that time and the tenant's policy refuses it.
+    #[error("no price for {sku}: {why}")]
+    PriceUnknown { sku: String, why: String },
+    /// Rating the SKU falls outside the tenant's sanity bounds (a mistyped price).
+    #[error("price anomaly for {sku}: {why}")]
+    PriceAnomaly { sku: String, why: String },
+    /// A price or policy being written lies outside the tenant's sanity bounds.
+    #[error("{field} is out of bounds: {description}")]
+    PriceOutOfBounds { field: String, description: String },
     /// Two transactions collided; the caller may retry the same request.
     #[error("concurrent update, retry")]
     Aborted,

@@ -52,6 +52,8 @@ pub async fn demo(ctx: &Ctx, now: OffsetDateTime) -> Result<TenantKey, Error> {
                 trial_days: 0,
                 is_free_default: true,
                 scope: Scope::User,
+                trial_keeps_credits: false,
+                trial_ending_notice_ms: 3 * 86_400_000,
                 meters: vec![
                     (
                         requests.clone(),
@@ -59,6 +61,7 @@ pub async fn demo(ctx: &Ctx, now: OffsetDateTime) -> Result<TenantKey, Error> {
                             policy: MeterPolicy { allowance_credits: Some(100), rollover_cap_credits: 0, debt_limit_credits: 0 },
                             rate: Some(RateCap { limit_per_minute: 30, burst: 30, fail_open: true }),
                             member_cap_credits: None,
+                            trial_grant_credits: 0,
                         },
                     ),
                     (
@@ -67,6 +70,7 @@ pub async fn demo(ctx: &Ctx, now: OffsetDateTime) -> Result<TenantKey, Error> {
                             policy: MeterPolicy { allowance_credits: Some(10_000), rollover_cap_credits: 0, debt_limit_credits: 0 },
                             rate: None,
                             member_cap_credits: None,
+                            trial_grant_credits: 0,
                         },
                     ),
                 ],
@@ -84,6 +88,8 @@ pub async fn demo(ctx: &Ctx, now: OffsetDateTime) -> Result<TenantKey, Error> {
                 trial_days: 14,
                 is_free_default: false,
                 scope: Scope::User,
+                trial_keeps_credits: false,
+                trial_ending_notice_ms: 3 * 86_400_000,
                 meters: vec![
                     (
                         requests,
@@ -91,6 +97,7 @@ pub async fn demo(ctx: &Ctx, now: OffsetDateTime) -> Result<TenantKey, Error> {
                             policy: MeterPolicy { allowance_credits: None, rollover_cap_credits: 0, debt_limit_credits: 0 },
                             rate: Some(RateCap { limit_per_minute: 120, burst: 120, fail_open: true }),
                             member_cap_credits: None,
+                            trial_grant_credits: 0,
                         },
                     ),
                     (
@@ -99,6 +106,7 @@ pub async fn demo(ctx: &Ctx, now: OffsetDateTime) -> Result<TenantKey, Error> {
                             policy: MeterPolicy { allowance_credits: Some(1_000_000), rollover_cap_credits: 500_000, debt_limit_credits: 50_000 },
                             rate: None,
                             member_cap_credits: None,
+                            trial_grant_credits: 0,
                         },
                     ),
                 ],

@@ -9,6 +9,7 @@ use std::time::Duration;
 use allot_proto::v1::admin_server::AdminServer;
 use allot_proto::v1::entitlements_server::EntitlementsServer;
 use allot_proto::v1::fair_use_server::FairUseServer;
+use allot_proto::v1::pricing_server::PricingServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -18,11 +19,14 @@ use crate::config::Config;
 use crate::grpc::admin::AdminApi;
 use crate::grpc::entitlements::EntitlementsApi;
 use crate::grpc::fair_use::FairUseApi;
+use crate::grpc::pricing::PricingApi;
 use crate::service::admin::Admin;
 use crate::service::classification::Classifier;
 use crate::service::credits::Credits;
+use crate::service::pricing::Pricing;
 use crate::service::rate::RateLimiter;
 use crate::service::summary::Reports;
+use crate::service::trials::Trials;
 use crate::service::{health, sweeper, Ctx};
 
 /// A connected server, ready to serve.
@@ -35,15 +39,19 @@ pub struct App {
 }
 
 impl App {
-    /// Builds the pool (lazily connecting), migrates when configured, and connects Redis.
+    /// Validates the configuration, builds the pool (lazily connecting), refuses a database that
+    /// could lose acknowledged commits (see `db::check_durability`), migrates when configured,
+    /// and connects Redis.
     pub async fn connect(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
+        config.validate()?;
+        let pool = crate::db::pool(&config)?;
+        crate::db::check_durability(&pool, config.allow_unsafe_durability).await?;
         if config.migrate {
             let applied = crate::db::migrate(&config.database_url).await?;
             tracing::info!(migrations.applied = applied.len(), "database migrated");
         }
-        let pool = crate::db::pool(&config)?;
         let redis = match &config.redis_url {
-            Some(url) => Some(connect_redis(url).await?),
+            Some(url) => Some(connect_redis(url, config.redis_cluster).await?),
             None => None,
         };
         let auth = Arc::new(Authenticator::new(pool.clone(), Duration::from_millis(config.auth_cache_ttl_ms)));
@@ -51,11 +59,21 @@ impl App {
     }
 }
 
+/// The Redis client configuration of `url`: a cluster when `cluster` is set or the scheme says so
+/// (`redis-cluster://host:port?node=host2:port2`), one server otherwise.
+pub fn redis_config(url: &str, cluster: bool) -> Result<fred::prelude::Config, fred::error::Error> {
+    if cluster {
+        fred::prelude::Config::from_url_clustered(url)
+    } else {
+        fred::prelude::Config::from_url(url)
+    }
+}
+
 /// Connects Redis in the background. Start-up does not wait for it: until it answers, rate caps
-/// follow their failure policy (money never depends on Redis).
-async fn connect_redis(url: &str) -> anyhow::Result<fred::prelude::Client> {
+/// follow their failure policy (money never depends on Redis). Connection errors are counted.
+async fn connect_redis(url: &str, cluster: bool) -> anyhow::Result<fred::prelude::Client> {
     use fred::prelude::*;
-    let client = Builder::from_config(Config::from_url(url)?)
+    let client = Builder::from_config(redis_config(url, cluster)?)
         .with_connection_config(|c| {
             c.connection_timeout = Duration::from_secs(2);
             c.internal_command_timeout = Duration::from_millis(500);
@@ -63,6 +81,11 @@ async fn connect_redis(url: &str) -> anyhow::Result<fred::prelude::Client> {
         .with_performance_config(|p| p.default_command_timeout = Duration::from_millis(250))
         .set_policy(ReconnectPolicy::new_exponential(0, 50, 2_000, 2))
         .build()?;
+    let _errors = client.on_error(|(error, server)| async move {
+        crate::telemetry::count_redis_error("connection");
+        tracing::debug!(error = %error, redis.server = ?server.map(|s| s.to_string()), "redis connection error");
+        Ok(())
+    });
     let _connection = client.connect();
     match tokio::time::timeout(Duration::from_secs(2), client.wait_for_connect()).await {
         Ok(Ok(())) => tracing::info!("redis connected"),
@@ -72,24 +95,31 @@ async fn connect_redis(url: &str) -> anyhow::Result<fred::prelude::Client> {
     Ok(client)
 }
 
-/// Serves until `shutdown` completes, then drains in-flight calls and stops background tasks.
+/// Serves until `shutdown` completes, then drains: health turns NOT_SERVING, no new calls are
+/// accepted, in-flight calls get up to `shutdown_grace_ms` to finish (calls still running then are
+/// cut off; their detached transactions commit or roll back as a whole), then background tasks
+/// stop.
 pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output = ()> + Send) -> anyhow::Result<()> {
     let config = &app.config;
+    if let Some(listen) = config.metrics_listen {
+        crate::telemetry::serve_metrics(listen)?;
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let health_task = tokio::spawn(health::run(app.ctx.pool.clone(), reporter, Duration::from_millis(config.health_interval_ms), stop_rx.clone()));
+    let health_task =
+        tokio::spawn(health::run(app.ctx.pool.clone(), reporter, Duration::from_millis(config.health_interval_ms), draining_rx.clone()));
+    let pricing = Pricing::new(app.ctx.clone());
+    let pricing_task = tokio::spawn(crate::service::pricing::listen(pricing.clone(), config.database_url.clone(), stop_rx.clone()));
     let sweeper_task = tokio::spawn(sweeper::run(app.ctx.clone(), Duration::from_millis(config.hold_sweep_interval_ms), stop_rx));
 
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let max_message_bytes = usize::try_from(config.max_message_bytes)?;
-    if let Some(listen) = config.metrics_listen {
-        crate::telemetry::serve_metrics(listen)?;
-    }
     let rate = RateLimiter::new(app.redis.clone(), Duration::from_millis(config.redis_timeout_ms));
     let entitlements = EntitlementsServer::new(EntitlementsApi {
         auth: app.auth.clone(),
-        credits: Credits::new(app.ctx.clone(), rate),
+        credits: Credits::new(app.ctx.clone(), rate, pricing.clone()),
         reports: Reports::new(app.ctx.clone()),
     })
     .max_decoding_message_size(max_message_bytes)
@@ -98,12 +128,22 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
     let fair_use = FairUseServer::new(FairUseApi { auth: app.auth.clone(), classifier, ctx: app.ctx.clone() })
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
-    let admin = AdminServer::new(AdminApi { auth: app.auth.clone(), admin: Admin::new(app.ctx.clone()) })
+    let admin = AdminServer::new(AdminApi { auth: app.auth.clone(), admin: Admin::new(app.ctx.clone()), trials: Trials::new(app.ctx.clone()) })
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
+    let pricing_api = PricingServer::new(PricingApi { auth: app.auth.clone(), pricing: pricing.clone() })
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
 
     tracing::info!(listen = %listener.local_addr()?, "serving grpc");
-    let result = tonic::transport::Server::builder()
+    let grace = Duration::from_millis(config.shutdown_grace_ms);
+    let signalled = async move {
+        shutdown.await;
+        tracing::info!(shutdown.grace_ms = grace.as_millis() as u64, "draining in-flight calls");
+        let _ = draining_tx.send(true);
+    };
+    let server = tonic::transport::Server::builder()
+        .layer(crate::telemetry::rpc::RpcLayer)
         .timeout(Duration::from_millis(config.request_timeout_ms))
         .concurrency_limit_per_connection(1_024)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -113,16 +153,33 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
         .add_service(entitlements)
         .add_service(admin)
         .add_service(fair_use)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
-        .await;
+        .add_service(pricing_api)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signalled);
+    let result = tokio::select! {
+        result = server => result,
+        () = drain_window(draining_rx, grace) => {
+            tracing::warn!(shutdown.grace_ms = grace.as_millis() as u64, "drain window over, stopping with calls still in flight");
+            Ok(())
+        }
+    };
     let _ = stop_tx.send(true);
     let _ = tokio::join!(health_task, sweeper_task);
+    let _ = pricing_task.await;
     if let Some(redis) = &app.redis {
         use fred::interfaces::ClientLike as _;
         let _ = redis.quit().await;
     }
     tracing::info!("server stopped");
     Ok(result?)
+}
+
+/// Completes `grace` after draining starts.
+async fn drain_window(mut draining: tokio::sync::watch::Receiver<bool>, grace: Duration) {
+    if draining.wait_for(|draining| *draining).await.is_err() {
+        // The server finished without a signal; the other branch wins.
+        std::future::pending::<()>().await;
+    }
+    tokio::time::sleep(grace).await;
 }
 
 fn reflection() -> tonic_reflection::server::Builder<'static> {

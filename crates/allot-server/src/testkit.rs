@@ -104,6 +104,8 @@ pub struct TestServer {
     /// Connections the server's services took (see `Ctx::db`).
     pub db_checkouts: Arc<std::sync::atomic::AtomicU64>,
     pub tenant: TenantKey,
+    /// The configuration the server was started with.
+    pub config: Config,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -121,21 +123,42 @@ impl TestServer {
 
     /// Starts a server with configuration changes applied.
     pub async fn start_with(now: OffsetDateTime, tweak: impl FnOnce(&mut Config)) -> TestServer {
-        let database_url = fresh_database().await;
-        let mut config = Config::with_database(database_url.clone(), Some(stack().redis.url()));
+        Self::start_on(fresh_database().await, now, tweak).await
+    }
+
+    /// Starts a server on `database_url` (migrated, or with `config.migrate` set by `tweak`) and
+    /// creates the test tenant there. Redis is the shared test Redis unless `tweak` changes it.
+    pub async fn start_on(database_url: String, now: OffsetDateTime, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = Config::with_database(database_url, Some(stack().redis.url()));
         tweak(&mut config);
         let clock = Arc::new(ManualClock::new(now));
         let app = App::connect(config, clock.clone()).await.expect("connect");
+        let tenant = crate::seed::tenant(&app.ctx.pool, "test").await.expect("tenant");
+        Self::run(app, clock, tenant).await
+    }
+
+    /// Another replica of this server: a server of its own (its own pool, Redis connection,
+    /// listener and background tasks) on the same database and Redis, with the same tenant and
+    /// clock; `tweak` adjusts a copy of this server's configuration.
+    pub async fn replica(&self, tweak: impl FnOnce(&mut Config)) -> TestServer {
+        let mut config = self.config.clone();
+        tweak(&mut config);
+        let app = App::connect(config, self.clock.clone()).await.expect("connect replica");
+        Self::run(app, self.clock.clone(), self.tenant.clone()).await
+    }
+
+    async fn run(app: App, clock: Arc<ManualClock>, tenant: TenantKey) -> TestServer {
+        let config = app.config.clone();
+        let database_url = config.database_url.clone();
         let pool = app.ctx.pool.clone();
         let db_checkouts = app.ctx.db_checkouts.clone();
-        let tenant = crate::seed::tenant(&pool, "test").await.expect("tenant");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(app, listener, async {
             let _ = rx.await;
         }));
-        TestServer { addr, database_url, clock, pool, db_checkouts, tenant, shutdown: Some(tx), task: Some(task) }
+        TestServer { addr, database_url, clock, pool, db_checkouts, tenant, config, shutdown: Some(tx), task: Some(task) }
     }
 
     /// A channel to the server.
@@ -171,6 +194,21 @@ impl TestServer {
     /// A direct database connection, for checking invariants behind the API's back.
     pub async fn sql(&self) -> deadpool_postgres::Client {
         self.pool.get().await.expect("database connection")
+    }
+
+    /// Asks the server to shut down (as SIGTERM does) without waiting: it stops accepting calls
+    /// and drains the ones in flight.
+    pub fn begin_shutdown(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// Waits until the server's `serve` returns (after [`TestServer::begin_shutdown`]) and gives
+    /// its result.
+    pub async fn stopped(mut self) -> anyhow::Result<()> {
+        let task = self.task.take().expect("server task");
+        task.await.expect("server task")
     }
 
     /// Stops the server and waits for it to drain.

@@ -36,7 +36,7 @@ async fn plan(admin: &mut Admin, id: &str, free_default: bool, scope: pb::PlanSc
 }
 
 fn line(meter: &str, amount: i64) -> pb::MeterAmount {
-    pb::MeterAmount { meter: meter.into(), amount_credits: amount }
+    pb::MeterAmount { meter: meter.into(), amount_credits: amount, ..Default::default() }
 }
 
 async fn debit_many(client: &mut Entitlements, account: &str, usage: Vec<pb::MeterAmount>, key: &str) -> pb::DebitResponse {

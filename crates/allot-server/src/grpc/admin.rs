@@ -8,10 +8,12 @@ use tonic::{Request, Response, Status};
 use super::{detached, from_proto, to_proto};
 use crate::auth::Authenticator;
 use crate::service::admin::Admin;
+use crate::service::trials::{Refusal, TrialOutcome, Trials};
 
 pub struct AdminApi {
     pub auth: Arc<Authenticator>,
     pub admin: Admin,
+    pub trials: Trials,
 }
 
 #[tonic::async_trait]
@@ -92,5 +94,29 @@ impl pb::admin_server::Admin for AdminApi {
         let after = from_proto::ledger_token(&req.page_token)?;
         let (entries, next) = self.admin.ledger(tenant, &account, meter.as_ref(), page_size, after).await?;
         Ok(Response::new(to_proto::ledger(entries, next)))
+    }
+
+    async fn start_trial(&self, request: Request<pb::StartTrialRequest>) -> Result<Response<pb::StartTrialResponse>, Status> {
+        let tenant = self.auth.tenant(request.metadata()).await?;
+        let (account, plan, fingerprint) = from_proto::start_trial(request.into_inner())?;
+        let trials = self.trials.clone();
+        let outcome = detached(async move { trials.start(tenant, &account, &plan, &fingerprint).await }).await?;
+        Ok(Response::new(match outcome {
+            TrialOutcome::Started { subscription, ends_at, grant_ids } => pb::StartTrialResponse {
+                started: true,
+                refusal: pb::TrialRefusal::Unspecified as i32,
+                subscription: Some(to_proto::subscription(subscription, true)),
+                ends_at: Some(to_proto::timestamp(ends_at)),
+                grant_ids: grant_ids.iter().map(ToString::to_string).collect(),
+            },
+            TrialOutcome::Refused(refusal) => pb::StartTrialResponse {
+                refusal: match refusal {
+                    Refusal::AccountUsed => pb::TrialRefusal::AccountUsed,
+                    Refusal::FingerprintUsed => pb::TrialRefusal::FingerprintUsed,
+                    Refusal::PaidAccount => pb::TrialRefusal::PaidAccount,
+                } as i32,
+                ..Default::default()
+            },
+        }))
     }
 }

@@ -14,7 +14,7 @@ use crate::ids::{AccountId, IdempotencyKey, Meter, PlanId};
 use crate::repo::plans::{MeterTerms, PlanRecord, RateCap};
 use crate::repo::subscriptions::SubscriptionRecord;
 use crate::service::admin::{GrantCommand, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX};
-use crate::service::credits::{Actual, Attributes, CheckCommand, CommitCommand, DebitCommand, RefundCommand, ReserveCommand, Usage};
+use crate::service::credits::{Actual, Amount, Attributes, CheckCommand, CommitCommand, DebitCommand, Lines, RefundCommand, ReserveCommand};
 
 /// Longest free-text field (plan names, tiers).
 pub const TEXT_LEN_MAX: usize = 200;
@@ -90,25 +90,40 @@ pub fn page_size(requested: u32) -> Result<u32, Error> {
 }
 
 /// The meters of a request: either the one-meter shorthand or the `usage` list, not both; each
-/// meter once. `zero_ok` allows 0 (checks for status only).
-fn usage(single_meter: &str, single_amount: i64, lines: &[pb::MeterAmount], zero_ok: bool) -> Result<Usage, Error> {
-    let amount = |field: &str, a: i64| if zero_ok { non_negative(field, a) } else { positive(field, a) };
-    if lines.is_empty() {
-        return Ok(vec![(meter("meter", single_meter)?, amount("amount_credits", single_amount)?)]);
+/// meter once; each line either credits or a SKU with quantities. `zero_ok` allows 0 credits
+/// (checks for status only, commits of unused holds).
+fn lines(single_meter: &str, single_amount: i64, usage: &[pb::MeterAmount], zero_ok: bool) -> Result<Lines, Error> {
+    let credits = |field: &str, a: i64| if zero_ok { non_negative(field, a) } else { positive(field, a) };
+    if usage.is_empty() {
+        return Ok(vec![(meter("meter", single_meter)?, Amount::Credits(credits("amount_credits", single_amount)?))]);
     }
     if !single_meter.is_empty() || single_amount != 0 {
         return Err(Error::invalid("usage", "give either meter and amount_credits, or usage, not both"));
     }
-    if lines.len() > USAGE_METERS_MAX {
+    if usage.len() > USAGE_METERS_MAX {
         return Err(Error::invalid("usage", format!("at most {USAGE_METERS_MAX} meters")));
     }
-    let mut parsed: Usage = Vec::with_capacity(lines.len());
-    for (i, line) in lines.iter().enumerate() {
+    let mut parsed: Lines = Vec::with_capacity(usage.len());
+    for (i, line) in usage.iter().enumerate() {
         let name = meter(&format!("usage[{i}].meter"), &line.meter)?;
         if parsed.iter().any(|(m, _)| *m == name) {
             return Err(Error::invalid(format!("usage[{i}].meter"), "listed twice"));
         }
-        parsed.push((name, amount(&format!("usage[{i}].amount_credits"), line.amount_credits)?));
+        let amount = if line.sku.is_empty() {
+            if line.quantities.is_some() {
+                return Err(Error::invalid(format!("usage[{i}].quantities"), "quantities need a sku"));
+            }
+            Amount::Credits(credits(&format!("usage[{i}].amount_credits"), line.amount_credits)?)
+        } else {
+            if line.amount_credits != 0 {
+                return Err(Error::invalid(format!("usage[{i}].amount_credits"), "give either amount_credits or sku and quantities, not both"));
+            }
+            Amount::Rated {
+                sku: super::pricing_proto::sku(&format!("usage[{i}].sku"), &line.sku)?,
+                quantities: super::pricing_proto::quantities(&format!("usage[{i}].quantities"), line.quantities.as_ref())?,
+            }
+        };
+        parsed.push((name, amount));
     }
     Ok(parsed)
 }
@@ -136,7 +151,7 @@ fn attributes(raw: std::collections::HashMap<String, String>) -> Result<Attribut
 }
 
 pub fn check(req: pb::CheckRequest) -> Result<CheckCommand, Error> {
-    Ok(CheckCommand { account: account("account_id", &req.account_id)?, usage: usage(&req.meter, req.amount_credits, &req.usage, true)? })
+    Ok(CheckCommand { account: account("account_id", &req.account_id)?, lines: lines(&req.meter, req.amount_credits, &req.usage, true)? })
 }
 
 pub fn debit(req: pb::DebitRequest) -> Result<DebitCommand, Error> {
@@ -147,7 +162,7 @@ pub fn debit(req: pb::DebitRequest) -> Result<DebitCommand, Error> {
     };
     Ok(DebitCommand {
         account: account("account_id", &req.account_id)?,
-        usage: usage(&req.meter, req.amount_credits, &req.usage, false)?,
+        lines: lines(&req.meter, req.amount_credits, &req.usage, false)?,
         mode,
         key: key(&req.idempotency_key)?,
         attributes: attributes(req.attributes)?,
@@ -160,7 +175,7 @@ pub fn reserve(req: pb::ReserveRequest) -> Result<ReserveCommand, Error> {
     }
     Ok(ReserveCommand {
         account: account("account_id", &req.account_id)?,
-        usage: usage(&req.meter, req.amount_credits, &req.usage, false)?,
+        lines: lines(&req.meter, req.amount_credits, &req.usage, false)?,
         ttl_ms: req.ttl_ms,
         key: key(&req.idempotency_key)?,
         attributes: attributes(req.attributes)?,
@@ -173,7 +188,7 @@ pub fn commit(req: pb::CommitRequest) -> Result<CommitCommand, Error> {
     } else if req.actual_credits != 0 {
         return Err(Error::invalid("actual", "give either actual_credits or actual, not both"));
     } else {
-        Actual::PerMeter(usage("", 0, &req.actual, true)?)
+        Actual::PerMeter(lines("", 0, &req.actual, true)?)
     };
     Ok(CommitCommand { hold_id: uuid("hold_id", &req.hold_id)?, actual })
 }
@@ -245,7 +260,8 @@ pub fn plan(req: pb::UpsertPlanRequest) -> Result<PlanRecord, Error> {
             }
         };
         let member_cap_credits = m.member_cap_credits.map(|c| bounded("member_cap_credits", c)).transpose()?;
-        meters.push((name, MeterTerms { policy, rate, member_cap_credits }));
+        let trial_grant_credits = bounded("trial_grant_credits", m.trial_grant_credits)?;
+        meters.push((name, MeterTerms { policy, rate, member_cap_credits, trial_grant_credits }));
     }
     Ok(PlanRecord {
         id: plan_id("plan.plan_id", &plan.plan_id)?,
@@ -255,6 +271,12 @@ pub fn plan(req: pb::UpsertPlanRequest) -> Result<PlanRecord, Error> {
         is_free_default: plan.is_free_default,
         scope,
         meters,
+        trial_keeps_credits: plan.trial_keeps_credits,
+        trial_ending_notice_ms: match plan.trial_ending_notice_ms {
+            None => 3 * 86_400_000,
+            Some(ms) if (0..=30 * 86_400_000).contains(&ms) => ms,
+            Some(_) => return Err(Error::invalid("plan.trial_ending_notice_ms", "must be between 0 and 30 days")),
+        },
         updated_at: OffsetDateTime::UNIX_EPOCH,
     })
 }
@@ -316,6 +338,14 @@ pub fn account_record(req: pb::Account) -> Result<(AccountId, Option<AccountId>)
     Ok((id, org))
 }
 
+/// A trial request: account, plan and fingerprint (16..=256 bytes, no control characters).
+pub fn start_trial(req: pb::StartTrialRequest) -> Result<(AccountId, PlanId, String), Error> {
+    if !(16..=256).contains(&req.fingerprint.len()) || req.fingerprint.chars().any(char::is_control) {
+        return Err(Error::invalid("fingerprint", "must be 16 to 256 bytes without control characters"));
+    }
+    Ok((account("account_id", &req.account_id)?, plan_id("plan_id", &req.plan_id)?, req.fingerprint))
+}
+
 /// A breakdown request: account, meter, attribute key and optional instant.
 pub fn breakdown(req: pb::GetUsageBreakdownRequest) -> Result<(AccountId, Meter, String, Option<OffsetDateTime>), Error> {
     let group_by = req.group_by;
@@ -369,7 +399,7 @@ mod tests {
             idempotency_key: "k1".into(),
             ..Default::default()
         };
-        let line = |m: &str, a| pb::MeterAmount { meter: m.into(), amount_credits: a };
+        let line = |m: &str, a| pb::MeterAmount { meter: m.into(), amount_credits: a, ..Default::default() };
         let many = |lines: Vec<pb::MeterAmount>| pb::DebitRequest { meter: String::new(), amount_credits: 0, usage: lines, ..good.clone() };
         let attrs = |k: &str, v: &str| pb::DebitRequest { attributes: [(k.to_owned(), v.to_owned())].into_iter().collect(), ..good.clone() };
         assert!(debit(good.clone()).is_ok());
@@ -387,7 +417,7 @@ mod tests {
             (attrs("Model", "x"), "attributes[Model]"),
             (attrs("model", &"x".repeat(ATTRIBUTE_VALUE_LEN_MAX + 1)), "attributes[model]"),
         ];
-        assert_eq!(debit(many(vec![line("b", 1), line("a", 2)])).expect("valid").usage.len(), 2);
+        assert_eq!(debit(many(vec![line("b", 1), line("a", 2)])).expect("valid").lines.len(), 2);
         for (req, field) in cases {
             assert_eq!(field_of(debit(req).expect_err("invalid")), field);
         }

@@ -5,6 +5,8 @@ pub mod admin;
 pub mod entitlements;
 pub mod fair_use;
 pub mod from_proto;
+pub mod pricing;
+pub mod pricing_proto;
 pub mod status;
 pub mod to_proto;
 
@@ -20,5 +22,5 @@ where
     T: Send + 'static,
     F: Future<Output = Result<T, Error>> + Send + 'static,
 {
-    tokio::spawn(call).await.map_err(|e| Error::Internal(format!("service task failed: {e}")))?
+    tokio::spawn(tracing::Instrument::in_current_span(call)).await.map_err(|e| Error::Internal(format!("service task failed: {e}")))?
 }

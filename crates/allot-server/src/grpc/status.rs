@@ -29,6 +29,9 @@ impl From<Error> for Status {
             Error::FailedPrecondition(_) => (Code::FailedPrecondition, "FAILED_PRECONDITION"),
             Error::TicketSpent("already used") => (Code::FailedPrecondition, "TICKET_USED"),
             Error::TicketSpent(_) => (Code::FailedPrecondition, "TICKET_EXPIRED"),
+            Error::PriceUnknown { .. } => (Code::FailedPrecondition, "PRICE_UNKNOWN"),
+            Error::PriceAnomaly { .. } => (Code::FailedPrecondition, "PRICE_ANOMALY"),
+            Error::PriceOutOfBounds { .. } => (Code::FailedPrecondition, "PRICE_OUT_OF_BOUNDS"),
             Error::Aborted => (Code::Aborted, "CONCURRENT_UPDATE"),
             Error::Unavailable(_) => (Code::Unavailable, "DEPENDENCY_UNAVAILABLE"),
             Error::Internal(detail) => {
@@ -40,6 +43,9 @@ impl From<Error> for Status {
         details.set_error_info(reason, ERROR_DOMAIN, HashMap::<String, String>::new());
         match &err {
             Error::InvalidArgument { field, description } => {
+                details.add_bad_request_violation(field.clone(), description.clone());
+            }
+            Error::PriceOutOfBounds { field, description } => {
                 details.add_bad_request_violation(field.clone(), description.clone());
             }
             Error::Aborted => {

@@ -34,6 +34,8 @@ fn decision(denial: Option<Denial>) -> (i32, i32) {
         Some(Denial::RateLimited) => pb::DenialReason::RateLimited,
         Some(Denial::MemberCapReached) => pb::DenialReason::MemberCapReached,
         Some(Denial::DailyBudgetExhausted) => pb::DenialReason::DailyBudgetExhausted,
+        Some(Denial::PriceUnknown) => pb::DenialReason::PriceUnknown,
+        Some(Denial::PriceAnomaly) => pb::DenialReason::PriceAnomaly,
     };
     let decision = if denial.is_some() { pb::Decision::Denied } else { pb::Decision::Allowed };
     (decision as i32, reason as i32)
@@ -77,6 +79,8 @@ fn meter_decision(outcome: &MeterOutcome) -> pb::MeterDecision {
         entry_id: id_or_empty(outcome.entry_id),
         breakdown: breakdown(&outcome.breakdown),
         retry_after_ms: outcome.retry_after_ms,
+        rated_cost_credits: outcome.rating.as_ref().map_or(0, |r| r.cost_credits),
+        price_version: outcome.rating.as_ref().map_or(0, |r| r.price_version),
     }
 }
 
@@ -91,6 +95,7 @@ struct Top {
     meters: Vec<pb::MeterDecision>,
     retry_after_ms: i64,
     fair_use: Option<pb::FairUseStatus>,
+    trial: Option<pb::TrialStatus>,
 }
 
 /// The proto stage of a stored stage name.
@@ -120,6 +125,10 @@ fn top(d: &Decision) -> Top {
         meters: d.meters.iter().map(meter_decision).collect(),
         retry_after_ms: d.retry_after_ms(),
         fair_use: d.fair_use.as_ref().map(fair_use),
+        trial: Some(match &d.trial {
+            Some(t) => pb::TrialStatus { trialing: true, ends_at: Some(timestamp(t.ends_at)), days_left: t.days_left },
+            None => pb::TrialStatus::default(),
+        }),
     }
 }
 
@@ -159,6 +168,7 @@ pub fn check(d: Decision) -> pb::CheckResponse {
         meters: t.meters,
         retry_after_ms: t.retry_after_ms,
         fair_use: t.fair_use,
+        trial: t.trial,
     }
 }
 
@@ -173,6 +183,7 @@ pub fn debit(d: Decision) -> pb::DebitResponse {
         meters: t.meters,
         retry_after_ms: t.retry_after_ms,
         fair_use: t.fair_use,
+        trial: t.trial,
     }
 }
 
@@ -192,6 +203,7 @@ pub fn reserve(outcome: ReserveOutcome) -> pb::ReserveResponse {
         meters: t.meters,
         retry_after_ms: t.retry_after_ms,
         fair_use: t.fair_use,
+        trial: t.trial,
     }
 }
 
@@ -246,11 +258,14 @@ pub fn plan(record: PlanRecord) -> pb::Plan {
                     None => pb::RateFailurePolicy::Unspecified as i32,
                 },
                 member_cap_credits: t.member_cap_credits,
+                trial_grant_credits: t.trial_grant_credits,
             })
             .collect(),
         trial_days: record.trial_days,
         is_free_default: record.is_free_default,
         updated_at: Some(timestamp(record.updated_at)),
+        trial_keeps_credits: record.trial_keeps_credits,
+        trial_ending_notice_ms: Some(record.trial_ending_notice_ms),
         scope: match record.scope {
             allot_domain::plan::Scope::User => pb::PlanScope::User as i32,
             allot_domain::plan::Scope::Org => pb::PlanScope::Org as i32,
@@ -355,6 +370,7 @@ pub fn ledger(entries: Vec<EntryRow>, next_page_token: String) -> pb::ListLedger
                     .and_then(|a| a.as_object())
                     .map(|o| o.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned()))).collect())
                     .unwrap_or_default(),
+                rating_json: e.refs.rating.map(|r| r.to_string()).unwrap_or_default(),
             })
             .collect(),
         next_page_token,

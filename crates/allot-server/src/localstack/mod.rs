@@ -1,5 +1,6 @@
-//! Local stack: throwaway PostgreSQL and Redis servers started from the
-//! system's binaries on free loopback ports, for tests and `allot dev`.
+//! Local stack: throwaway PostgreSQL and Redis servers (single or a 3-master
+//! cluster) started from the system's binaries on free loopback ports, for
+//! tests and `allot dev`.
 //!
 //! This module owns the shared pieces: the [`Error`] type, [`free_port`],
 //! and the small process helpers (root detection, binary lookup, log tails).
@@ -8,10 +9,12 @@
 
 mod postgres;
 mod redis;
+mod redis_cluster;
 mod watchdog;
 
 pub use postgres::LocalPostgres;
 pub use redis::LocalRedis;
+pub use redis_cluster::LocalRedisCluster;
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::path::{Path, PathBuf};

@@ -3,7 +3,10 @@
 //! listens on loopback only), starts `postgres` on a free 127.0.0.1 port,
 //! waits for readiness, and on stop shuts it down by its own pid and
 //! removes `<root>/pg`. As root, every PostgreSQL binary runs as the
-//! `postgres` user through `setpriv`.
+//! `postgres` user through `setpriv`. Extra server settings (`-c name=value`)
+//! can be given at start; [`LocalPostgres::halt`] and
+//! [`LocalPostgres::restart`] stop and start the same server (same data, same
+//! port) to test outages.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -28,6 +31,7 @@ pub struct LocalPostgres {
     port: u16,
     bin_dir: PathBuf,
     dir: PathBuf,
+    settings: Vec<(String, String)>,
     stopped: bool,
 }
 
@@ -36,6 +40,13 @@ impl LocalPostgres {
     /// missing), start postgres on 127.0.0.1:<free port>, and wait until it
     /// accepts connections. Superuser `allot`, trust auth, loopback only.
     pub fn start(root: &Path) -> Result<LocalPostgres, Error> {
+        Self::start_with(root, &[])
+    }
+
+    /// Like [`LocalPostgres::start`], with extra server settings passed as
+    /// `-c name=value` (e.g. `("fsync", "off")`), kept across [`LocalPostgres::restart`].
+    pub fn start_with(root: &Path, settings: &[(&str, &str)]) -> Result<LocalPostgres, Error> {
+        let settings: Vec<(String, String)> = settings.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())).collect();
         let bin_dir = find_bin_dir()?;
         let runner = Runner::new()?;
         let dir = root.join("pg");
@@ -43,10 +54,10 @@ impl LocalPostgres {
         claim_dir("postgres", &dir, &data.join("postmaster.pid"))?;
         let started = prepare(root, &dir, &data, &runner)
             .and_then(|()| initdb(&bin_dir, &dir, &data, &runner))
-            .and_then(|()| with_free_port("postgres", |port| start_server(&bin_dir, &dir, &data, &runner, port)));
+            .and_then(|()| with_free_port("postgres", |port| start_server(&bin_dir, &dir, &data, &runner, port, &settings)));
         match started {
             Ok(server) => {
-                let pg = LocalPostgres { port: server.1, server: server.0, bin_dir, dir, stopped: false };
+                let pg = LocalPostgres { port: server.1, server: server.0, bin_dir, dir, settings, stopped: false };
                 tracing::info!(port = pg.port, pid = pg.pid(), "postgres started");
                 Ok(pg)
             }
@@ -73,6 +84,30 @@ impl LocalPostgres {
     /// Where initdb, postgres, pg_isready and pgbench live.
     pub fn bin_dir(&self) -> &Path {
         &self.bin_dir
+    }
+
+    /// Stops the server (fast shutdown by its own pid, as [`LocalPostgres::stop`])
+    /// but keeps its data directory and port, for [`LocalPostgres::restart`].
+    pub fn halt(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.server.stop();
+        tracing::info!(port = self.port, pid = self.pid(), "postgres halted");
+    }
+
+    /// Starts the server again on the same data directory and port (halting it
+    /// first if it runs) and waits until it accepts connections.
+    pub fn restart(&mut self) -> Result<(), Error> {
+        if self.stopped {
+            return Err(start_failed("the server was stopped and its data removed".into(), &self.dir));
+        }
+        self.server.stop();
+        let runner = Runner::new()?;
+        let (server, _) = start_server(&self.bin_dir, &self.dir, &self.dir.join("data"), &runner, self.port, &self.settings)?;
+        self.server = server;
+        tracing::info!(port = self.port, pid = self.pid(), "postgres restarted");
+        Ok(())
     }
 
     /// Fast shutdown (SIGINT to its own pid), wait up to 10 s, then SIGKILL
@@ -232,7 +267,14 @@ fn initdb(bin_dir: &Path, dir: &Path, data: &Path, runner: &Runner) -> Result<()
     }
 }
 
-fn start_server(bin_dir: &Path, dir: &Path, data: &Path, runner: &Runner, port: u16) -> Result<(Supervised, u16), Error> {
+fn start_server(
+    bin_dir: &Path,
+    dir: &Path,
+    data: &Path,
+    runner: &Runner,
+    port: u16,
+    settings: &[(String, String)],
+) -> Result<(Supervised, u16), Error> {
     let log = dir.join("log");
     let (out, err) = log_file(&log)?;
     // Unix socket in the data dir, or none if that path would be too long.
@@ -243,6 +285,7 @@ fn start_server(bin_dir: &Path, dir: &Path, data: &Path, runner: &Runner, port: 
         .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-k"])
         .arg(socket_dir)
         .args(["-c", "max_connections=200", "-c", "shared_buffers=128MB", "-c", "log_min_messages=warning"])
+        .args(settings.iter().flat_map(|(name, value)| ["-c".to_owned(), format!("{name}={value}")]))
         .stdout(out)
         .stderr(err);
     let mut server = Supervised::spawn("postgres", cmd, dir, "INT", STOP_GRACE)?;

@@ -32,14 +32,12 @@ impl LocalRedis {
     /// `--save "" --appendonly no --dir <root>/redis`, and wait until PING
     /// answers +PONG.
     pub fn start(root: &Path) -> Result<LocalRedis, Error> {
-        let bin = find_in_path("redis-server")
-            .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.is_file()))
-            .ok_or_else(|| Error::NotFound { what: "redis-server".into(), package: "redis-server" })?;
+        let bin = find_redis_server()?;
         let dir = root.join("redis");
         create_dir_0755(root)?;
         claim_dir("redis", &dir, &dir.join("redis.pid"))?;
         create_dir_0755(&dir)?;
-        match with_free_port("redis", |port| start_server(&bin, &dir, port)) {
+        match with_free_port("redis", |port| start_server(&bin, &dir, port, &[])) {
             Ok(server) => {
                 let redis = LocalRedis { server: server.0, port: server.1, dir, stopped: false };
                 tracing::info!(port = redis.port, pid = redis.pid(), "redis started");
@@ -84,7 +82,16 @@ impl Drop for LocalRedis {
     }
 }
 
-fn start_server(bin: &Path, dir: &Path, port: u16) -> Result<(Supervised, u16), Error> {
+/// `redis-server` from PATH or /usr/bin.
+pub(crate) fn find_redis_server() -> Result<PathBuf, Error> {
+    find_in_path("redis-server")
+        .or_else(|| Some(PathBuf::from("/usr/bin/redis-server")).filter(|p| p.is_file()))
+        .ok_or_else(|| Error::NotFound { what: "redis-server".into(), package: "redis-server" })
+}
+
+/// Starts `redis-server` in the foreground on `port` with its files in `dir` (plus `extra`
+/// arguments) and waits until it answers PING from this very process.
+pub(crate) fn start_server(bin: &Path, dir: &Path, port: u16, extra: &[&str]) -> Result<(Supervised, u16), Error> {
     let log = dir.join("log");
     let out = File::create(&log).map_err(Error::io(format!("creating {}", log.display())))?;
     let err = out.try_clone().map_err(Error::io(format!("duplicating {}", log.display())))?;
@@ -94,6 +101,7 @@ fn start_server(bin: &Path, dir: &Path, port: u16) -> Result<(Supervised, u16), 
         .arg(dir)
         .arg("--pidfile")
         .arg(dir.join("redis.pid"))
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err);

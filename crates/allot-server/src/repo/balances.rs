@@ -33,6 +33,7 @@ fn from_row(row: &tokio_postgres::Row) -> BalanceRow {
 }
 
 /// Locks the meter's row (`SELECT … FOR UPDATE`) and reads it; `None` when it does not exist yet.
+#[tracing::instrument(name = "db.lock", skip_all, fields(tenant.id = %tenant, account.id = %account, meter = %meter))]
 pub async fn lock(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter: &Meter) -> Result<Option<BalanceRow>, Error> {
     let sql = format!("SELECT {COLUMNS} FROM meter_balances WHERE tenant_id = $1 AND account_id = $2 AND meter = $3 FOR UPDATE");
     let stmt = tx.prepare_cached(&sql).await?;

@@ -102,3 +102,17 @@ pub async fn set_remaining(tx: &Tx<'_>, tenant: TenantId, changes: &[(Uuid, i64)
     }
     Ok(())
 }
+
+/// Makes grants with credit left expire at `now` (the next decision on their meter records the
+/// expiry in the ledger).
+pub async fn expire_now(tx: &Tx<'_>, tenant: TenantId, ids: &[Uuid], now: time::OffsetDateTime) -> Result<(), Error> {
+    if ids.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached("UPDATE grants SET expires_at = $3 WHERE tenant_id = $1 AND id = ANY($2) AND remaining_credits > 0 AND (expires_at IS NULL OR expires_at > $3)")
+        .await?;
+    let ids = ids.to_vec();
+    tx.execute(&stmt, &[&tenant.0, &ids, &now]).await?;
+    Ok(())
+}

@@ -181,3 +181,10 @@ pub async fn sweep_expired(client: &deadpool_postgres::Client, now: OffsetDateTi
         .await?;
     Ok(client.execute(&stmt, &[&now, &limit]).await?)
 }
+
+/// The expiry of the oldest hold still held although its TTL has passed, across tenants (the
+/// sweeper's lag; uses the `holds_sweep` index).
+pub async fn oldest_expired(client: &deadpool_postgres::Client, now: OffsetDateTime) -> Result<Option<OffsetDateTime>, Error> {
+    let stmt = client.prepare_cached("SELECT MIN(expires_at) FROM holds WHERE status = 'held' AND expires_at <= $1").await?;
+    Ok(client.query_one(&stmt, &[&now]).await?.get(0))
+}

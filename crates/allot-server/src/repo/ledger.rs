@@ -20,6 +20,8 @@ pub struct EntryRefs {
     pub acting_account_id: Option<String>,
     /// Caller-supplied labels (`{}` when none).
     pub attributes: Option<serde_json::Value>,
+    /// How usage given as a SKU was rated.
+    pub rating: Option<serde_json::Value>,
 }
 
 /// A ledger entry as stored.
@@ -39,7 +41,7 @@ pub struct EntryRow {
 }
 
 const COLUMNS: &str = "position, id, account_id, meter, seq, kind, delta_credits, breakdown, period_start, period_end, refunds_entry_id, hold_id, \
-     idempotency_key, created_at, acting_account_id, attributes";
+     idempotency_key, created_at, acting_account_id, attributes, rating";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<EntryRow, Error> {
     let kind: &str = row.get(5);
@@ -60,6 +62,7 @@ fn from_row(row: &tokio_postgres::Row) -> Result<EntryRow, Error> {
             idempotency_key: row.get(12),
             acting_account_id: row.get(14),
             attributes: Some(row.get(15)),
+            rating: row.get(16),
         },
         created_at: row.get(13),
     })
@@ -87,8 +90,8 @@ pub async fn append(
     let stmt = tx
         .prepare_cached(
             "INSERT INTO ledger_entries (tenant_id, id, account_id, meter, seq, kind, delta_credits, breakdown, period_start, period_end, \
-             refunds_entry_id, hold_id, idempotency_key, created_at, acting_account_id, attributes) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)",
+             refunds_entry_id, hold_id, idempotency_key, created_at, acting_account_id, attributes, rating) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .await?;
     let mut seq = last_seq;
@@ -115,6 +118,7 @@ pub async fn append(
                 &now,
                 &entry.refs.acting_account_id,
                 entry.refs.attributes.as_ref().unwrap_or(&no_attributes),
+                &entry.refs.rating,
             ],
         )
         .await?;

@@ -10,8 +10,10 @@ pub mod idempotency;
 pub mod ledger;
 pub mod outbox;
 pub mod plans;
+pub mod prices;
 pub mod subscriptions;
 pub mod tenants;
+pub mod trials;
 pub mod usage;
 
 /// The transaction type every repository function takes.

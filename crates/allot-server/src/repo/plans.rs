@@ -22,11 +22,13 @@ pub struct MeterTerms {
     pub rate: Option<RateCap>,
     /// For org-pooled plans: most one member may use per period.
     pub member_cap_credits: Option<i64>,
+    /// Promotional credit granted when a trial of the plan starts.
+    pub trial_grant_credits: i64,
 }
 
 impl MeterTerms {
     /// A meter the plan does not list: no allowance, no cap, only grants pay.
-    pub const UNLISTED: MeterTerms = MeterTerms { policy: MeterPolicy::UNLISTED, rate: None, member_cap_credits: None };
+    pub const UNLISTED: MeterTerms = MeterTerms { policy: MeterPolicy::UNLISTED, rate: None, member_cap_credits: None, trial_grant_credits: 0 };
 }
 
 /// A plan with its meters.
@@ -39,6 +41,8 @@ pub struct PlanRecord {
     pub is_free_default: bool,
     pub scope: Scope,
     pub meters: Vec<(Meter, MeterTerms)>,
+    pub trial_keeps_credits: bool,
+    pub trial_ending_notice_ms: i64,
     pub updated_at: OffsetDateTime,
 }
 
@@ -60,14 +64,27 @@ pub async fn upsert(tx: &Tx<'_>, tenant: TenantId, plan: &PlanRecord) -> Result<
     }
     let stmt = tx
         .prepare_cached(
-            "INSERT INTO plans (tenant_id, id, tier, name, trial_days, is_free_default, updated_at, scope) VALUES ($1, $2, $3, $4, $5, $6, $7, $8) \
+            "INSERT INTO plans (tenant_id, id, tier, name, trial_days, is_free_default, updated_at, scope, trial_keeps_credits, trial_ending_notice_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
              ON CONFLICT (tenant_id, id) DO UPDATE SET tier = EXCLUDED.tier, name = EXCLUDED.name, trial_days = EXCLUDED.trial_days, \
-             is_free_default = EXCLUDED.is_free_default, updated_at = EXCLUDED.updated_at, scope = EXCLUDED.scope",
+             is_free_default = EXCLUDED.is_free_default, updated_at = EXCLUDED.updated_at, scope = EXCLUDED.scope, \
+             trial_keeps_credits = EXCLUDED.trial_keeps_credits, trial_ending_notice_ms = EXCLUDED.trial_ending_notice_ms",
         )
         .await?;
     tx.execute(
         &stmt,
-        &[&tenant.0, &plan.id.as_str(), &plan.tier, &plan.name, &trial_days, &plan.is_free_default, &plan.updated_at, &plan.scope.as_str()],
+        &[
+            &tenant.0,
+            &plan.id.as_str(),
+            &plan.tier,
+            &plan.name,
+            &trial_days,
+            &plan.is_free_default,
+            &plan.updated_at,
+            &plan.scope.as_str(),
+            &plan.trial_keeps_credits,
+            &plan.trial_ending_notice_ms,
+        ],
     )
     .await?;
     let delete = tx.prepare_cached("DELETE FROM plan_meters WHERE tenant_id = $1 AND plan_id = $2").await?;
@@ -75,7 +92,8 @@ pub async fn upsert(tx: &Tx<'_>, tenant: TenantId, plan: &PlanRecord) -> Result<
     let insert = tx
         .prepare_cached(
             "INSERT INTO plan_meters (tenant_id, plan_id, meter, allowance_credits, rollover_cap_credits, debt_limit_credits, \
-             rate_limit_per_minute, rate_burst, rate_fail_open, member_cap_credits) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+             rate_limit_per_minute, rate_burst, rate_fail_open, member_cap_credits, trial_grant_credits) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .await?;
     for (meter, terms) in &plan.meters {
@@ -93,6 +111,7 @@ pub async fn upsert(tx: &Tx<'_>, tenant: TenantId, plan: &PlanRecord) -> Result<
                 &terms.rate.map(|r| r.burst),
                 &terms.rate.is_none_or(|r| r.fail_open),
                 &terms.member_cap_credits,
+                &terms.trial_grant_credits,
             ],
         )
         .await?;
@@ -101,7 +120,7 @@ pub async fn upsert(tx: &Tx<'_>, tenant: TenantId, plan: &PlanRecord) -> Result<
 }
 
 const TERMS: &str =
-    "allowance_credits, rollover_cap_credits, debt_limit_credits, rate_limit_per_minute, rate_burst, rate_fail_open, member_cap_credits";
+    "allowance_credits, rollover_cap_credits, debt_limit_credits, rate_limit_per_minute, rate_burst, rate_fail_open, member_cap_credits, trial_grant_credits";
 
 /// Reads the terms columns starting at `first`.
 fn terms(row: &tokio_postgres::Row, first: usize) -> MeterTerms {
@@ -111,6 +130,7 @@ fn terms(row: &tokio_postgres::Row, first: usize) -> MeterTerms {
         policy: MeterPolicy { allowance_credits: row.get(first), rollover_cap_credits: row.get(first + 1), debt_limit_credits: row.get(first + 2) },
         rate: limit.map(|limit_per_minute| RateCap { limit_per_minute, burst: burst.unwrap_or(limit_per_minute), fail_open: row.get(first + 5) }),
         member_cap_credits: row.get(first + 6),
+        trial_grant_credits: row.get(first + 7),
     }
 }
 
@@ -137,13 +157,15 @@ fn record(row: &tokio_postgres::Row, meters: Vec<(Meter, MeterTerms)>) -> Result
         is_free_default: row.get(4),
         scope: Scope::parse(scope).ok_or_else(|| Error::Internal(format!("stored scope {scope}")))?,
         meters,
+        trial_keeps_credits: row.get(7),
+        trial_ending_notice_ms: row.get(8),
         updated_at: row.get(5),
     })
 }
 
 pub async fn get(tx: &Tx<'_>, tenant: TenantId, id: &str) -> Result<Option<PlanRecord>, Error> {
     let stmt = tx
-        .prepare_cached("SELECT id, tier, name, trial_days, is_free_default, updated_at, scope FROM plans WHERE tenant_id = $1 AND id = $2")
+        .prepare_cached("SELECT id, tier, name, trial_days, is_free_default, updated_at, scope, trial_keeps_credits, trial_ending_notice_ms FROM plans WHERE tenant_id = $1 AND id = $2")
         .await?;
     match tx.query_opt(&stmt, &[&tenant.0, &id]).await? {
         Some(row) => Ok(Some(record(&row, meters(tx, tenant, id).await?)?)),
@@ -155,7 +177,7 @@ pub async fn get(tx: &Tx<'_>, tenant: TenantId, id: &str) -> Result<Option<PlanR
 pub async fn page(tx: &Tx<'_>, tenant: TenantId, after: &str, limit: i64) -> Result<Vec<PlanRecord>, Error> {
     let stmt = tx
         .prepare_cached(
-            "SELECT id, tier, name, trial_days, is_free_default, updated_at, scope FROM plans WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
+            "SELECT id, tier, name, trial_days, is_free_default, updated_at, scope, trial_keeps_credits, trial_ending_notice_ms FROM plans WHERE tenant_id = $1 AND id > $2 ORDER BY id LIMIT $3",
         )
         .await?;
     let rows = tx.query(&stmt, &[&tenant.0, &after, &limit]).await?;

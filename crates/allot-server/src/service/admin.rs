@@ -2,6 +2,7 @@
 
 use allot_domain::ledger::{Effect, EntryKind, GrantKind, Portion};
 use allot_domain::meter::Grant;
+use allot_domain::plan::SubscriptionStatus;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -96,6 +97,9 @@ impl Admin {
             return Err(Error::NotFound { what: "plan" });
         }
         repo::subscriptions::upsert(&tx, tenant, &sub).await?;
+        if matches!(sub.status, SubscriptionStatus::Active | SubscriptionStatus::PastDue) {
+            super::trials::end_by_conversion(&tx, tenant, &sub.account_id, "subscription", sub.updated_at).await?;
+        }
         tx.commit().await?;
         let entitled = sub.entitled_at(self.ctx.clock.now());
         Ok((sub, entitled))
@@ -154,19 +158,11 @@ impl Admin {
             if let Some(replayed) = idempotent::replay(&tx, tenant, &cmd.key, "grant", &print).await? {
                 return Ok(replayed);
             }
-            let grant = Grant {
-                id: Uuid::new_v4(),
-                kind: cmd.kind,
-                remaining_credits: cmd.amount_credits,
-                priority: cmd.priority,
-                expires_at: cmd.expires_at,
-                created_at: now,
-            };
-            let effect = Effect::from_portions(EntryKind::Grant, vec![Portion { bucket: grant.bucket(), delta_credits: cmd.amount_credits }]);
-            let grant_id = grant.id;
-            session.add_grant(grant, cmd.amount_credits);
-            let entry_id = session.record(effect, EntryRefs { idempotency_key: Some(cmd.key.as_str().to_owned()), ..EntryRefs::default() });
-            let outcome = GrantOutcome { grant_id, entry_id, meter: session.view(now) };
+            let outcome = add_grant(&mut session, cmd.kind, cmd.amount_credits, cmd.priority, cmd.expires_at, Some(&cmd.key), now);
+            if cmd.kind == GrantKind::Purchased {
+                // Paying ends any trial: an account with purchased credit is never trialing.
+                super::trials::end_by_conversion(&tx, tenant, &cmd.account, "purchase", now).await?;
+            }
             session.save(&tx, now).await?;
             if idempotent::store(&tx, tenant, &cmd.key, "grant", print.clone(), &outcome).await? {
                 tx.commit().await?;
@@ -225,6 +221,24 @@ impl Admin {
         tx.commit().await?;
         Ok(paginate(entries, page_size, |e| e.position.to_string()))
     }
+}
+
+/// Adds a grant to a locked meter and records its ledger entry; the caller saves the session.
+pub fn add_grant(
+    session: &mut MeterSession,
+    kind: GrantKind,
+    amount_credits: i64,
+    priority: i32,
+    expires_at: Option<OffsetDateTime>,
+    key: Option<&IdempotencyKey>,
+    now: OffsetDateTime,
+) -> GrantOutcome {
+    let grant = Grant { id: Uuid::new_v4(), kind, remaining_credits: amount_credits, priority, expires_at, created_at: now };
+    let effect = Effect::from_portions(EntryKind::Grant, vec![Portion { bucket: grant.bucket(), delta_credits: amount_credits }]);
+    let grant_id = grant.id;
+    session.add_grant(grant, amount_credits);
+    let entry_id = session.record(effect, EntryRefs { idempotency_key: key.map(|k| k.as_str().to_owned()), ..EntryRefs::default() });
+    GrantOutcome { grant_id, entry_id, meter: session.view(now) }
 }
 
 /// Cuts a list fetched with one extra row to `page_size` and derives the next page's token.

@@ -117,6 +117,7 @@ impl Classifier {
         }
     }
 
+    #[tracing::instrument(name = "classifier.request", skip_all, fields(tenant.id = %tenant, account.id = %account))]
     pub async fn request(&self, tenant: TenantId, account: &AccountId) -> Result<RequestOutcome, Error> {
         let now = self.ctx.clock.now();
         let key = Self::key(tenant, account);

@@ -18,6 +18,7 @@ use super::idempotent::{self, fingerprint};
 use super::in_force::{self, Payer};
 use super::meter_session::MeterSession;
 use super::outcome::{Decision, Denial, MeterOutcome, RefundOutcome, ReleaseOutcome, ReserveOutcome};
+use super::pricing::{Pricing, Quantities, Rated, Sku};
 use super::rate::{RateLimiter, RateRequest};
 use super::Ctx;
 use crate::error::Error;
@@ -28,19 +29,37 @@ use crate::repo::{self, Tx};
 
 /// Meters and amounts of one request, in request order, each meter once.
 pub type Usage = Vec<(Meter, i64)>;
+
+/// How much a request uses of one meter: credits, or usage of a SKU to rate at the price in force.
+#[derive(Debug, Clone)]
+pub enum Amount {
+    Credits(i64),
+    Rated { sku: Sku, quantities: Quantities },
+}
+
+/// Meters and amounts as requested, in request order, each meter once.
+pub type Lines = Vec<(Meter, Amount)>;
+
+/// Lines turned into credits: the usage, each line's rating, and price refusals.
+#[derive(Debug, Clone)]
+struct Priced {
+    usage: Usage,
+    ratings: Vec<Option<Rated>>,
+    denials: Vec<Option<Denial>>,
+}
 /// Caller-supplied labels kept on ledger entries.
 pub type Attributes = BTreeMap<String, String>;
 
 #[derive(Debug, Clone)]
 pub struct CheckCommand {
     pub account: AccountId,
-    pub usage: Usage,
+    pub lines: Lines,
 }
 
 #[derive(Debug, Clone)]
 pub struct DebitCommand {
     pub account: AccountId,
-    pub usage: Usage,
+    pub lines: Lines,
     pub mode: Mode,
     pub key: IdempotencyKey,
     pub attributes: Attributes,
@@ -49,7 +68,7 @@ pub struct DebitCommand {
 #[derive(Debug, Clone)]
 pub struct ReserveCommand {
     pub account: AccountId,
-    pub usage: Usage,
+    pub lines: Lines,
     pub ttl_ms: i64,
     pub key: IdempotencyKey,
     pub attributes: Attributes,
@@ -60,8 +79,8 @@ pub struct ReserveCommand {
 pub enum Actual {
     /// For a hold on one meter.
     Single(i64),
-    /// Per meter; meters left out used nothing.
-    PerMeter(Usage),
+    /// Per meter (credits or rated usage); meters left out used nothing.
+    PerMeter(Lines),
 }
 
 #[derive(Debug, Clone)]
@@ -82,6 +101,7 @@ pub struct RefundCommand {
 pub struct Credits {
     ctx: Ctx,
     rate: RateLimiter,
+    pricing: Pricing,
 }
 
 /// What a keyed operation did inside its transaction.
@@ -95,8 +115,15 @@ enum Keyed<T> {
     Transient(T),
 }
 
-fn usage_print(usage: &Usage) -> String {
-    usage.iter().map(|(m, a)| format!("{m}={a}")).collect::<Vec<_>>().join(",")
+fn lines_print(lines: &Lines) -> String {
+    lines
+        .iter()
+        .map(|(m, a)| match a {
+            Amount::Credits(c) => format!("{m}={c}"),
+            Amount::Rated { sku, quantities } => format!("{m}={}:{quantities:?}", sku.as_str()),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn attributes_print(attributes: &Attributes) -> String {
@@ -112,8 +139,9 @@ fn attributes_of(json: &serde_json::Value) -> Attributes {
     json.as_object().map(|o| o.iter().filter_map(|(k, v)| v.as_str().map(|v| (k.clone(), v.to_owned()))).collect()).unwrap_or_default()
 }
 
-fn refs(payer: &Payer, key: Option<&IdempotencyKey>, hold_id: Option<Uuid>, attributes: &Attributes) -> EntryRefs {
+fn refs(payer: &Payer, key: Option<&IdempotencyKey>, hold_id: Option<Uuid>, attributes: &Attributes, rating: Option<&Rated>) -> EntryRefs {
     EntryRefs {
+        rating: rating.and_then(|r| serde_json::to_value(r).ok()),
         refunds_entry_id: None,
         hold_id,
         idempotency_key: key.map(|k| k.as_str().to_owned()),
@@ -192,7 +220,13 @@ async fn budget_events(
     Ok(())
 }
 
-fn outcomes(sessions: &[MeterSession], denials: &[Option<Denial>], retry_after_ms: &[i64], now: OffsetDateTime) -> Vec<MeterOutcome> {
+fn outcomes(
+    sessions: &[MeterSession],
+    denials: &[Option<Denial>],
+    retry_after_ms: &[i64],
+    ratings: &[Option<Rated>],
+    now: OffsetDateTime,
+) -> Vec<MeterOutcome> {
     sessions
         .iter()
         .enumerate()
@@ -202,13 +236,44 @@ fn outcomes(sessions: &[MeterSession], denials: &[Option<Denial>], retry_after_m
             breakdown: Vec::new(),
             retry_after_ms: retry_after_ms[i],
             meter: s.view(now),
+            rating: ratings.get(i).cloned().flatten(),
         })
         .collect()
 }
 
+/// Price refusals come first: a meter whose usage cannot be rated is denied for that.
+fn overlay(denials: &mut [Option<Denial>], price_denials: &[Option<Denial>]) {
+    for (denial, price) in denials.iter_mut().zip(price_denials) {
+        if price.is_some() {
+            *denial = *price;
+        }
+    }
+}
+
 impl Credits {
-    pub fn new(ctx: Ctx, rate: RateLimiter) -> Credits {
-        Credits { ctx, rate }
+    pub fn new(ctx: Ctx, rate: RateLimiter, pricing: Pricing) -> Credits {
+        Credits { ctx, rate, pricing }
+    }
+
+    /// Rates SKU usage into credits at `now` (before any lock: prices are cached). A SKU that
+    /// cannot be priced, or whose cost is anomalous, denies its meter; other failures are errors.
+    async fn price(&self, tenant: TenantId, lines: &Lines, now: OffsetDateTime) -> Result<Priced, Error> {
+        let mut priced = Priced { usage: Vec::with_capacity(lines.len()), ratings: Vec::new(), denials: Vec::new() };
+        for (meter, amount) in lines {
+            let (credits, rating, denial) = match amount {
+                Amount::Credits(credits) => (*credits, None, None),
+                Amount::Rated { sku, quantities } => match self.pricing.rate(tenant, sku, quantities, now).await {
+                    Ok(rated) => (rated.cost_credits, Some(rated), None),
+                    Err(Error::PriceUnknown { .. }) => (0, None, Some(Denial::PriceUnknown)),
+                    Err(Error::PriceAnomaly { .. }) => (0, None, Some(Denial::PriceAnomaly)),
+                    Err(err) => return Err(err),
+                },
+            };
+            priced.usage.push((meter.clone(), credits));
+            priced.ratings.push(rating);
+            priced.denials.push(denial);
+        }
+        Ok(priced)
     }
 
     /// Decides the rate caps of all meters at once (counting them when `consume`); sets each
@@ -248,69 +313,83 @@ impl Credits {
     /// only looks at the rate caps.
     pub async fn check(&self, tenant: TenantId, cmd: CheckCommand) -> Result<Decision, Error> {
         let now = self.ctx.clock.now();
+        let priced = self.price(tenant, &cmd.lines, now).await?;
+        let usage = &priced.usage;
         let mut client = self.ctx.db().await?;
         let tx = client.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await?;
         let payer = in_force::resolve(&tx, tenant, &cmd.account, now).await?;
-        let mut sessions = Vec::with_capacity(cmd.usage.len());
-        for (meter, _) in &cmd.usage {
+        let mut sessions = Vec::with_capacity(usage.len());
+        for (meter, _) in usage {
             sessions.push(MeterSession::snapshot(&tx, tenant, &payer, meter, now).await?);
         }
         let standing = Standing::load(&tx, tenant, &payer.acting, now).await?;
-        let mut denials = credit_denials(&sessions, &cmd.usage, Mode::Gate, now);
-        budget_denials(&tx, tenant, &standing, &payer.acting, &cmd.usage, &mut denials, now).await?;
+        let mut denials = credit_denials(&sessions, usage, Mode::Gate, now);
+        overlay(&mut denials, &priced.denials);
+        budget_denials(&tx, tenant, &standing, &payer.acting, usage, &mut denials, now).await?;
         let mut caps = Vec::new();
-        for (meter, _) in &cmd.usage {
+        for (meter, _) in usage {
             caps.extend(fair_use::triggered_caps(&tx, tenant, &payer.acting, payer.plan_id.as_deref(), Some(meter), now).await?);
         }
         tx.commit().await?;
         let mut retry = vec![0; sessions.len()];
-        if let Some((i, wait_ms)) = self.decide_rate(tenant, &mut sessions, &cmd.usage, standing.rate_percent(), now, false).await {
+        if let Some((i, wait_ms)) = self.decide_rate(tenant, &mut sessions, usage, standing.rate_percent(), now, false).await {
             if denials.iter().all(Option::is_none) {
                 denials[i] = Some(Denial::RateLimited);
                 retry[i] = wait_ms;
             }
         }
-        let decision = Decision { meters: outcomes(&sessions, &denials, &retry, now), fair_use: Some(standing.view(caps)) };
+        let decision = Decision {
+            meters: outcomes(&sessions, &denials, &retry, &priced.ratings, now),
+            fair_use: Some(standing.view(caps)),
+            trial: payer.trial(now),
+        };
         count("check", &decision);
         Ok(decision)
     }
 
     pub async fn debit(&self, tenant: TenantId, cmd: DebitCommand) -> Result<Decision, Error> {
-        let print = fingerprint("debit", &[&cmd.account, &usage_print(&cmd.usage), &format!("{:?}", cmd.mode), &attributes_print(&cmd.attributes)]);
+        let print = fingerprint("debit", &[&cmd.account, &lines_print(&cmd.lines), &format!("{:?}", cmd.mode), &attributes_print(&cmd.attributes)]);
+        let priced = self.price(tenant, &cmd.lines, self.ctx.clock.now()).await?;
         let decision: Decision = self
             .keyed(tenant, &cmd.key, "debit", print.clone(), |tx, now| {
                 let cmd = cmd.clone();
                 let print = print.clone();
                 let this = self.clone();
+                let priced = priced.clone();
                 Box::pin(async move {
                     let payer = in_force::resolve(tx, tenant, &cmd.account, now).await?;
-                    let meters: Vec<&Meter> = cmd.usage.iter().map(|(m, _)| m).collect();
+                    let meters: Vec<&Meter> = priced.usage.iter().map(|(m, _)| m).collect();
                     let mut sessions = lock_all(tx, tenant, &payer, &meters, now).await?;
                     if let Some(replayed) = idempotent::replay(tx, tenant, &cmd.key, "debit", &print).await? {
                         return Ok(Keyed::Replayed(replayed));
                     }
                     let mut standing = Standing::load(tx, tenant, &payer.acting, now).await?;
                     standing.sync(tx, tenant, &payer.acting, "", now).await?;
-                    let mut denials = credit_denials(&sessions, &cmd.usage, cmd.mode, now);
-                    let budgeted = budget_denials(tx, tenant, &standing, &payer.acting, &cmd.usage, &mut denials, now).await?;
+                    let mut denials = credit_denials(&sessions, &priced.usage, cmd.mode, now);
+                    overlay(&mut denials, &priced.denials);
+                    let budgeted = budget_denials(tx, tenant, &standing, &payer.acting, &priced.usage, &mut denials, now).await?;
                     let mut retry = vec![0; sessions.len()];
                     if denials.iter().all(Option::is_none) {
-                        if let Some((i, wait_ms)) = this.decide_rate(tenant, &mut sessions, &cmd.usage, standing.rate_percent(), now, true).await {
+                        if let Some((i, wait_ms)) = this.decide_rate(tenant, &mut sessions, &priced.usage, standing.rate_percent(), now, true).await {
                             denials[i] = Some(Denial::RateLimited);
                             retry[i] = wait_ms;
                         }
                     }
-                    budget_events(tx, tenant, &payer.acting, &cmd.usage, &denials, now).await?;
-                    let mut meters = outcomes(&sessions, &denials, &retry, now);
+                    budget_events(tx, tenant, &payer.acting, &priced.usage, &denials, now).await?;
+                    let mut meters = outcomes(&sessions, &denials, &retry, &priced.ratings, now);
                     let mut caps = Vec::new();
                     if denials.iter().all(Option::is_none) {
                         for (i, session) in sessions.iter_mut().enumerate() {
-                            let amount = cmd.usage[i].1;
+                            let amount = priced.usage[i].1;
+                            if amount == 0 {
+                                continue; // free usage (a SKU priced at zero) writes no entry
+                            }
                             let policy = session.in_force.policy;
                             let effect = charge::debit(&mut session.state, &policy, amount, cmd.mode, EntryKind::Debit, now)
                                 .map_err(|d| Error::Internal(format!("a checked debit was denied: {d:?}")))?;
                             meters[i].breakdown = effect.breakdown.clone();
-                            meters[i].entry_id = Some(session.record(effect, refs(&payer, Some(&cmd.key), None, &cmd.attributes)));
+                            meters[i].entry_id =
+                                Some(session.record(effect, refs(&payer, Some(&cmd.key), None, &cmd.attributes, priced.ratings[i].as_ref())));
                             session.add_member_use(amount);
                             session.roll_up(session.state.period.start, cmd.attributes.clone(), amount, 1);
                             meters[i].meter = session.view(now);
@@ -325,7 +404,7 @@ impl Credits {
                     for session in sessions {
                         session.save(tx, now).await?;
                     }
-                    let decision = Decision { meters, fair_use: Some(standing.view(caps)) };
+                    let decision = Decision { meters, fair_use: Some(standing.view(caps)), trial: payer.trial(now) };
                     Ok(if decision.is_transient() { Keyed::Transient(decision) } else { Keyed::Decided(decision) })
                 })
             })
@@ -335,38 +414,44 @@ impl Credits {
     }
 
     pub async fn reserve(&self, tenant: TenantId, cmd: ReserveCommand) -> Result<ReserveOutcome, Error> {
-        let print = fingerprint("reserve", &[&cmd.account, &usage_print(&cmd.usage), &cmd.ttl_ms, &attributes_print(&cmd.attributes)]);
+        let print = fingerprint("reserve", &[&cmd.account, &lines_print(&cmd.lines), &cmd.ttl_ms, &attributes_print(&cmd.attributes)]);
+        let priced = self.price(tenant, &cmd.lines, self.ctx.clock.now()).await?;
         let outcome: ReserveOutcome = self
             .keyed(tenant, &cmd.key, "reserve", print.clone(), |tx, now| {
                 let cmd = cmd.clone();
                 let print = print.clone();
                 let this = self.clone();
+                let priced = priced.clone();
                 Box::pin(async move {
                     let payer = in_force::resolve(tx, tenant, &cmd.account, now).await?;
-                    let meters: Vec<&Meter> = cmd.usage.iter().map(|(m, _)| m).collect();
+                    let meters: Vec<&Meter> = priced.usage.iter().map(|(m, _)| m).collect();
                     let mut sessions = lock_all(tx, tenant, &payer, &meters, now).await?;
                     if let Some(replayed) = idempotent::replay(tx, tenant, &cmd.key, "reserve", &print).await? {
                         return Ok(Keyed::Replayed(replayed));
                     }
                     let mut standing = Standing::load(tx, tenant, &payer.acting, now).await?;
                     standing.sync(tx, tenant, &payer.acting, "", now).await?;
-                    let mut denials = credit_denials(&sessions, &cmd.usage, Mode::Gate, now);
-                    let budgeted = budget_denials(tx, tenant, &standing, &payer.acting, &cmd.usage, &mut denials, now).await?;
+                    let mut denials = credit_denials(&sessions, &priced.usage, Mode::Gate, now);
+                    overlay(&mut denials, &priced.denials);
+                    let budgeted = budget_denials(tx, tenant, &standing, &payer.acting, &priced.usage, &mut denials, now).await?;
                     let mut retry = vec![0; sessions.len()];
                     if denials.iter().all(Option::is_none) {
-                        if let Some((i, wait_ms)) = this.decide_rate(tenant, &mut sessions, &cmd.usage, standing.rate_percent(), now, true).await {
+                        if let Some((i, wait_ms)) = this.decide_rate(tenant, &mut sessions, &priced.usage, standing.rate_percent(), now, true).await {
                             denials[i] = Some(Denial::RateLimited);
                             retry[i] = wait_ms;
                         }
                     }
-                    budget_events(tx, tenant, &payer.acting, &cmd.usage, &denials, now).await?;
+                    budget_events(tx, tenant, &payer.acting, &priced.usage, &denials, now).await?;
                     let (mut hold_id, mut expires_at) = (None, None);
                     if denials.iter().all(Option::is_none) {
                         let id = Uuid::new_v4();
                         let expiry = now + time::Duration::milliseconds(cmd.ttl_ms);
                         let attributes = attributes_json(&cmd.attributes);
                         for (i, session) in sessions.iter_mut().enumerate() {
-                            let amount = cmd.usage[i].1;
+                            let amount = priced.usage[i].1;
+                            if amount == 0 {
+                                continue; // nothing to hold on this meter
+                            }
                             let policy = session.in_force.policy;
                             charge::reserve(&mut session.state, &policy, amount, now)
                                 .map_err(|d| Error::Internal(format!("a checked hold was denied: {d:?}")))?;
@@ -390,7 +475,11 @@ impl Credits {
                         (hold_id, expires_at) = (Some(id), Some(expiry));
                     }
                     let caps = fair_use::triggered_caps(tx, tenant, &payer.acting, payer.plan_id.as_deref(), None, now).await?;
-                    let decision = Decision { meters: outcomes(&sessions, &denials, &retry, now), fair_use: Some(standing.view(caps)) };
+                    let decision = Decision {
+                        meters: outcomes(&sessions, &denials, &retry, &priced.ratings, now),
+                        fair_use: Some(standing.view(caps)),
+                        trial: payer.trial(now),
+                    };
                     for session in sessions {
                         session.save(tx, now).await?;
                     }
@@ -409,7 +498,19 @@ impl Credits {
         let now = self.ctx.clock.now();
         let actual_print = match &cmd.actual {
             Actual::Single(a) => a.to_string(),
-            Actual::PerMeter(usage) => usage_print(usage),
+            Actual::PerMeter(lines) => lines_print(lines),
+        };
+        // Rated actuals are priced at the time of the commit; an unpriceable SKU is refused.
+        let (actual_usage, ratings) = match &cmd.actual {
+            Actual::Single(a) => (Actual::Single(*a), Vec::new()),
+            Actual::PerMeter(lines) => {
+                let priced = self.price(tenant, lines, now).await?;
+                if let Some((i, _)) = priced.denials.iter().enumerate().find(|(_, d)| d.is_some()) {
+                    return Err(Error::FailedPrecondition(format!("the usage on meter {} cannot be rated", lines[i].0)));
+                }
+                let by_meter: Vec<(Meter, Option<Rated>)> = lines.iter().map(|(m, _)| m.clone()).zip(priced.ratings).collect();
+                (Actual::PerMeter(priced.usage.into_iter().map(|(m, c)| (m, Amount::Credits(c))).collect()), by_meter)
+            }
         };
         let print = fingerprint("commit", &[&cmd.hold_id, &actual_print]);
         let mut client = self.ctx.db().await?;
@@ -422,7 +523,7 @@ impl Credits {
             HoldStatus::Held if holds[0].expires_at <= now => return Err(Error::HoldExpired),
             HoldStatus::Held => {}
         }
-        let actual = actual_amounts(&holds, &cmd.actual)?;
+        let actual = actual_amounts(&holds, &actual_usage)?;
         let mut trials = Vec::with_capacity(sessions.len());
         for (i, session) in sessions.iter().enumerate() {
             let mut state = session.state.clone();
@@ -434,19 +535,21 @@ impl Credits {
         let mut meters = Vec::with_capacity(sessions.len());
         for (i, (state, result)) in trials.into_iter().enumerate() {
             let session = &mut sessions[i];
+            let rating = ratings.iter().find(|(m, _)| m.as_str() == holds[i].meter).and_then(|(_, r)| r.clone());
             let mut outcome = MeterOutcome {
                 denial: result.as_ref().err().copied(),
                 entry_id: None,
                 breakdown: Vec::new(),
                 retry_after_ms: 0,
                 meter: session.view(now),
+                rating: rating.clone(),
             };
             if allowed {
                 session.state = state;
                 session.member_held_credits = (session.member_held_credits - holds[i].amount_credits).max(0);
                 if let Ok(Some(effect)) = result {
                     outcome.breakdown = effect.breakdown.clone();
-                    outcome.entry_id = Some(session.record(effect, refs(&payer, None, Some(cmd.hold_id), &attributes)));
+                    outcome.entry_id = Some(session.record(effect, refs(&payer, None, Some(cmd.hold_id), &attributes, rating.as_ref())));
                     session.add_member_use(actual[i]);
                     session.roll_up(session.state.period.start, attributes.clone(), actual[i], 1);
                     fair_use::record_usage(&tx, tenant, &payer.acting, payer.plan_id.as_deref(), &session.meter, actual[i], now).await?;
@@ -459,7 +562,7 @@ impl Credits {
             }
             meters.push(outcome);
         }
-        let decision = Decision { meters, fair_use: None };
+        let decision = Decision { meters, fair_use: None, trial: None };
         if allowed {
             let response = serde_json::to_value(&decision).map_err(|e| Error::Internal(format!("outcome: {e}")))?;
             repo::holds::settle(&tx, tenant, cmd.hold_id, HoldStatus::Committed, &print, &response, now).await?;
@@ -550,7 +653,7 @@ impl Credits {
                 let refund_effect = effects.next().ok_or_else(|| Error::Internal("refund proposed no effect".into()))?;
                 let breakdown = refund_effect.breakdown.clone();
                 let attributes = original.refs.attributes.as_ref().map(attributes_of).unwrap_or_default();
-                let mut entry_refs = refs(&payer, Some(&cmd.key), None, &attributes);
+                let mut entry_refs = refs(&payer, Some(&cmd.key), None, &attributes, None);
                 entry_refs.refunds_entry_id = Some(original.id);
                 let entry_id = session.record(refund_effect, entry_refs);
                 for effect in effects {
@@ -627,11 +730,15 @@ fn actual_amounts(holds: &[HoldRow], actual: &Actual) -> Result<Vec<i64>, Error>
     match actual {
         Actual::Single(amount) if holds.len() == 1 => Ok(vec![*amount]),
         Actual::Single(_) => Err(Error::invalid("actual", "the hold covers several meters: give an actual amount per meter")),
-        Actual::PerMeter(usage) => {
-            if let Some((meter, _)) = usage.iter().find(|(m, _)| !holds.iter().any(|h| h.meter == m.as_str())) {
+        Actual::PerMeter(lines) => {
+            if let Some((meter, _)) = lines.iter().find(|(m, _)| !holds.iter().any(|h| h.meter == m.as_str())) {
                 return Err(Error::invalid("actual", format!("meter {meter} is not part of the hold")));
             }
-            Ok(holds.iter().map(|h| usage.iter().find(|(m, _)| m.as_str() == h.meter).map_or(0, |(_, a)| *a)).collect())
+            let credits = |a: &Amount| match a {
+                Amount::Credits(c) => *c,
+                Amount::Rated { .. } => 0, // rated before this point
+            };
+            Ok(holds.iter().map(|h| lines.iter().find(|(m, _)| m.as_str() == h.meter).map_or(0, |(_, a)| credits(a))).collect())
         }
     }
 }

@@ -31,9 +31,19 @@ pub struct Payer {
     /// Monthly anchor for periods skipped while the account was idle.
     pub anchor: OffsetDateTime,
     pub period: Period,
+    /// The end of the governing account's active trial, when it is trialing.
+    pub trial_ends_at: Option<OffsetDateTime>,
 }
 
 impl Payer {
+    /// The trial shown on decisions.
+    pub fn trial(&self, now: OffsetDateTime) -> Option<super::outcome::TrialView> {
+        self.trial_ends_at.filter(|end| *end > now).map(|ends_at| {
+            let seconds = (ends_at - now).whole_seconds();
+            super::outcome::TrialView { ends_at, days_left: (seconds + 86_399) / 86_400 }
+        })
+    }
+
     /// Whether members draw on an org's pool.
     pub fn pooled(&self) -> bool {
         self.payer != self.acting
@@ -54,6 +64,8 @@ pub async fn resolve(tx: &Tx<'_>, tenant: TenantId, acting: &AccountId, now: Off
         (Some(sub), true) => (sub.current_period_start, subscription_period(sub.current_period_start, sub.current_period_end, now)),
         _ => (CALENDAR_ANCHOR, period_containing(CALENDAR_ANCHOR, now)),
     };
+    let trialing = entitled && subscription.as_ref().is_some_and(|s| s.status == allot_domain::plan::SubscriptionStatus::Trialing);
+    let trial_ends_at = if trialing { repo::trials::active_end(tx, tenant, governing).await? } else { None };
     let payer = match (&org, plan.as_ref().map(|p| p.scope)) {
         (Some(org), Some(Scope::Org)) => org.clone(),
         _ => acting.clone(),
@@ -67,6 +79,7 @@ pub async fn resolve(tx: &Tx<'_>, tenant: TenantId, acting: &AccountId, now: Off
         plan_tier: plan.map(|p| p.tier),
         anchor,
         period,
+        trial_ends_at,
     })
 }
 

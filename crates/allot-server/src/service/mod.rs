@@ -17,9 +17,11 @@ pub mod idempotent;
 pub mod in_force;
 pub mod meter_session;
 pub mod outcome;
+pub mod pricing;
 pub mod rate;
 pub mod summary;
 pub mod sweeper;
+pub mod trials;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -43,6 +45,7 @@ impl Ctx {
     }
 
     /// A pooled connection for one operation.
+    #[tracing::instrument(name = "db.checkout", skip_all)]
     pub async fn db(&self) -> Result<deadpool_postgres::Client, Error> {
         self.db_checkouts.fetch_add(1, Ordering::Relaxed);
         Ok(self.pool.get().await?)

@@ -21,6 +21,8 @@ pub enum Denial {
     RateLimited,
     MemberCapReached,
     DailyBudgetExhausted,
+    PriceUnknown,
+    PriceAnomaly,
 }
 
 impl Denial {
@@ -33,6 +35,8 @@ impl Denial {
             Self::RateLimited => "rate_limited",
             Self::MemberCapReached => "member_cap_reached",
             Self::DailyBudgetExhausted => "daily_budget_exhausted",
+            Self::PriceUnknown => "price_unknown",
+            Self::PriceAnomaly => "price_anomaly",
         }
     }
 }
@@ -67,6 +71,9 @@ pub struct MeterOutcome {
     pub breakdown: Vec<Portion>,
     pub retry_after_ms: i64,
     pub meter: MeterView,
+    /// How usage given as a SKU was rated.
+    #[serde(default)]
+    pub rating: Option<super::pricing::Rated>,
 }
 
 /// The decisions on every meter of a request, in request order. All are allowed or none is.
@@ -76,6 +83,17 @@ pub struct Decision {
     /// The acting account's fair-use standing.
     #[serde(default)]
     pub fair_use: Option<FairUseView>,
+    /// The account's trial, while it is trialing.
+    #[serde(default)]
+    pub trial: Option<TrialView>,
+}
+
+/// An active trial.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrialView {
+    #[serde(with = "time::serde::rfc3339")]
+    pub ends_at: OffsetDateTime,
+    pub days_left: i64,
 }
 
 impl Decision {

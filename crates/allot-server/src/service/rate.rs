@@ -66,6 +66,7 @@ impl RateLimiter {
     }
 
     /// Decides (and with `consume`, counts) all `requests` at `now`.
+    #[tracing::instrument(name = "redis.rate", skip_all, fields(rate.meters = requests.len(), rate.consume = consume))]
     pub async fn decide(&self, requests: &[RateRequest], now: OffsetDateTime, consume: bool) -> RateDecision {
         if requests.is_empty() {
             return RateDecision { limited: None, views: Vec::new() };

@@ -1,4 +1,5 @@
-//! Voids holds whose TTL has passed. Expired holds already stop counting the moment they expire
+//! Background housekeeping: voids holds whose TTL has passed, and writes the events of trials
+//! that are ending or have ended (see `trials::sweep`). Holds: Expired holds already stop counting the moment they expire
 //! (every read filters on `expires_at`); the sweeper only moves their status along so that live
 //! indexes stay small. Runs until the server shuts down.
 
@@ -21,12 +22,21 @@ pub async fn run(ctx: Ctx, interval: Duration, mut shutdown: tokio::sync::watch:
         if let Err(err) = sweep_once(&ctx).await {
             tracing::warn!(error = %err, "hold sweep failed");
         }
+        if let Err(err) = super::trials::sweep(&ctx, ctx.clock.now()).await {
+            tracing::warn!(error = %err, "trial sweep failed");
+        }
     }
 }
 
-/// Voids expired holds until none is left; returns how many.
+/// Voids expired holds until none is left; returns how many. Before it starts, the age of the
+/// oldest expired hold still held is the sweeper's lag (a gauge: about one interval when
+/// healthy, growing when sweeps fail or fall behind).
+#[tracing::instrument(name = "holds.sweep", level = "debug", skip_all, fields(holds.voided = tracing::field::Empty))]
 pub async fn sweep_once(ctx: &Ctx) -> Result<u64, crate::error::Error> {
-    let client = ctx.db().await?;
+    // Background work: not counted in `Ctx::db_checkouts`, which tracks request paths.
+    let client = ctx.pool.get().await?;
+    let now = ctx.clock.now();
+    let lag = crate::repo::holds::oldest_expired(&client, now).await?.map_or(Duration::ZERO, |oldest| (now - oldest).unsigned_abs());
     let mut total = 0;
     loop {
         let voided = crate::repo::holds::sweep_expired(&client, ctx.clock.now(), SWEEP_BATCH_MAX).await?;
@@ -35,6 +45,8 @@ pub async fn sweep_once(ctx: &Ctx) -> Result<u64, crate::error::Error> {
             break;
         }
     }
+    crate::telemetry::record_sweeper_lag(lag, total);
+    tracing::Span::current().record("holds.voided", total);
     if total > 0 {
         tracing::debug!(holds.voided = total, "expired holds voided");
     }
