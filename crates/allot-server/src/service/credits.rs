@@ -40,6 +40,15 @@ pub enum Amount {
 /// Meters and amounts as requested, in request order, each meter once.
 pub type Lines = Vec<(Meter, Amount)>;
 
+/// The verdicts of a debit or reserve before anything is charged.
+struct Admission {
+    standing: Standing,
+    denials: Vec<Option<Denial>>,
+    retry: Vec<i64>,
+    /// Per meter, the restrict-stage day whose budget applies.
+    budgeted: Vec<Option<time::Date>>,
+}
+
 /// Lines turned into credits: the usage, each line's rating, and price refusals.
 #[derive(Debug, Clone)]
 struct Priced {
@@ -309,6 +318,36 @@ impl Credits {
         decision.limited.map(|(index, wait_ms)| (capped[index], wait_ms))
     }
 
+    /// Each meter's verdict before anything is charged: prices, member caps and credit, then
+    /// daily budgets in the restrict stage, then — only when all pass — the rate caps, counted.
+    /// Budget refusals are written as events; a stage that moved is stored.
+    #[allow(clippy::too_many_arguments)]
+    async fn admit(
+        &self,
+        tx: &Tx<'_>,
+        tenant: TenantId,
+        payer: &Payer,
+        sessions: &mut [MeterSession],
+        priced: &Priced,
+        mode: Mode,
+        now: OffsetDateTime,
+    ) -> Result<Admission, Error> {
+        let mut standing = Standing::load(tx, tenant, &payer.acting, now).await?;
+        standing.sync(tx, tenant, &payer.acting, "", now).await?;
+        let mut denials = credit_denials(sessions, &priced.usage, mode, now);
+        overlay(&mut denials, &priced.denials);
+        let budgeted = budget_denials(tx, tenant, &standing, &payer.acting, &priced.usage, &mut denials, now).await?;
+        let mut retry = vec![0; sessions.len()];
+        if denials.iter().all(Option::is_none) {
+            if let Some((i, wait_ms)) = self.decide_rate(tenant, sessions, &priced.usage, standing.rate_percent(), now, true).await {
+                denials[i] = Some(Denial::RateLimited);
+                retry[i] = wait_ms;
+            }
+        }
+        budget_events(tx, tenant, &payer.acting, &priced.usage, &denials, now).await?;
+        Ok(Admission { standing, denials, retry, budgeted })
+    }
+
     /// Would the usage be allowed now, as a gate? Reads a consistent snapshot, writes nothing, and
     /// only looks at the rate caps.
     pub async fn check(&self, tenant: TenantId, cmd: CheckCommand) -> Result<Decision, Error> {
@@ -363,19 +402,7 @@ impl Credits {
                     if let Some(replayed) = idempotent::replay(tx, tenant, &cmd.key, "debit", &print).await? {
                         return Ok(Keyed::Replayed(replayed));
                     }
-                    let mut standing = Standing::load(tx, tenant, &payer.acting, now).await?;
-                    standing.sync(tx, tenant, &payer.acting, "", now).await?;
-                    let mut denials = credit_denials(&sessions, &priced.usage, cmd.mode, now);
-                    overlay(&mut denials, &priced.denials);
-                    let budgeted = budget_denials(tx, tenant, &standing, &payer.acting, &priced.usage, &mut denials, now).await?;
-                    let mut retry = vec![0; sessions.len()];
-                    if denials.iter().all(Option::is_none) {
-                        if let Some((i, wait_ms)) = this.decide_rate(tenant, &mut sessions, &priced.usage, standing.rate_percent(), now, true).await {
-                            denials[i] = Some(Denial::RateLimited);
-                            retry[i] = wait_ms;
-                        }
-                    }
-                    budget_events(tx, tenant, &payer.acting, &priced.usage, &denials, now).await?;
+                    let Admission { standing, denials, retry, budgeted } = this.admit(tx, tenant, &payer, &mut sessions, &priced, cmd.mode, now).await?;
                     let mut meters = outcomes(&sessions, &denials, &retry, &priced.ratings, now);
                     let mut caps = Vec::new();
                     if denials.iter().all(Option::is_none) {
@@ -429,19 +456,7 @@ impl Credits {
                     if let Some(replayed) = idempotent::replay(tx, tenant, &cmd.key, "reserve", &print).await? {
                         return Ok(Keyed::Replayed(replayed));
                     }
-                    let mut standing = Standing::load(tx, tenant, &payer.acting, now).await?;
-                    standing.sync(tx, tenant, &payer.acting, "", now).await?;
-                    let mut denials = credit_denials(&sessions, &priced.usage, Mode::Gate, now);
-                    overlay(&mut denials, &priced.denials);
-                    let budgeted = budget_denials(tx, tenant, &standing, &payer.acting, &priced.usage, &mut denials, now).await?;
-                    let mut retry = vec![0; sessions.len()];
-                    if denials.iter().all(Option::is_none) {
-                        if let Some((i, wait_ms)) = this.decide_rate(tenant, &mut sessions, &priced.usage, standing.rate_percent(), now, true).await {
-                            denials[i] = Some(Denial::RateLimited);
-                            retry[i] = wait_ms;
-                        }
-                    }
-                    budget_events(tx, tenant, &payer.acting, &priced.usage, &denials, now).await?;
+                    let Admission { standing, denials, retry, budgeted } = this.admit(tx, tenant, &payer, &mut sessions, &priced, Mode::Gate, now).await?;
                     let (mut hold_id, mut expires_at) = (None, None);
                     if denials.iter().all(Option::is_none) {
                         let id = Uuid::new_v4();
