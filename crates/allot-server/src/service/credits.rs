@@ -402,7 +402,8 @@ impl Credits {
                     if let Some(replayed) = idempotent::replay(tx, tenant, &cmd.key, "debit", &print).await? {
                         return Ok(Keyed::Replayed(replayed));
                     }
-                    let Admission { standing, denials, retry, budgeted } = this.admit(tx, tenant, &payer, &mut sessions, &priced, cmd.mode, now).await?;
+                    let Admission { standing, denials, retry, budgeted } =
+                        this.admit(tx, tenant, &payer, &mut sessions, &priced, cmd.mode, now).await?;
                     let mut meters = outcomes(&sessions, &denials, &retry, &priced.ratings, now);
                     let mut caps = Vec::new();
                     if denials.iter().all(Option::is_none) {
@@ -456,7 +457,8 @@ impl Credits {
                     if let Some(replayed) = idempotent::replay(tx, tenant, &cmd.key, "reserve", &print).await? {
                         return Ok(Keyed::Replayed(replayed));
                     }
-                    let Admission { standing, denials, retry, budgeted } = this.admit(tx, tenant, &payer, &mut sessions, &priced, Mode::Gate, now).await?;
+                    let Admission { standing, denials, retry, budgeted } =
+                        this.admit(tx, tenant, &payer, &mut sessions, &priced, Mode::Gate, now).await?;
                     let (mut hold_id, mut expires_at) = (None, None);
                     if denials.iter().all(Option::is_none) {
                         let id = Uuid::new_v4();

@@ -7,6 +7,8 @@
 //! The code is read from the response headers (`grpc-status`, where an error of a unary call is
 //! sent); a response without one succeeded. For server streams the latency is the time to the
 //! response headers. Unknown paths are counted as `unknown`, so a client cannot create series.
+//! Health checks and reflection (`grpc.*`) are timed but their spans are DEBUG, so probes every
+//! few seconds do not flood the trace store.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -57,18 +59,25 @@ where
         let started = Instant::now();
         let path = request.uri().path().to_owned();
         let (service, method) = split(&path);
-        let span = tracing::info_span!(
-            "rpc",
-            otel.name = %path,
-            otel.kind = "server",
-            otel.status_code = Empty,
-            rpc.system = "grpc",
-            rpc.service = %service,
-            rpc.method = %method,
-            rpc.grpc.status_code = Empty,
-            allot.decision = Empty,
-            allot.reason = Empty,
-        );
+        macro_rules! rpc_span {
+            ($level:expr) => {
+                tracing::span!(
+                    $level,
+                    "rpc",
+                    otel.name = %path,
+                    otel.kind = "server",
+                    otel.status_code = Empty,
+                    rpc.system = "grpc",
+                    rpc.service = %service,
+                    rpc.method = %method,
+                    rpc.grpc.status_code = Empty,
+                    allot.decision = Empty,
+                    allot.reason = Empty,
+                )
+            };
+        }
+        // Probes and reflection are timed but not traced (DEBUG, below what is exported).
+        let span = if service.starts_with("grpc.") { rpc_span!(tracing::Level::DEBUG) } else { rpc_span!(tracing::Level::INFO) };
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&Metadata(request.headers())));
         // Without the OpenTelemetry layer (no OTLP endpoint) there is no parent to set.
         let _ = span.set_parent(parent);
