@@ -310,3 +310,19 @@ async fn watch_events_delivers_every_event_once_across_a_reconnect() {
     seen.push(live.cursor);
     assert_eq!(seen, (1..=7).collect::<Vec<i64>>(), "gap-free, in order, no repeats");
 }
+
+#[tokio::test]
+async fn without_redis_classifier_requests_fail_closed() {
+    let closed = allot_server::localstack::free_port().expect("port");
+    let server = TestServer::start_with(time::OffsetDateTime::now_utc(), |c| c.redis_url = Some(format!("redis://127.0.0.1:{closed}"))).await;
+    let (_, mut admin) = server.clients().await;
+    plan_with(&mut admin, vec![pb::MeterAllowance { meter: "speech_ms".into(), allowance_credits: Some(1_000), ..Default::default() }]).await;
+    let mut fair = server.fair_use_for(&server.tenant.api_key).await;
+    for i in 0..5 {
+        let response = request(&mut fair, &format!("acct{i}")).await;
+        assert_eq!(response.verdict, verdict(pb::ClassificationVerdict::Cooldown), "never a run while the lock store is down");
+        assert!(response.ticket.is_empty());
+    }
+    let tickets: i64 = server.sql().await.query_one("SELECT COUNT(*) FROM classifier_tickets", &[]).await.expect("n").get(0);
+    assert_eq!(tickets, 0);
+}
