@@ -326,3 +326,43 @@ async fn without_redis_classifier_requests_fail_closed() {
     let tickets: i64 = server.sql().await.query_one("SELECT COUNT(*) FROM classifier_tickets", &[]).await.expect("n").get(0);
     assert_eq!(tickets, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_restricted_hold_gives_its_budget_back() {
+    let server = TestServer::start().await;
+    let (mut entitlements, mut admin) = server.clients().await;
+    plan_with(&mut admin, vec![pb::MeterAllowance { meter: "speech_ms".into(), allowance_credits: Some(100_000_000), ..Default::default() }]).await;
+    let mut fair = server.fair_use_for(&server.tenant.api_key).await;
+    settings(&mut fair, |s| {
+        (s.warning_after, s.throttle_after, s.restrict_after) = (1, 1, 1);
+        s.restrict_daily_budgets.insert("speech_ms".into(), 1_000);
+    })
+    .await;
+    assert_eq!(classify(&mut fair, "acct", 1.0).await.stage, pb::EscalationStage::Restrict as i32);
+    let hold = entitlements
+        .reserve(pb::ReserveRequest {
+            account_id: "acct".into(),
+            meter: "speech_ms".into(),
+            amount_credits: 800,
+            ttl_ms: 1_000,
+            idempotency_key: "job".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("reserve")
+        .into_inner();
+    assert!(allowed(hold.decision));
+    assert_eq!(debit(&mut entitlements, "acct", "speech_ms", 300, "d1").await.reason, pb::DenialReason::DailyBudgetExhausted as i32);
+    // The job dies; once the hold expires and is swept, its pre-charge returns to the day.
+    server.clock.advance(time::Duration::seconds(2));
+    let mut used: i64 = -1;
+    for _ in 0..50 {
+        used = server.sql().await.query_one("SELECT COALESCE(SUM(used_credits), 0)::bigint FROM restrict_usage", &[]).await.expect("used").get(0);
+        if used == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(used, 0);
+    assert!(allowed(debit(&mut entitlements, "acct", "speech_ms", 300, "d2").await.decision));
+}

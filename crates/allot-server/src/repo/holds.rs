@@ -141,7 +141,7 @@ pub async fn insert(tx: &Tx<'_>, tenant: TenantId, hold: &NewHold<'_>, now: Offs
 /// meters' rows: see the lock order). Empty when there is no such hold.
 pub async fn get(tx: &Tx<'_>, tenant: TenantId, id: Uuid, for_update: bool) -> Result<Vec<HoldRow>, Error> {
     let lock = if for_update { " FOR UPDATE" } else { "" };
-    let sql = format!("SELECT {COLUMNS} FROM holds WHERE tenant_id = $1 AND id = $2 ORDER BY meter{lock}");
+    let sql = format!("SELECT {COLUMNS} FROM holds WHERE tenant_id = $1 AND id = $2 ORDER BY meter COLLATE \"C\"{lock}");
     let stmt = tx.prepare_cached(&sql).await?;
     tx.query(&stmt, &[&tenant.0, &id]).await?.iter().map(from_row).collect()
 }
@@ -169,17 +169,27 @@ pub async fn settle(
     Ok(())
 }
 
-/// Marks up to `limit` holds whose TTL has passed as expired, across tenants (a system job).
-/// Returns how many it voided.
+/// Marks up to `limit` holds whose TTL has passed as expired, across tenants (a system job), and
+/// returns the restrict-stage budget they pre-charged to their day. Returns how many it voided.
 pub async fn sweep_expired(client: &deadpool_postgres::Client, now: OffsetDateTime, limit: i64) -> Result<u64, Error> {
     let stmt = client
         .prepare_cached(
-            "UPDATE holds SET status = 'expired', settled_at = $1 WHERE (tenant_id, id, meter) IN ( \
-                SELECT tenant_id, id, meter FROM holds WHERE status = 'held' AND expires_at <= $1 \
-                ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED)",
+            "WITH expired AS ( \
+                UPDATE holds SET status = 'expired', settled_at = $1 WHERE (tenant_id, id, meter) IN ( \
+                    SELECT tenant_id, id, meter FROM holds WHERE status = 'held' AND expires_at <= $1 \
+                    ORDER BY expires_at LIMIT $2 FOR UPDATE SKIP LOCKED) \
+                RETURNING tenant_id, acting_account_id, meter, restrict_day, amount_credits), \
+             returned AS ( \
+                UPDATE restrict_usage r SET used_credits = GREATEST(r.used_credits - e.amount, 0) \
+                FROM (SELECT tenant_id, acting_account_id, meter, restrict_day, SUM(amount_credits)::bigint AS amount FROM expired \
+                      WHERE restrict_day IS NOT NULL GROUP BY 1, 2, 3, 4) e \
+                WHERE r.tenant_id = e.tenant_id AND r.account_id = e.acting_account_id AND r.meter = e.meter AND r.day = e.restrict_day \
+                RETURNING 1) \
+             SELECT COUNT(*) FROM expired",
         )
         .await?;
-    Ok(client.execute(&stmt, &[&now, &limit]).await?)
+    let voided: i64 = client.query_one(&stmt, &[&now, &limit]).await?.get(0);
+    Ok(u64::try_from(voided).unwrap_or(0))
 }
 
 /// The expiry of the oldest hold still held although its TTL has passed, across tenants (the

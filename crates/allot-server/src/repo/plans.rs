@@ -135,7 +135,7 @@ fn terms(row: &tokio_postgres::Row, first: usize) -> MeterTerms {
 }
 
 async fn meters(tx: &Tx<'_>, tenant: TenantId, plan_id: &str) -> Result<Vec<(Meter, MeterTerms)>, Error> {
-    let sql = format!("SELECT meter, {TERMS} FROM plan_meters WHERE tenant_id = $1 AND plan_id = $2 ORDER BY meter");
+    let sql = format!("SELECT meter, {TERMS} FROM plan_meters WHERE tenant_id = $1 AND plan_id = $2 ORDER BY meter COLLATE \"C\"");
     let stmt = tx.prepare_cached(&sql).await?;
     let rows = tx.query(&stmt, &[&tenant.0, &plan_id]).await?;
     rows.iter()

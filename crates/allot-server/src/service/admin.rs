@@ -143,9 +143,6 @@ impl Admin {
     /// Adds credit to a meter, idempotent by key.
     pub async fn grant(&self, tenant: TenantId, cmd: GrantCommand) -> Result<GrantOutcome, Error> {
         let now = self.ctx.clock.now();
-        if cmd.expires_at.is_some_and(|at| at <= now) {
-            return Err(Error::invalid("expires_at", "must be in the future"));
-        }
         let expiry = cmd.expires_at.map(|t| t.unix_timestamp_nanos().to_string()).unwrap_or_default();
         let print = fingerprint("grant", &[&cmd.account, &cmd.meter, &cmd.amount_credits, &cmd.kind.as_str(), &cmd.priority, &expiry]);
         let mut client = self.ctx.db().await?;
@@ -157,6 +154,10 @@ impl Admin {
             let mut session = MeterSession::lock(&tx, tenant, &own, &cmd.meter, now, &[]).await?;
             if let Some(replayed) = idempotent::replay(&tx, tenant, &cmd.key, "grant", &print).await? {
                 return Ok(replayed);
+            }
+            // Checked after the replay: a retry of a grant made before its expiry gets its answer.
+            if cmd.expires_at.is_some_and(|at| at <= now) {
+                return Err(Error::invalid("expires_at", "must be in the future"));
             }
             let outcome = add_grant(&mut session, cmd.kind, cmd.amount_credits, cmd.priority, cmd.expires_at, Some(&cmd.key), now);
             if cmd.kind == GrantKind::Purchased {

@@ -130,12 +130,32 @@ impl Classifier {
             });
         }
         let exhausted = self.free_and_exhausted(tenant, account, now).await;
+        match self.decide_run(tenant, account, exhausted, &key, &token, now).await {
+            Ok(outcome) => Ok(outcome),
+            Err(err) => {
+                // Nothing was recorded: free the lock so the account is not left in a cooldown
+                // without a run.
+                self.owned(RELEASE_IF_OWNER, &key, &token, 0).await;
+                Err(err)
+            }
+        }
+    }
+
+    async fn decide_run(
+        &self,
+        tenant: TenantId,
+        account: &AccountId,
+        exhausted: bool,
+        key: &str,
+        token: &str,
+        now: OffsetDateTime,
+    ) -> Result<RequestOutcome, Error> {
         let mut client = self.ctx.db().await?;
         let tx = client.transaction().await?;
         let mut standing = Standing::load(&tx, tenant, account, now).await?;
         if !standing.enforced() {
             tx.commit().await?;
-            self.owned(RELEASE_IF_OWNER, &key, &token, 0).await;
+            self.owned(RELEASE_IF_OWNER, key, token, 0).await;
             return Ok(RequestOutcome {
                 verdict: Verdict::NotNeeded,
                 stage: Stage::None,
@@ -158,7 +178,7 @@ impl Classifier {
         tx.commit().await?;
         let ttl_ms = if exhausted { settings.exhausted_cooldown_ms } else { settings.cooldown_ms };
         if ttl_ms != self.default_cooldown_ms {
-            self.owned(EXTEND_IF_OWNER, &key, &token, ttl_ms).await;
+            self.owned(EXTEND_IF_OWNER, key, token, ttl_ms).await;
         }
         Ok(outcome)
     }
@@ -337,11 +357,12 @@ async fn record(
     let violation = is_violation(score_milli, standing.settings.gate_score_milli);
     let row = ClassificationRow { score_milli, labels: labels.clone(), synthetic, violation, created_at: now };
     repo::fair_use::insert_classification(tx, tenant, account, &row).await?;
-    let payload = serde_json::json!({ "score_milli": score_milli, "labels": labels, "synthetic": synthetic, "violation": violation });
-    repo::outbox::append(tx, tenant, "classification_recorded", account, payload, now).await?;
     if violation {
         standing.violations += 1;
     }
+    // The stage row before the outbox counter, as on the decision path (one lock order).
     standing.sync(tx, tenant, account, if violation { reason } else { "" }, now).await?;
+    let payload = serde_json::json!({ "score_milli": score_milli, "labels": labels, "synthetic": synthetic, "violation": violation });
+    repo::outbox::append(tx, tenant, "classification_recorded", account, payload, now).await?;
     Ok(())
 }

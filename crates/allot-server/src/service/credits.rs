@@ -489,7 +489,9 @@ impl Credits {
                                 repo::fair_use::add_restrict_used(tx, tenant, &payer.acting, &session.meter, day, amount).await?;
                             }
                         }
-                        (hold_id, expires_at) = (Some(id), Some(expiry));
+                        if priced.usage.iter().any(|(_, amount)| *amount > 0) {
+                            (hold_id, expires_at) = (Some(id), Some(expiry));
+                        }
                     }
                     let caps = fair_use::triggered_caps(tx, tenant, &payer.acting, payer.plan_id.as_deref(), None, now).await?;
                     let decision = Decision {
@@ -517,13 +519,15 @@ impl Credits {
             Actual::Single(a) => a.to_string(),
             Actual::PerMeter(lines) => lines_print(lines),
         };
-        // Rated actuals are priced at the time of the commit; an unpriceable SKU is refused.
+        // Rated actuals are priced at the time of the commit; an unpriceable SKU is refused (after
+        // the replay check, so a retry of a settled commit still gets its answer).
+        let mut unrated = None;
         let (actual_usage, ratings) = match &cmd.actual {
             Actual::Single(a) => (Actual::Single(*a), Vec::new()),
             Actual::PerMeter(lines) => {
                 let priced = self.price(tenant, lines, now).await?;
                 if let Some((i, _)) = priced.denials.iter().enumerate().find(|(_, d)| d.is_some()) {
-                    return Err(Error::FailedPrecondition(format!("the usage on meter {} cannot be rated", lines[i].0)));
+                    unrated = Some(lines[i].0.clone());
                 }
                 let by_meter: Vec<(Meter, Option<Rated>)> = lines.iter().map(|(m, _)| m.clone()).zip(priced.ratings).collect();
                 (Actual::PerMeter(priced.usage.into_iter().map(|(m, c)| (m, Amount::Credits(c))).collect()), by_meter)
@@ -537,8 +541,11 @@ impl Credits {
             HoldStatus::Committed if holds[0].settlement_request_sha256.as_deref() == Some(print.as_slice()) => return stored(&holds[0]),
             HoldStatus::Committed | HoldStatus::Released => return Err(Error::HoldSettled { status: holds[0].status.as_str() }),
             HoldStatus::Expired => return Err(Error::HoldExpired),
-            HoldStatus::Held if holds[0].expires_at <= now => return Err(Error::HoldExpired),
+            HoldStatus::Held if holds.iter().any(|h| h.status != HoldStatus::Held || h.expires_at <= now) => return Err(Error::HoldExpired),
             HoldStatus::Held => {}
+        }
+        if let Some(meter) = unrated {
+            return Err(Error::FailedPrecondition(format!("the usage on meter {meter} cannot be rated")));
         }
         let actual = actual_amounts(&holds, &actual_usage)?;
         let mut trials = Vec::with_capacity(sessions.len());
@@ -602,7 +609,7 @@ impl Credits {
         let status = match holds[0].status {
             HoldStatus::Released => return stored(&holds[0]),
             HoldStatus::Committed => return Err(Error::HoldSettled { status: holds[0].status.as_str() }),
-            HoldStatus::Held if holds[0].expires_at > now => HoldStatus::Released,
+            HoldStatus::Held if holds.iter().all(|h| h.status == HoldStatus::Held && h.expires_at > now) => HoldStatus::Released,
             HoldStatus::Held | HoldStatus::Expired => HoldStatus::Expired,
         };
         if status == HoldStatus::Released {

@@ -83,10 +83,12 @@ pub async fn resolve(tx: &Tx<'_>, tenant: TenantId, acting: &AccountId, now: Off
     })
 }
 
-/// Resolves for a stored hold or entry: the plan as for `acting` now, but charging the account
-/// that was charged then (membership may have changed since).
+/// Resolves for a stored hold or entry: the plan and period of the account that was charged
+/// then (its meter is the one settled), with the member that acted (membership may have changed
+/// since, so the payer's own resolution governs).
 pub async fn resolve_stored(tx: &Tx<'_>, tenant: TenantId, acting: &AccountId, payer: &AccountId, now: OffsetDateTime) -> Result<Payer, Error> {
-    let mut resolved = resolve(tx, tenant, acting, now).await?;
+    let mut resolved = resolve(tx, tenant, payer, now).await?;
+    resolved.acting = acting.clone();
     resolved.payer = payer.clone();
     Ok(resolved)
 }

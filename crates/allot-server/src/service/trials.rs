@@ -122,17 +122,17 @@ pub async fn end_by_conversion(tx: &Tx<'_>, tenant: TenantId, account: &AccountI
 pub async fn sweep(ctx: &Ctx, now: OffsetDateTime) -> Result<usize, Error> {
     let mut client = ctx.pool.get().await?;
     let tx = client.transaction().await?;
+    let mut due: Vec<(&str, repo::trials::Due)> = Vec::new();
+    due.extend(repo::trials::announce_due(&tx, now, SWEEP_BATCH_MAX).await?.into_iter().map(|d| ("trial_ending", d)));
+    due.extend(repo::trials::end_due(&tx, now, SWEEP_BATCH_MAX).await?.into_iter().map(|d| ("trial_ended", d)));
+    // Tenants' outbox counters are locked in one order, so concurrent sweepers cannot deadlock.
+    due.sort_by_key(|(_, d)| d.0 .0);
     let mut written = 0;
-    for (kind, due) in [
-        ("trial_ending", repo::trials::announce_due(&tx, now, SWEEP_BATCH_MAX).await?),
-        ("trial_ended", repo::trials::end_due(&tx, now, SWEEP_BATCH_MAX).await?),
-    ] {
-        for (tenant, account, plan_id, ends_at) in due {
-            let account = AccountId::parse(&account).map_err(|e| Error::Internal(format!("stored account: {e}")))?;
-            let payload = serde_json::json!({ "plan_id": plan_id, "ends_at": ends_at.unix_timestamp() });
-            repo::outbox::append(&tx, tenant, kind, &account, payload, now).await?;
-            written += 1;
-        }
+    for (kind, (tenant, account, plan_id, ends_at)) in due {
+        let account = AccountId::parse(&account).map_err(|e| Error::Internal(format!("stored account: {e}")))?;
+        let payload = serde_json::json!({ "plan_id": plan_id, "ends_at": ends_at.unix_timestamp() });
+        repo::outbox::append(&tx, tenant, kind, &account, payload, now).await?;
+        written += 1;
     }
     tx.commit().await?;
     Ok(written)
