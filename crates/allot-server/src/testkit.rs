@@ -130,6 +130,13 @@ impl TestServer {
     /// creates the test tenant there. Redis is the shared test Redis unless `tweak` changes it.
     pub async fn start_on(database_url: String, now: OffsetDateTime, tweak: impl FnOnce(&mut Config)) -> TestServer {
         let mut config = Config::with_database(database_url, Some(stack().redis.url()));
+        // Tests race hundreds of calls on a busy 2-core machine: give the live Redis room so a
+        // slow answer is not mistaken for an outage. Tests of outages point at a closed port
+        // (and set a short timeout themselves).
+        config.redis_timeout_ms = 1_000;
+        // Likewise for races on one row: dozens of callers queue for a connection and the lock.
+        config.db_pool_wait_ms = 10_000;
+        config.db_lock_timeout_ms = 10_000;
         tweak(&mut config);
         let clock = Arc::new(ManualClock::new(now));
         let app = App::connect(config, clock.clone()).await.expect("connect");

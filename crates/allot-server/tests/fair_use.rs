@@ -314,7 +314,11 @@ async fn watch_events_delivers_every_event_once_across_a_reconnect() {
 #[tokio::test]
 async fn without_redis_classifier_requests_fail_closed() {
     let closed = allot_server::localstack::free_port().expect("port");
-    let server = TestServer::start_with(time::OffsetDateTime::now_utc(), |c| c.redis_url = Some(format!("redis://127.0.0.1:{closed}"))).await;
+    let server = TestServer::start_with(time::OffsetDateTime::now_utc(), |c| {
+        c.redis_url = Some(format!("redis://127.0.0.1:{closed}"));
+        c.redis_timeout_ms = 50;
+    })
+    .await;
     let (_, mut admin) = server.clients().await;
     plan_with(&mut admin, vec![pb::MeterAllowance { meter: "speech_ms".into(), allowance_credits: Some(1_000), ..Default::default() }]).await;
     let mut fair = server.fair_use_for(&server.tenant.api_key).await;

@@ -77,7 +77,12 @@ async fn metrics_endpoint_counts_decisions_latency_pool_locks_redis_and_sweeper_
     // A replica whose Redis is gone: a fail-open rate cap decides, and is counted. (Started before
     // the hold below, so its start-up sweep is long done when this test sweeps by hand.)
     let closed = allot_server::localstack::free_port().expect("port");
-    let lost_redis = server.replica(|c| c.redis_url = Some(format!("redis://127.0.0.1:{closed}"))).await;
+    let lost_redis = server
+        .replica(|c| {
+            c.redis_url = Some(format!("redis://127.0.0.1:{closed}"));
+            c.redis_timeout_ms = 50;
+        })
+        .await;
     let (mut via_replica, mut replica_admin) = lost_redis.clients().await;
     replica_admin
         .upsert_plan(pb::UpsertPlanRequest {

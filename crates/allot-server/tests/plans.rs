@@ -138,7 +138,11 @@ async fn check_reports_rate_status_without_consuming() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_redis_each_meter_follows_its_policy_and_money_is_unchanged() {
     let closed = allot_server::localstack::free_port().expect("port");
-    let server = TestServer::start_with(datetime!(2026-03-10 12:00 UTC), |c| c.redis_url = Some(format!("redis://127.0.0.1:{closed}"))).await;
+    let server = TestServer::start_with(datetime!(2026-03-10 12:00 UTC), |c| {
+        c.redis_url = Some(format!("redis://127.0.0.1:{closed}"));
+        c.redis_timeout_ms = 50;
+    })
+    .await;
     let (mut entitlements, mut admin) = server.clients().await;
     plan(
         &mut admin,
