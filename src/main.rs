@@ -41,6 +41,22 @@ enum Command {
         #[arg(long)]
         data_dir: Option<PathBuf>,
     },
+    /// Measure Allot against the raw PostgreSQL/Redis baseline on throwaway local servers and print a
+    /// Markdown table (ratios Allot / raw per scenario and concurrency).
+    Bench {
+        /// Seconds per scenario and concurrency level.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=600))]
+        seconds: u64,
+        /// Concurrency levels, space-separated.
+        #[arg(long, default_value = "16 64")]
+        clients: String,
+        /// The baseline runner (pgbench/redis-benchmark scripts).
+        #[arg(long, default_value = "../shared/baseline/run")]
+        baseline: std::path::PathBuf,
+        /// Also write the table to this file.
+        #[arg(long)]
+        out: Option<std::path::PathBuf>,
+    },
     /// Create a tenant and print its first API key (shown once).
     CreateTenant {
         #[arg(long, env = "ALLOT_DATABASE_URL")]
@@ -103,6 +119,16 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dev { listen, data_dir } => allot_server::dev::run(listen, data_dir).await,
+        Command::Bench { seconds, clients, baseline, out } => {
+            let clients = clients
+                .split_whitespace()
+                .map(|c| c.parse::<usize>().ok().filter(|c| (1..=1_000).contains(c)))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| anyhow::anyhow!("--clients takes numbers from 1 to 1000"))?;
+            let report = allot_server::bench::run(allot_server::bench::Options { seconds, clients, baseline: Some(baseline), out }).await?;
+            println!("{report}");
+            Ok(())
+        }
         Command::CreateTenant { database_url, name } => {
             let config = Config::with_database(database_url, None);
             let pool = allot_server::db::pool(&config)?;

@@ -12,6 +12,7 @@
 //! - [`localstack`], [`dev`], [`seed`]: throwaway PostgreSQL/Redis, `allot dev`, demo data.
 
 pub mod auth;
+pub mod bench;
 pub mod clock;
 pub mod config;
 pub mod db;
