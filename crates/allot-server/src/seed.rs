@@ -34,6 +34,17 @@ fn id<T>(parse: fn(&str) -> Result<T, crate::ids::IdError>, raw: &str) -> Result
     parse(raw).map_err(|e| Error::Internal(format!("seed id {raw}: {e}")))
 }
 
+/// A demo meter: allowance, rollover cap, debt limit and an optional per-minute cap (burst = one
+/// minute's worth, failing open).
+fn terms(allowance_credits: Option<i64>, rollover_cap_credits: i64, debt_limit_credits: i64, per_minute: Option<i64>) -> MeterTerms {
+    MeterTerms {
+        policy: MeterPolicy { allowance_credits, rollover_cap_credits, debt_limit_credits },
+        rate: per_minute.map(|limit| RateCap { limit_per_minute: limit, burst: limit, fail_open: true }),
+        member_cap_credits: None,
+        trial_grant_credits: 0,
+    }
+}
+
 /// The demo tenant: a `free` plan (the fallback: 100 requests and 10,000 tokens a month) and a
 /// `pro` plan (unlimited requests, 1,000,000 tokens, rollover up to 500,000, debt down to
 /// -50,000); `demo-free` on the free plan with 5,000 promotional tokens, `demo-pro` on pro.
@@ -54,26 +65,7 @@ pub async fn demo(ctx: &Ctx, now: OffsetDateTime) -> Result<TenantKey, Error> {
                 scope: Scope::User,
                 trial_keeps_credits: false,
                 trial_ending_notice_ms: 3 * 86_400_000,
-                meters: vec![
-                    (
-                        requests.clone(),
-                        MeterTerms {
-                            policy: MeterPolicy { allowance_credits: Some(100), rollover_cap_credits: 0, debt_limit_credits: 0 },
-                            rate: Some(RateCap { limit_per_minute: 30, burst: 30, fail_open: true }),
-                            member_cap_credits: None,
-                            trial_grant_credits: 0,
-                        },
-                    ),
-                    (
-                        tokens.clone(),
-                        MeterTerms {
-                            policy: MeterPolicy { allowance_credits: Some(10_000), rollover_cap_credits: 0, debt_limit_credits: 0 },
-                            rate: None,
-                            member_cap_credits: None,
-                            trial_grant_credits: 0,
-                        },
-                    ),
-                ],
+                meters: vec![(requests.clone(), terms(Some(100), 0, 0, Some(30))), (tokens.clone(), terms(Some(10_000), 0, 0, None))],
                 updated_at: now,
             },
         )
@@ -90,26 +82,7 @@ pub async fn demo(ctx: &Ctx, now: OffsetDateTime) -> Result<TenantKey, Error> {
                 scope: Scope::User,
                 trial_keeps_credits: false,
                 trial_ending_notice_ms: 3 * 86_400_000,
-                meters: vec![
-                    (
-                        requests,
-                        MeterTerms {
-                            policy: MeterPolicy { allowance_credits: None, rollover_cap_credits: 0, debt_limit_credits: 0 },
-                            rate: Some(RateCap { limit_per_minute: 120, burst: 120, fail_open: true }),
-                            member_cap_credits: None,
-                            trial_grant_credits: 0,
-                        },
-                    ),
-                    (
-                        tokens.clone(),
-                        MeterTerms {
-                            policy: MeterPolicy { allowance_credits: Some(1_000_000), rollover_cap_credits: 500_000, debt_limit_credits: 50_000 },
-                            rate: None,
-                            member_cap_credits: None,
-                            trial_grant_credits: 0,
-                        },
-                    ),
-                ],
+                meters: vec![(requests, terms(None, 0, 0, Some(120))), (tokens.clone(), terms(Some(1_000_000), 500_000, 50_000, None))],
                 updated_at: now,
             },
         )

@@ -159,6 +159,37 @@ fn refs(payer: &Payer, key: Option<&IdempotencyKey>, hold_id: Option<Uuid>, attr
     }
 }
 
+/// What a keyed mutation finds once its meters are locked.
+#[allow(clippy::large_enum_variant)] // built once per request and consumed at once
+enum Locked<T> {
+    /// The key was used before for the same request: its stored outcome.
+    Replay(T),
+    /// A new request: who pays, and the payer's locked meters in request order.
+    Fresh(Payer, Vec<MeterSession>),
+}
+
+/// Resolves who pays, locks the payer's meters and only then looks the key up, so concurrent
+/// requests with one key are serialised by the meter locks.
+#[allow(clippy::too_many_arguments)]
+async fn lock_or_replay<T: DeserializeOwned>(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    account: &AccountId,
+    usage: &Usage,
+    key: &IdempotencyKey,
+    operation: &str,
+    print: &[u8],
+    now: OffsetDateTime,
+) -> Result<Locked<T>, Error> {
+    let payer = in_force::resolve(tx, tenant, account, now).await?;
+    let meters: Vec<&Meter> = usage.iter().map(|(m, _)| m).collect();
+    let sessions = lock_all(tx, tenant, &payer, &meters, now).await?;
+    Ok(match idempotent::replay(tx, tenant, key, operation, print).await? {
+        Some(replayed) => Locked::Replay(replayed),
+        None => Locked::Fresh(payer, sessions),
+    })
+}
+
 /// Locks the payer's meters in meter order (the lock order) and returns them in request order.
 async fn lock_all(tx: &Tx<'_>, tenant: TenantId, payer: &Payer, meters: &[&Meter], now: OffsetDateTime) -> Result<Vec<MeterSession>, Error> {
     let mut order: Vec<usize> = (0..meters.len()).collect();
@@ -396,12 +427,10 @@ impl Credits {
                 let this = self.clone();
                 let priced = priced.clone();
                 Box::pin(async move {
-                    let payer = in_force::resolve(tx, tenant, &cmd.account, now).await?;
-                    let meters: Vec<&Meter> = priced.usage.iter().map(|(m, _)| m).collect();
-                    let mut sessions = lock_all(tx, tenant, &payer, &meters, now).await?;
-                    if let Some(replayed) = idempotent::replay(tx, tenant, &cmd.key, "debit", &print).await? {
-                        return Ok(Keyed::Replayed(replayed));
-                    }
+                    let (payer, mut sessions) = match lock_or_replay(tx, tenant, &cmd.account, &priced.usage, &cmd.key, "debit", &print, now).await? {
+                        Locked::Replay(replayed) => return Ok(Keyed::Replayed(replayed)),
+                        Locked::Fresh(payer, sessions) => (payer, sessions),
+                    };
                     let Admission { standing, denials, retry, budgeted } =
                         this.admit(tx, tenant, &payer, &mut sessions, &priced, cmd.mode, now).await?;
                     let mut meters = outcomes(&sessions, &denials, &retry, &priced.ratings, now);
@@ -451,12 +480,11 @@ impl Credits {
                 let this = self.clone();
                 let priced = priced.clone();
                 Box::pin(async move {
-                    let payer = in_force::resolve(tx, tenant, &cmd.account, now).await?;
-                    let meters: Vec<&Meter> = priced.usage.iter().map(|(m, _)| m).collect();
-                    let mut sessions = lock_all(tx, tenant, &payer, &meters, now).await?;
-                    if let Some(replayed) = idempotent::replay(tx, tenant, &cmd.key, "reserve", &print).await? {
-                        return Ok(Keyed::Replayed(replayed));
-                    }
+                    let (payer, mut sessions) =
+                        match lock_or_replay(tx, tenant, &cmd.account, &priced.usage, &cmd.key, "reserve", &print, now).await? {
+                            Locked::Replay(replayed) => return Ok(Keyed::Replayed(replayed)),
+                            Locked::Fresh(payer, sessions) => (payer, sessions),
+                        };
                     let Admission { standing, denials, retry, budgeted } =
                         this.admit(tx, tenant, &payer, &mut sessions, &priced, Mode::Gate, now).await?;
                     let (mut hold_id, mut expires_at) = (None, None);
