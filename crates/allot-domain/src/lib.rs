@@ -12,6 +12,7 @@
 //! - [`refund`]: returning credit to the buckets it came from.
 //! - [`pricing`]: rating usage of a SKU in whole credits at the price version in force.
 //! - [`escalation`]: the fair-use ladder, soft caps and daily budgets.
+//! - [`subsidy`]: the subsidy pool's splits (free / partial / gate), settlements, shares, refunds.
 //!
 //! # Invariants
 //! - No async, no I/O, no clock reads, no floating point.
@@ -30,6 +31,7 @@ pub mod period;
 pub mod plan;
 pub mod pricing;
 pub mod refund;
+pub mod subsidy;
 
 pub use time::OffsetDateTime;
 pub use uuid::Uuid;

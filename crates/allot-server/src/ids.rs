@@ -71,6 +71,20 @@ string_id!(
     IdempotencyKey
 );
 
+string_id!(
+    /// A subsidy pool's id within a tenant.
+    PoolId
+);
+string_id!(
+    /// Who receives a subsidy: a caller-supplied stable id (for example a hash of a verified
+    /// email or device), or the account id when none is given. Daily budgets count per identity.
+    Identity
+);
+string_id!(
+    /// A trust tier's name, e.g. `new`, `established`, `trusted`, `elite`.
+    TrustTier
+);
+
 /// The tenant a caller acts for; taken from its credential, never from the payload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TenantId(pub uuid::Uuid);

@@ -10,6 +10,7 @@ use allot_proto::v1::admin_server::AdminServer;
 use allot_proto::v1::entitlements_server::EntitlementsServer;
 use allot_proto::v1::fair_use_server::FairUseServer;
 use allot_proto::v1::pricing_server::PricingServer;
+use allot_proto::v1::subsidy_server::SubsidyServer;
 use tokio::net::TcpListener;
 use tokio_stream::wrappers::TcpListenerStream;
 
@@ -20,9 +21,11 @@ use crate::grpc::admin::AdminApi;
 use crate::grpc::entitlements::EntitlementsApi;
 use crate::grpc::fair_use::FairUseApi;
 use crate::grpc::pricing::PricingApi;
+use crate::grpc::subsidy::SubsidyApi;
 use crate::service::admin::Admin;
 use crate::service::classification::Classifier;
 use crate::service::credits::Credits;
+use crate::service::pools::Pools;
 use crate::service::pricing::Pricing;
 use crate::service::rate::RateLimiter;
 use crate::service::summary::Reports;
@@ -134,6 +137,9 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
     let pricing_api = PricingServer::new(PricingApi { auth: app.auth.clone(), pricing: pricing.clone() })
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
+    let subsidy_api = SubsidyServer::new(SubsidyApi { auth: app.auth.clone(), pools: Pools::new(app.ctx.clone()) })
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
 
     tracing::info!(listen = %listener.local_addr()?, "serving grpc");
     let grace = Duration::from_millis(config.shutdown_grace_ms);
@@ -154,6 +160,7 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
         .add_service(admin)
         .add_service(fair_use)
         .add_service(pricing_api)
+        .add_service(subsidy_api)
         .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signalled);
     let result = tokio::select! {
         result = server => result,

@@ -10,11 +10,12 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::Error;
-use crate::ids::{AccountId, IdempotencyKey, Meter, PlanId};
+use crate::ids::{AccountId, IdempotencyKey, Identity, Meter, PlanId, PoolId};
 use crate::repo::plans::{MeterTerms, PlanRecord, RateCap};
 use crate::repo::subscriptions::SubscriptionRecord;
 use crate::service::admin::{GrantCommand, PAGE_SIZE_DEFAULT, PAGE_SIZE_MAX};
 use crate::service::credits::{Actual, Amount, Attributes, CheckCommand, CommitCommand, DebitCommand, Lines, RefundCommand, ReserveCommand};
+use crate::service::subsidy::SubsidyAsk;
 
 /// Longest free-text field (plan names, tiers).
 pub const TEXT_LEN_MAX: usize = 200;
@@ -41,15 +42,15 @@ pub fn plan_id(field: &str, raw: &str) -> Result<PlanId, Error> {
     PlanId::parse(raw).map_err(|e| Error::invalid(field, e))
 }
 
-fn key(raw: &str) -> Result<IdempotencyKey, Error> {
+pub fn key(raw: &str) -> Result<IdempotencyKey, Error> {
     IdempotencyKey::parse(raw).map_err(|e| Error::invalid("idempotency_key", e))
 }
 
-fn positive(field: &str, amount: i64) -> Result<i64, Error> {
+pub fn positive(field: &str, amount: i64) -> Result<i64, Error> {
     positive_amount(amount).map_err(|e| Error::invalid(field, e))
 }
 
-fn non_negative(field: &str, amount: i64) -> Result<i64, Error> {
+pub fn non_negative(field: &str, amount: i64) -> Result<i64, Error> {
     non_negative_amount(amount).map_err(|e| Error::invalid(field, e))
 }
 
@@ -151,7 +152,11 @@ fn attributes(raw: std::collections::HashMap<String, String>) -> Result<Attribut
 }
 
 pub fn check(req: pb::CheckRequest) -> Result<CheckCommand, Error> {
-    Ok(CheckCommand { account: account("account_id", &req.account_id)?, lines: lines(&req.meter, req.amount_credits, &req.usage, true)? })
+    Ok(CheckCommand {
+        account: account("account_id", &req.account_id)?,
+        lines: lines(&req.meter, req.amount_credits, &req.usage, true)?,
+        subsidy: subsidy(req.subsidy)?,
+    })
 }
 
 pub fn debit(req: pb::DebitRequest) -> Result<DebitCommand, Error> {
@@ -166,6 +171,7 @@ pub fn debit(req: pb::DebitRequest) -> Result<DebitCommand, Error> {
         mode,
         key: key(&req.idempotency_key)?,
         attributes: attributes(req.attributes)?,
+        subsidy: subsidy(req.subsidy)?,
     })
 }
 
@@ -179,6 +185,7 @@ pub fn reserve(req: pb::ReserveRequest) -> Result<ReserveCommand, Error> {
         ttl_ms: req.ttl_ms,
         key: key(&req.idempotency_key)?,
         attributes: attributes(req.attributes)?,
+        subsidy: subsidy(req.subsidy)?,
     })
 }
 
@@ -195,6 +202,17 @@ pub fn commit(req: pb::CommitRequest) -> Result<CommitCommand, Error> {
 
 pub fn release(req: pb::ReleaseRequest) -> Result<Uuid, Error> {
     uuid("hold_id", &req.hold_id)
+}
+
+/// A request's ask for subsidy: a pool, and optionally whose daily budget counts.
+fn subsidy(req: Option<pb::SubsidyRequest>) -> Result<Option<SubsidyAsk>, Error> {
+    let Some(req) = req else { return Ok(None) };
+    let pool = PoolId::parse(&req.pool_id).map_err(|e| Error::invalid("subsidy.pool_id", e))?;
+    let identity = match req.identity.as_str() {
+        "" => None,
+        raw => Some(Identity::parse(raw).map_err(|e| Error::invalid("subsidy.identity", e))?),
+    };
+    Ok(Some(SubsidyAsk { pool, identity }))
 }
 
 pub fn refund(req: pb::RefundRequest) -> Result<RefundCommand, Error> {

@@ -8,6 +8,8 @@ pub mod from_proto;
 pub mod pricing;
 pub mod pricing_proto;
 pub mod status;
+pub mod subsidy;
+pub mod subsidy_proto;
 pub mod to_proto;
 
 use std::future::Future;

@@ -81,6 +81,33 @@ fn meter_decision(outcome: &MeterOutcome) -> pb::MeterDecision {
         retry_after_ms: outcome.retry_after_ms,
         rated_cost_credits: outcome.rating.as_ref().map_or(0, |r| r.cost_credits),
         price_version: outcome.rating.as_ref().map_or(0, |r| r.price_version),
+        subsidy: outcome.subsidy.as_ref().map(|s| pb::LineSubsidy {
+            subsidy_id: id_or_empty(s.subsidy_id),
+            absorbed_credits: s.absorbed_credits,
+            account_credits: s.account_credits,
+        }),
+    }
+}
+
+/// The proto form of a subsidy decision.
+pub fn subsidy(view: &crate::service::subsidy::SubsidyView) -> pb::SubsidyDecision {
+    let serve = match allot_domain::subsidy::Serve::parse(&view.serve) {
+        Some(allot_domain::subsidy::Serve::Free) => pb::SubsidyServe::Free,
+        Some(allot_domain::subsidy::Serve::Partial) => pb::SubsidyServe::Partial,
+        Some(allot_domain::subsidy::Serve::Gate) => pb::SubsidyServe::Gate,
+        None => pb::SubsidyServe::Unspecified,
+    };
+    pb::SubsidyDecision {
+        serve: serve as i32,
+        pool_id: view.pool_id.clone(),
+        identity: view.identity.clone(),
+        trust_tier: view.tier.clone(),
+        cost_credits: view.cost_credits,
+        absorbed_credits: view.absorbed_credits,
+        account_credits: view.account_credits,
+        daily_budget_credits: view.daily_budget_credits,
+        budget_left_credits: view.budget_left_credits,
+        pool_balance_credits: view.pool_balance_credits,
     }
 }
 
@@ -96,6 +123,7 @@ struct Top {
     retry_after_ms: i64,
     fair_use: Option<pb::FairUseStatus>,
     trial: Option<pb::TrialStatus>,
+    subsidy: Option<pb::SubsidyDecision>,
 }
 
 /// The proto stage of a stored stage name.
@@ -129,6 +157,7 @@ fn top(d: &Decision) -> Top {
             Some(t) => pb::TrialStatus { trialing: true, ends_at: Some(timestamp(t.ends_at)), days_left: t.days_left },
             None => pb::TrialStatus::default(),
         }),
+        subsidy: d.subsidy.as_ref().map(subsidy),
     }
 }
 
@@ -169,6 +198,7 @@ pub fn check(d: Decision) -> pb::CheckResponse {
         retry_after_ms: t.retry_after_ms,
         fair_use: t.fair_use,
         trial: t.trial,
+        subsidy: t.subsidy,
     }
 }
 
@@ -184,6 +214,7 @@ pub fn debit(d: Decision) -> pb::DebitResponse {
         retry_after_ms: t.retry_after_ms,
         fair_use: t.fair_use,
         trial: t.trial,
+        subsidy: t.subsidy,
     }
 }
 
@@ -204,6 +235,7 @@ pub fn reserve(outcome: ReserveOutcome) -> pb::ReserveResponse {
         retry_after_ms: t.retry_after_ms,
         fair_use: t.fair_use,
         trial: t.trial,
+        subsidy: t.subsidy,
     }
 }
 
@@ -226,10 +258,16 @@ pub fn release(outcome: ReleaseOutcome) -> pb::ReleaseResponse {
 
 pub fn refund(outcome: RefundOutcome) -> pb::RefundResponse {
     pb::RefundResponse {
-        entry_id: outcome.entry_id.to_string(),
+        entry_id: id_or_empty(outcome.entry_id),
         breakdown: breakdown(&outcome.breakdown),
         refunded_total_credits: outcome.refunded_total_credits,
         meter: Some(meter(&outcome.meter)),
+        subsidy: outcome.subsidy.map(|s| pb::SubsidyRefund {
+            pool_id: s.pool_id,
+            subsidy_id: s.subsidy_id.to_string(),
+            pool_refunded_credits: s.pool_refunded_credits,
+            account_refunded_credits: s.account_refunded_credits,
+        }),
     }
 }
 

@@ -12,6 +12,7 @@ pub mod outbox;
 pub mod plans;
 pub mod prices;
 pub mod subscriptions;
+pub mod subsidy;
 pub mod tenants;
 pub mod trials;
 pub mod usage;

@@ -20,6 +20,7 @@ use super::meter_session::MeterSession;
 use super::outcome::{Decision, Denial, MeterOutcome, RefundOutcome, ReleaseOutcome, ReserveOutcome};
 use super::pricing::{Pricing, Quantities, Rated, Sku};
 use super::rate::{RateLimiter, RateRequest};
+use super::subsidy::{self, SubsidyAsk, Take};
 use super::Ctx;
 use crate::error::Error;
 use crate::ids::{AccountId, IdempotencyKey, Meter, TenantId};
@@ -53,8 +54,22 @@ struct Admission {
 #[derive(Debug, Clone)]
 struct Priced {
     usage: Usage,
+    /// What the account itself pays per line: the usage, less what a subsidy pool covers.
+    charged: Vec<i64>,
     ratings: Vec<Option<Rated>>,
     denials: Vec<Option<Denial>>,
+}
+
+impl Priced {
+    /// The account's part of each line, as usage.
+    fn charged_usage(&self) -> Usage {
+        self.usage.iter().zip(&self.charged).map(|((m, _), c)| (m.clone(), *c)).collect()
+    }
+
+    /// Lines a price refusal already denies.
+    fn refused(&self) -> Vec<bool> {
+        self.denials.iter().map(Option::is_some).collect()
+    }
 }
 /// Caller-supplied labels kept on ledger entries.
 pub type Attributes = BTreeMap<String, String>;
@@ -63,6 +78,7 @@ pub type Attributes = BTreeMap<String, String>;
 pub struct CheckCommand {
     pub account: AccountId,
     pub lines: Lines,
+    pub subsidy: Option<SubsidyAsk>,
 }
 
 #[derive(Debug, Clone)]
@@ -72,6 +88,7 @@ pub struct DebitCommand {
     pub mode: Mode,
     pub key: IdempotencyKey,
     pub attributes: Attributes,
+    pub subsidy: Option<SubsidyAsk>,
 }
 
 #[derive(Debug, Clone)]
@@ -81,6 +98,7 @@ pub struct ReserveCommand {
     pub ttl_ms: i64,
     pub key: IdempotencyKey,
     pub attributes: Attributes,
+    pub subsidy: Option<SubsidyAsk>,
 }
 
 /// What a hold really used.
@@ -201,7 +219,7 @@ async fn lock_all(tx: &Tx<'_>, tenant: TenantId, payer: &Payer, meters: &[&Meter
     Ok(locked.into_iter().flatten().collect())
 }
 
-/// Credit and member-cap verdicts per meter; changes nothing.
+/// Credit and member-cap verdicts per meter on what the account pays; changes nothing.
 fn credit_denials(sessions: &[MeterSession], usage: &Usage, mode: Mode, now: OffsetDateTime) -> Vec<Option<Denial>> {
     sessions
         .iter()
@@ -277,6 +295,7 @@ fn outcomes(
             retry_after_ms: retry_after_ms[i],
             meter: s.view(now),
             rating: ratings.get(i).cloned().flatten(),
+            subsidy: None,
         })
         .collect()
 }
@@ -298,7 +317,7 @@ impl Credits {
     /// Rates SKU usage into credits at `now` (before any lock: prices are cached). A SKU that
     /// cannot be priced, or whose cost is anomalous, denies its meter; other failures are errors.
     async fn price(&self, tenant: TenantId, lines: &Lines, now: OffsetDateTime) -> Result<Priced, Error> {
-        let mut priced = Priced { usage: Vec::with_capacity(lines.len()), ratings: Vec::new(), denials: Vec::new() };
+        let mut priced = Priced { usage: Vec::with_capacity(lines.len()), charged: Vec::new(), ratings: Vec::new(), denials: Vec::new() };
         for (meter, amount) in lines {
             let (credits, rating, denial) = match amount {
                 Amount::Credits(credits) => (*credits, None, None),
@@ -310,6 +329,7 @@ impl Credits {
                 },
             };
             priced.usage.push((meter.clone(), credits));
+            priced.charged.push(credits);
             priced.ratings.push(rating);
             priced.denials.push(denial);
         }
@@ -365,9 +385,10 @@ impl Credits {
     ) -> Result<Admission, Error> {
         let mut standing = Standing::load(tx, tenant, &payer.acting, now).await?;
         standing.sync(tx, tenant, &payer.acting, "", now).await?;
-        let mut denials = credit_denials(sessions, &priced.usage, mode, now);
+        let charged = priced.charged_usage();
+        let mut denials = credit_denials(sessions, &charged, mode, now);
         overlay(&mut denials, &priced.denials);
-        let budgeted = budget_denials(tx, tenant, &standing, &payer.acting, &priced.usage, &mut denials, now).await?;
+        let budgeted = budget_denials(tx, tenant, &standing, &payer.acting, &charged, &mut denials, now).await?;
         let mut retry = vec![0; sessions.len()];
         if denials.iter().all(Option::is_none) {
             if let Some((i, wait_ms)) = self.decide_rate(tenant, sessions, &priced.usage, standing.rate_percent(), now, true).await {
@@ -375,27 +396,47 @@ impl Credits {
                 retry[i] = wait_ms;
             }
         }
-        budget_events(tx, tenant, &payer.acting, &priced.usage, &denials, now).await?;
+        budget_events(tx, tenant, &payer.acting, &charged, &denials, now).await?;
         Ok(Admission { standing, denials, retry, budgeted })
+    }
+
+    /// Decides a request's subsidy (taking the pool's part when `take` says so) and sets what
+    /// the account pays per line.
+    #[allow(clippy::too_many_arguments)]
+    async fn subsidise(
+        tx: &Tx<'_>,
+        tenant: TenantId,
+        ask: Option<&SubsidyAsk>,
+        acting: &AccountId,
+        priced: &mut Priced,
+        now: OffsetDateTime,
+        take: Take,
+    ) -> Result<Option<subsidy::Plan>, Error> {
+        let Some(ask) = ask else { return Ok(None) };
+        let plan = subsidy::plan(tx, tenant, ask, acting, &priced.usage, &priced.refused(), now, take).await?;
+        priced.charged = plan.account_amounts();
+        Ok(Some(plan))
     }
 
     /// Would the usage be allowed now, as a gate? Reads a consistent snapshot, writes nothing, and
     /// only looks at the rate caps.
     pub async fn check(&self, tenant: TenantId, cmd: CheckCommand) -> Result<Decision, Error> {
         let now = self.ctx.clock.now();
-        let priced = self.price(tenant, &cmd.lines, now).await?;
-        let usage = &priced.usage;
+        let mut priced = self.price(tenant, &cmd.lines, now).await?;
         let mut client = self.ctx.db().await?;
         let tx = client.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await?;
         let payer = in_force::resolve(&tx, tenant, &cmd.account, now).await?;
+        let plan = Self::subsidise(&tx, tenant, cmd.subsidy.as_ref(), &payer.acting, &mut priced, now, Take::DryRun).await?;
+        let usage = &priced.usage;
+        let charged = priced.charged_usage();
         let mut sessions = Vec::with_capacity(usage.len());
         for (meter, _) in usage {
             sessions.push(MeterSession::snapshot(&tx, tenant, &payer, meter, now).await?);
         }
         let standing = Standing::load(&tx, tenant, &payer.acting, now).await?;
-        let mut denials = credit_denials(&sessions, usage, Mode::Gate, now);
+        let mut denials = credit_denials(&sessions, &charged, Mode::Gate, now);
         overlay(&mut denials, &priced.denials);
-        budget_denials(&tx, tenant, &standing, &payer.acting, usage, &mut denials, now).await?;
+        budget_denials(&tx, tenant, &standing, &payer.acting, &charged, &mut denials, now).await?;
         let mut caps = Vec::new();
         for (meter, _) in usage {
             caps.extend(fair_use::triggered_caps(&tx, tenant, &payer.acting, payer.plan_id.as_deref(), Some(meter), now).await?);
@@ -408,60 +449,97 @@ impl Credits {
                 retry[i] = wait_ms;
             }
         }
-        let decision = Decision {
-            meters: outcomes(&sessions, &denials, &retry, &priced.ratings, now),
-            fair_use: Some(standing.view(caps)),
-            trial: payer.trial(now),
-        };
+        let mut meters = outcomes(&sessions, &denials, &retry, &priced.ratings, now);
+        if let Some(plan) = &plan {
+            for (meter, split) in meters.iter_mut().zip(&plan.splits) {
+                meter.subsidy = (split.absorbed_credits > 0).then_some(subsidy::LineSubsidy {
+                    subsidy_id: None,
+                    absorbed_credits: split.absorbed_credits,
+                    account_credits: split.account_credits,
+                });
+            }
+        }
+        let decision =
+            Decision { meters, fair_use: Some(standing.view(caps)), trial: payer.trial(now), subsidy: plan.map(|p| p.view) };
         count("check", &decision);
         Ok(decision)
     }
 
     pub async fn debit(&self, tenant: TenantId, cmd: DebitCommand) -> Result<Decision, Error> {
-        let print = fingerprint("debit", &[&cmd.account, &lines_print(&cmd.lines), &format!("{:?}", cmd.mode), &attributes_print(&cmd.attributes)]);
+        let subsidy_print = cmd.subsidy.as_ref().map(SubsidyAsk::print).unwrap_or_default();
+        let print = fingerprint(
+            "debit",
+            &[&cmd.account, &lines_print(&cmd.lines), &format!("{:?}", cmd.mode), &attributes_print(&cmd.attributes), &subsidy_print],
+        );
         let priced = self.price(tenant, &cmd.lines, self.ctx.clock.now()).await?;
         let decision: Decision = self
             .keyed(tenant, &cmd.key, "debit", print.clone(), |tx, now| {
                 let cmd = cmd.clone();
                 let print = print.clone();
                 let this = self.clone();
-                let priced = priced.clone();
+                let mut priced = priced.clone();
                 Box::pin(async move {
                     let (payer, mut sessions) = match lock_or_replay(tx, tenant, &cmd.account, &priced.usage, &cmd.key, "debit", &print, now).await? {
                         Locked::Replay(replayed) => return Ok(Keyed::Replayed(replayed)),
                         Locked::Fresh(payer, sessions) => (payer, sessions),
                     };
+                    let plan = Self::subsidise(tx, tenant, cmd.subsidy.as_ref(), &payer.acting, &mut priced, now, Take::Absorb).await?;
                     let Admission { standing, denials, retry, budgeted } =
                         this.admit(tx, tenant, &payer, &mut sessions, &priced, cmd.mode, now).await?;
                     let mut meters = outcomes(&sessions, &denials, &retry, &priced.ratings, now);
                     let mut caps = Vec::new();
                     if denials.iter().all(Option::is_none) {
                         for (i, session) in sessions.iter_mut().enumerate() {
-                            let amount = priced.usage[i].1;
-                            if amount == 0 {
+                            let (cost, amount) = (priced.usage[i].1, priced.charged[i]);
+                            if cost == 0 {
                                 continue; // free usage (a SKU priced at zero) writes no entry
                             }
-                            let policy = session.in_force.policy;
-                            let effect = charge::debit(&mut session.state, &policy, amount, cmd.mode, EntryKind::Debit, now)
-                                .map_err(|d| Error::Internal(format!("a checked debit was denied: {d:?}")))?;
-                            meters[i].breakdown = effect.breakdown.clone();
-                            meters[i].entry_id =
-                                Some(session.record(effect, refs(&payer, Some(&cmd.key), None, &cmd.attributes, priced.ratings[i].as_ref())));
-                            session.add_member_use(amount);
-                            session.roll_up(session.state.period.start, cmd.attributes.clone(), amount, 1);
-                            meters[i].meter = session.view(now);
-                            if let Some(day) = budgeted[i] {
-                                repo::fair_use::add_restrict_used(tx, tenant, &payer.acting, &session.meter, day, amount).await?;
+                            if amount > 0 {
+                                // What a subsidy pool covers is not the account's to pay.
+                                let policy = session.in_force.policy;
+                                let effect = charge::debit(&mut session.state, &policy, amount, cmd.mode, EntryKind::Debit, now)
+                                    .map_err(|d| Error::Internal(format!("a checked debit was denied: {d:?}")))?;
+                                meters[i].breakdown = effect.breakdown.clone();
+                                meters[i].entry_id = Some(session.record(
+                                    effect,
+                                    refs(&payer, Some(&cmd.key), None, &cmd.attributes, priced.ratings[i].as_ref()),
+                                ));
+                                session.add_member_use(amount);
+                                session.roll_up(session.state.period.start, cmd.attributes.clone(), amount, 1);
+                                meters[i].meter = session.view(now);
+                                if let Some(day) = budgeted[i] {
+                                    repo::fair_use::add_restrict_used(tx, tenant, &payer.acting, &session.meter, day, amount).await?;
+                                }
                             }
                             caps.extend(
-                                fair_use::record_usage(tx, tenant, &payer.acting, payer.plan_id.as_deref(), &session.meter, amount, now).await?,
+                                fair_use::record_usage(tx, tenant, &payer.acting, payer.plan_id.as_deref(), &session.meter, cost, now).await?,
                             );
+                        }
+                    }
+                    let allowed = denials.iter().all(Option::is_none);
+                    if allowed && subsidy::pays(&payer) {
+                        for (i, session) in sessions.iter().enumerate() {
+                            if let Some(entry_id) = meters[i].entry_id {
+                                subsidy::fund(tx, tenant, &session.meter, priced.charged[i], entry_id, now).await?;
+                            }
                         }
                     }
                     for session in sessions {
                         session.save(tx, now).await?;
                     }
-                    let decision = Decision { meters, fair_use: Some(standing.view(caps)), trial: payer.trial(now) };
+                    if let Some(plan) = &plan {
+                        if allowed {
+                            let entries: Vec<Option<Uuid>> = meters.iter().map(|m| m.entry_id).collect();
+                            let lines = subsidy::absorbed(tx, tenant, plan, &payer.acting, &priced.usage, &entries, cmd.key.as_str(), now).await?;
+                            for (meter, line) in meters.iter_mut().zip(lines) {
+                                meter.subsidy = line;
+                            }
+                        } else {
+                            subsidy::undo(tx, tenant, plan).await?;
+                        }
+                    }
+                    let decision =
+                        Decision { meters, fair_use: Some(standing.view(caps)), trial: payer.trial(now), subsidy: plan.map(|p| p.view) };
                     Ok(if decision.is_transient() { Keyed::Transient(decision) } else { Keyed::Decided(decision) })
                 })
             })
@@ -471,20 +549,23 @@ impl Credits {
     }
 
     pub async fn reserve(&self, tenant: TenantId, cmd: ReserveCommand) -> Result<ReserveOutcome, Error> {
-        let print = fingerprint("reserve", &[&cmd.account, &lines_print(&cmd.lines), &cmd.ttl_ms, &attributes_print(&cmd.attributes)]);
+        let subsidy_print = cmd.subsidy.as_ref().map(SubsidyAsk::print).unwrap_or_default();
+        let print =
+            fingerprint("reserve", &[&cmd.account, &lines_print(&cmd.lines), &cmd.ttl_ms, &attributes_print(&cmd.attributes), &subsidy_print]);
         let priced = self.price(tenant, &cmd.lines, self.ctx.clock.now()).await?;
         let outcome: ReserveOutcome = self
             .keyed(tenant, &cmd.key, "reserve", print.clone(), |tx, now| {
                 let cmd = cmd.clone();
                 let print = print.clone();
                 let this = self.clone();
-                let priced = priced.clone();
+                let mut priced = priced.clone();
                 Box::pin(async move {
                     let (payer, mut sessions) =
                         match lock_or_replay(tx, tenant, &cmd.account, &priced.usage, &cmd.key, "reserve", &print, now).await? {
                             Locked::Replay(replayed) => return Ok(Keyed::Replayed(replayed)),
                             Locked::Fresh(payer, sessions) => (payer, sessions),
                         };
+                    let plan = Self::subsidise(tx, tenant, cmd.subsidy.as_ref(), &payer.acting, &mut priced, now, Take::Reserve).await?;
                     let Admission { standing, denials, retry, budgeted } =
                         this.admit(tx, tenant, &payer, &mut sessions, &priced, Mode::Gate, now).await?;
                     let (mut hold_id, mut expires_at) = (None, None);
@@ -493,13 +574,16 @@ impl Credits {
                         let expiry = now + time::Duration::milliseconds(cmd.ttl_ms);
                         let attributes = attributes_json(&cmd.attributes);
                         for (i, session) in sessions.iter_mut().enumerate() {
-                            let amount = priced.usage[i].1;
-                            if amount == 0 {
+                            let (cost, amount) = (priced.usage[i].1, priced.charged[i]);
+                            if cost == 0 {
                                 continue; // nothing to hold on this meter
                             }
-                            let policy = session.in_force.policy;
-                            charge::reserve(&mut session.state, &policy, amount, now)
-                                .map_err(|d| Error::Internal(format!("a checked hold was denied: {d:?}")))?;
+                            // A meter the pool covers in full keeps a zero-credit row to settle.
+                            if amount > 0 {
+                                let policy = session.in_force.policy;
+                                charge::reserve(&mut session.state, &policy, amount, now)
+                                    .map_err(|d| Error::Internal(format!("a checked hold was denied: {d:?}")))?;
+                            }
                             session.member_held_credits += amount;
                             let hold = NewHold {
                                 id,
@@ -522,11 +606,20 @@ impl Credits {
                         }
                     }
                     let caps = fair_use::triggered_caps(tx, tenant, &payer.acting, payer.plan_id.as_deref(), None, now).await?;
-                    let decision = Decision {
-                        meters: outcomes(&sessions, &denials, &retry, &priced.ratings, now),
-                        fair_use: Some(standing.view(caps)),
-                        trial: payer.trial(now),
-                    };
+                    let mut meters = outcomes(&sessions, &denials, &retry, &priced.ratings, now);
+                    if let Some(plan) = &plan {
+                        match (hold_id, expires_at) {
+                            (Some(id), Some(expiry)) => {
+                                let lines = subsidy::reserved(tx, tenant, plan, &payer.acting, &priced.usage, id, expiry, now).await?;
+                                for (meter, line) in meters.iter_mut().zip(lines) {
+                                    meter.subsidy = line;
+                                }
+                            }
+                            _ => subsidy::undo(tx, tenant, plan).await?,
+                        }
+                    }
+                    let decision =
+                        Decision { meters, fair_use: Some(standing.view(caps)), trial: payer.trial(now), subsidy: plan.map(|p| p.view) };
                     for session in sessions {
                         session.save(tx, now).await?;
                     }
@@ -576,10 +669,24 @@ impl Credits {
             return Err(Error::FailedPrecondition(format!("the usage on meter {meter} cannot be rated")));
         }
         let actual = actual_amounts(&holds, &actual_usage)?;
+        // The pool's part of the hold settles first: it absorbs up to what it reserved.
+        let parts = repo::subsidy::held_parts(&tx, tenant, cmd.hold_id).await?;
+        let part_of = |meter: &str| parts.iter().find(|p| p.meter == meter);
+        let account_actual: Vec<i64> = holds
+            .iter()
+            .zip(&actual)
+            .map(|(h, a)| part_of(&h.meter).map_or(*a, |p| allot_domain::subsidy::settle(*a, p.reserved_credits).account_credits))
+            .collect();
         let mut trials = Vec::with_capacity(sessions.len());
         for (i, session) in sessions.iter().enumerate() {
             let mut state = session.state.clone();
-            let result = charge::commit(&mut state, &session.in_force.policy, holds[i].amount_credits, actual[i], now);
+            let policy = &session.in_force.policy;
+            let result = match (holds[i].amount_credits, account_actual[i]) {
+                (0, 0) => Ok(None),
+                // The pool held all of it; what it does not cover is usage on record.
+                (0, beyond) => charge::debit(&mut state, policy, beyond, Mode::Record, EntryKind::Commit, now).map(Some),
+                (held, amount) => charge::commit(&mut state, policy, held, amount, now),
+            };
             trials.push((state, result.map_err(|d| session.denial(d))));
         }
         let allowed = trials.iter().all(|(_, r)| r.is_ok());
@@ -595,26 +702,36 @@ impl Credits {
                 retry_after_ms: 0,
                 meter: session.view(now),
                 rating: rating.clone(),
+                subsidy: None,
             };
             if allowed {
                 session.state = state;
                 session.member_held_credits = (session.member_held_credits - holds[i].amount_credits).max(0);
                 if let Ok(Some(effect)) = result {
                     outcome.breakdown = effect.breakdown.clone();
-                    outcome.entry_id = Some(session.record(effect, refs(&payer, None, Some(cmd.hold_id), &attributes, rating.as_ref())));
-                    session.add_member_use(actual[i]);
-                    session.roll_up(session.state.period.start, attributes.clone(), actual[i], 1);
+                    let entry_id = session.record(effect, refs(&payer, None, Some(cmd.hold_id), &attributes, rating.as_ref()));
+                    outcome.entry_id = Some(entry_id);
+                    session.add_member_use(account_actual[i]);
+                    session.roll_up(session.state.period.start, attributes.clone(), account_actual[i], 1);
+                    if subsidy::pays(&payer) {
+                        subsidy::fund(&tx, tenant, &session.meter, account_actual[i], entry_id, now).await?;
+                    }
+                }
+                if actual[i] > 0 {
                     fair_use::record_usage(&tx, tenant, &payer.acting, payer.plan_id.as_deref(), &session.meter, actual[i], now).await?;
                 }
                 if let Some(day) = holds[i].restrict_day {
-                    let settle = actual[i] - holds[i].amount_credits;
+                    let settle = account_actual[i] - holds[i].amount_credits;
                     repo::fair_use::add_restrict_used(&tx, tenant, &payer.acting, &session.meter, day, settle).await?;
+                }
+                if let Some(part) = part_of(&holds[i].meter) {
+                    outcome.subsidy = Some(subsidy::settle_part(&tx, tenant, part, actual[i], outcome.entry_id, now).await?);
                 }
                 outcome.meter = session.view(now);
             }
             meters.push(outcome);
         }
-        let decision = Decision { meters, fair_use: None, trial: None };
+        let decision = Decision { meters, fair_use: None, trial: None, subsidy: None };
         if allowed {
             let response = serde_json::to_value(&decision).map_err(|e| Error::Internal(format!("outcome: {e}")))?;
             repo::holds::settle(&tx, tenant, cmd.hold_id, HoldStatus::Committed, &print, &response, now).await?;
@@ -649,6 +766,9 @@ impl Credits {
                 }
             }
         }
+        // The pool's reservation goes back whole, whether the hold was released or had expired.
+        let parts = repo::subsidy::held_parts(&tx, tenant, hold_id).await?;
+        subsidy::return_parts(&tx, tenant, &parts, status.as_str(), now).await?;
         let outcome = ReleaseOutcome { status, meters: sessions.iter().map(|s| s.view(now)).collect() };
         if status == HoldStatus::Released {
             let response = serde_json::to_value(&outcome).map_err(|e| Error::Internal(format!("outcome: {e}")))?;
@@ -661,62 +781,118 @@ impl Credits {
         Ok(outcome)
     }
 
-    /// Returns all or part of a debit or commit to the buckets it came from.
+    /// Returns all or part of a debit or commit to the buckets it came from. A subsidised charge
+    /// (named by its ledger entry, or by its subsidy id when the pool paid all of it) is refunded
+    /// in proportion: the pool's part to the pool's shard, the account's part to its buckets.
     pub async fn refund(&self, tenant: TenantId, cmd: RefundCommand) -> Result<RefundOutcome, Error> {
         let print = fingerprint("refund", &[&cmd.entry_id, &cmd.amount_credits]);
         self.keyed(tenant, &cmd.key, "refund", print.clone(), |tx, now| {
             let cmd = cmd.clone();
             let print = print.clone();
             Box::pin(async move {
-                let original = repo::ledger::get(tx, tenant, cmd.entry_id).await?.ok_or(Error::NotFound { what: "ledger entry" })?;
-                if !matches!(original.kind, EntryKind::Debit | EntryKind::Commit) {
-                    return Err(Error::FailedPrecondition(format!("a {} entry cannot be refunded: only debits and commits", original.kind.as_str())));
-                }
                 let stored_id = |raw: &str| AccountId::parse(raw).map_err(|e| Error::Internal(format!("stored account: {e}")));
-                let account = stored_id(&original.account_id)?;
-                let acting = original.refs.acting_account_id.as_deref().map(stored_id).transpose()?.unwrap_or_else(|| account.clone());
-                let meter = Meter::parse(&original.meter).map_err(|e| Error::Internal(format!("stored meter: {e}")))?;
-                let grant_ids: Vec<Uuid> = original
-                    .breakdown
-                    .iter()
-                    .filter_map(|p| match p.bucket {
-                        Bucket::Grant { id, .. } => Some(id),
-                        _ => None,
-                    })
-                    .collect();
-                let payer = in_force::resolve_stored(tx, tenant, &acting, &account, now).await?;
-                let mut session = MeterSession::lock(tx, tenant, &payer, &meter, now, &grant_ids).await?;
+                let stored_meter = |raw: &str| Meter::parse(raw).map_err(|e| Error::Internal(format!("stored meter: {e}")));
+                let (original, subsidy_id) = match repo::ledger::get(tx, tenant, cmd.entry_id).await? {
+                    Some(entry) => (Some(entry), None),
+                    None => {
+                        let found = repo::subsidy::subsidy_for(tx, tenant, cmd.entry_id, false).await?;
+                        let found = found.ok_or(Error::NotFound { what: "ledger entry" })?;
+                        let entry = match found.entry_id {
+                            Some(id) => repo::ledger::get(tx, tenant, id).await?,
+                            None => None,
+                        };
+                        (entry, Some(found.id))
+                    }
+                };
+                if let Some(original) = &original {
+                    if !matches!(original.kind, EntryKind::Debit | EntryKind::Commit) {
+                        return Err(Error::FailedPrecondition(format!(
+                            "a {} entry cannot be refunded: only debits and commits",
+                            original.kind.as_str()
+                        )));
+                    }
+                }
+                let (payer, mut session) = match &original {
+                    Some(original) => {
+                        let account = stored_id(&original.account_id)?;
+                        let acting = original.refs.acting_account_id.as_deref().map(stored_id).transpose()?.unwrap_or_else(|| account.clone());
+                        let grant_ids: Vec<Uuid> = original
+                            .breakdown
+                            .iter()
+                            .filter_map(|p| match p.bucket {
+                                Bucket::Grant { id, .. } => Some(id),
+                                _ => None,
+                            })
+                            .collect();
+                        let payer = in_force::resolve_stored(tx, tenant, &acting, &account, now).await?;
+                        let session = MeterSession::lock(tx, tenant, &payer, &stored_meter(&original.meter)?, now, &grant_ids).await?;
+                        (payer, session)
+                    }
+                    None => {
+                        // The pool paid all of it: the account's meter is locked for the lock order and the view.
+                        let found = repo::subsidy::subsidy_for(tx, tenant, cmd.entry_id, false).await?.ok_or(Error::NotFound { what: "ledger entry" })?;
+                        let acting = stored_id(found.account_id.as_deref().unwrap_or_default())?;
+                        let payer = in_force::resolve(tx, tenant, &acting, now).await?;
+                        let session = MeterSession::lock(tx, tenant, &payer, &stored_meter(found.meter.as_deref().unwrap_or_default())?, now, &[]).await?;
+                        (payer, session)
+                    }
+                };
+                let subsidised = match (subsidy_id, &original) {
+                    (Some(id), _) => repo::subsidy::subsidy_for(tx, tenant, id, true).await?,
+                    (None, Some(original)) => repo::subsidy::subsidy_for(tx, tenant, original.id, true).await?,
+                    (None, None) => None,
+                };
                 if let Some(replayed) = idempotent::replay(tx, tenant, &cmd.key, "refund", &print).await? {
                     return Ok(Keyed::Replayed(replayed));
                 }
-                let refunded_credits = repo::ledger::refunded_total(tx, tenant, original.id).await?;
-                let effects = refund::refund(
-                    &mut session.state,
-                    Original { breakdown: &original.breakdown, period: original.period, refunded_credits },
-                    cmd.amount_credits,
-                    now,
-                )
-                .map_err(|e| match e {
-                    refund::Error::ExceedsRefundable { refundable_credits } => Error::RefundExceedsCharge { refundable_credits },
-                    refund::Error::NotACharge => Error::FailedPrecondition("the entry is not a charge".into()),
-                    refund::Error::GrantMissing(id) => Error::Internal(format!("grant {id} of a charge is missing")),
-                })?;
-                let mut effects = effects.into_iter();
-                let refund_effect = effects.next().ok_or_else(|| Error::Internal("refund proposed no effect".into()))?;
-                let breakdown = refund_effect.breakdown.clone();
-                let attributes = original.refs.attributes.as_ref().map(attributes_of).unwrap_or_default();
-                let mut entry_refs = refs(&payer, Some(&cmd.key), None, &attributes, None);
-                entry_refs.refunds_entry_id = Some(original.id);
-                let entry_id = session.record(refund_effect, entry_refs);
-                for effect in effects {
-                    session.record(effect, EntryRefs::default());
+                let split = match &subsidised {
+                    Some(s) => subsidy::refund_split(tx, tenant, s, cmd.amount_credits).await?,
+                    None => allot_domain::subsidy::Split { absorbed_credits: 0, account_credits: cmd.amount_credits },
+                };
+                let mut entry_id = None;
+                let mut breakdown = Vec::new();
+                let mut refunded_total_credits = cmd.amount_credits;
+                if let Some(original) = &original {
+                    let refunded_credits = repo::ledger::refunded_total(tx, tenant, original.id).await?;
+                    refunded_total_credits = refunded_credits + split.account_credits;
+                    if split.account_credits > 0 {
+                        let effects = refund::refund(
+                            &mut session.state,
+                            Original { breakdown: &original.breakdown, period: original.period, refunded_credits },
+                            split.account_credits,
+                            now,
+                        )
+                        .map_err(|e| match e {
+                            refund::Error::ExceedsRefundable { refundable_credits } => Error::RefundExceedsCharge { refundable_credits },
+                            refund::Error::NotACharge => Error::FailedPrecondition("the entry is not a charge".into()),
+                            refund::Error::GrantMissing(id) => Error::Internal(format!("grant {id} of a charge is missing")),
+                        })?;
+                        let mut effects = effects.into_iter();
+                        let refund_effect = effects.next().ok_or_else(|| Error::Internal("refund proposed no effect".into()))?;
+                        breakdown = refund_effect.breakdown.clone();
+                        let attributes = original.refs.attributes.as_ref().map(attributes_of).unwrap_or_default();
+                        let mut entry_refs = refs(&payer, Some(&cmd.key), None, &attributes, None);
+                        entry_refs.refunds_entry_id = Some(original.id);
+                        entry_id = Some(session.record(refund_effect, entry_refs));
+                        for effect in effects {
+                            session.record(effect, EntryRefs::default());
+                        }
+                        if original.period == session.state.period {
+                            session.add_member_use(-split.account_credits);
+                        }
+                        session.roll_up(original.period.start, attributes, -split.account_credits, 0);
+                    }
                 }
-                if original.period == session.state.period {
-                    session.add_member_use(-cmd.amount_credits);
-                }
-                session.roll_up(original.period.start, attributes, -cmd.amount_credits, 0);
-                let outcome =
-                    RefundOutcome { entry_id, breakdown, refunded_total_credits: refunded_credits + cmd.amount_credits, meter: session.view(now) };
+                let pool = match &subsidised {
+                    Some(s) => {
+                        let view = subsidy::refunded(tx, tenant, s, split, entry_id, cmd.key.as_str(), now).await?;
+                        let (pool_refunded, account_refunded) = repo::subsidy::refunded(tx, tenant, s.id).await?;
+                        refunded_total_credits = pool_refunded + account_refunded;
+                        Some(view)
+                    }
+                    None => None,
+                };
+                let outcome = RefundOutcome { entry_id, breakdown, refunded_total_credits, meter: session.view(now), subsidy: pool };
                 session.save(tx, now).await?;
                 Ok(Keyed::Decided(outcome))
             })

@@ -74,6 +74,9 @@ pub struct MeterOutcome {
     /// How usage given as a SKU was rated.
     #[serde(default)]
     pub rating: Option<super::pricing::Rated>,
+    /// The subsidy pool's part of this line, when a pool paid any of it.
+    #[serde(default)]
+    pub subsidy: Option<super::subsidy::LineSubsidy>,
 }
 
 /// The decisions on every meter of a request, in request order. All are allowed or none is.
@@ -86,6 +89,9 @@ pub struct Decision {
     /// The account's trial, while it is trialing.
     #[serde(default)]
     pub trial: Option<TrialView>,
+    /// The subsidy pool's decision, when the request asked for subsidy.
+    #[serde(default)]
+    pub subsidy: Option<super::subsidy::SubsidyView>,
 }
 
 /// An active trial.
@@ -130,10 +136,13 @@ pub struct ReleaseOutcome {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefundOutcome {
-    pub entry_id: Uuid,
+    /// The account's refund entry; none when only the pool's part was refunded.
+    pub entry_id: Option<Uuid>,
     pub breakdown: Vec<Portion>,
     pub refunded_total_credits: i64,
     pub meter: MeterView,
+    #[serde(default)]
+    pub subsidy: Option<super::subsidy::RefundView>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,5 +1,6 @@
-//! Background housekeeping: voids holds whose TTL has passed, and writes the events of trials
-//! that are ending or have ended (see `trials::sweep`). Holds: Expired holds already stop counting the moment they expire
+//! Background housekeeping: voids holds whose TTL has passed, writes the events of trials
+//! that are ending or have ended (see `trials::sweep`), returns the subsidy pool's part of
+//! expired holds and settles pending pool funding into the pool shards (see `subsidy`). Holds: Expired holds already stop counting the moment they expire
 //! (every read filters on `expires_at`); the sweeper only moves their status along so that live
 //! indexes stay small. Runs until the server shuts down.
 
@@ -24,6 +25,12 @@ pub async fn run(ctx: Ctx, interval: Duration, mut shutdown: tokio::sync::watch:
         }
         if let Err(err) = super::trials::sweep(&ctx, ctx.clock.now()).await {
             tracing::warn!(error = %err, "trial sweep failed");
+        }
+        if let Err(err) = super::subsidy::return_expired(&ctx).await {
+            tracing::warn!(error = %err, "subsidy reservation sweep failed");
+        }
+        if let Err(err) = super::subsidy::settle_pending(&ctx).await {
+            tracing::warn!(error = %err, "subsidy funding settlement failed");
         }
     }
 }
