@@ -13,6 +13,7 @@ use allot_proto::v1 as pb;
 use allot_proto::v1::admin_client::AdminClient;
 use allot_proto::v1::entitlements_client::EntitlementsClient;
 use allot_proto::v1::fair_use_client::FairUseClient;
+use allot_proto::v1::subsidy_client::SubsidyClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
@@ -48,9 +49,11 @@ pub struct Row {
 }
 
 /// Scenario → the baseline row it is compared with.
-const SCENARIOS: [(&str, &str); 5] = [
+const SCENARIOS: [(&str, &str); 6] = [
     ("check", "check"),
     ("debit-uniform", "debit"),
+    // The same debits over the same accounts, paid by a subsidy pool (16 shards).
+    ("debit-subsidised", "debit"),
     ("debit-hot", "debit-hot"),
     ("reserve-commit", "reserve-commit"),
     ("classify-cooldown", "cooldown-held"),
@@ -58,6 +61,7 @@ const SCENARIOS: [(&str, &str); 5] = [
 
 #[derive(Clone)]
 struct Clients {
+    channel: Channel,
     admin: AdminClient<Channel>,
     entitlements: Vec<EntitlementsClient<Channel>>,
     fair_use: Vec<FairUseClient<Channel>>,
@@ -109,6 +113,7 @@ async fn measure(options: &Options, postgres: &LocalPostgres, redis: &LocalRedis
         channels.push(endpoint.connect().await?);
     }
     let clients = Clients {
+        channel: channels[0].clone(),
         admin: AdminClient::new(channels[0].clone()),
         entitlements: channels.iter().cloned().map(EntitlementsClient::new).collect(),
         fair_use: channels.iter().cloned().map(FairUseClient::new).collect(),
@@ -144,6 +149,14 @@ async fn seed_plan(clients: &Clients) -> anyhow::Result<()> {
         ..Default::default()
     };
     clients.admin.clone().upsert_plan(clients.request(pb::UpsertPlanRequest { plan: Some(plan) })).await?;
+    // A pool that pays every account's debits in full (the default tier gets a budget here).
+    let mut pools = SubsidyClient::new(clients.channel.clone());
+    let pool = pb::Pool { pool_id: "bench".into(), share_bps: 0, meters: vec!["tokens".into()], shard_count: 16, ..Default::default() };
+    pools.upsert_pool(clients.request(pb::UpsertPoolRequest { pool: Some(pool) })).await?;
+    let top_up = pb::TopUpPoolRequest { pool_id: "bench".into(), amount_credits: 1_000_000_000_000_000, idempotency_key: "bench".into() };
+    pools.top_up_pool(clients.request(top_up)).await?;
+    let tier = pb::UpsertTrustTierRequest { tier: "new".into(), daily_budget_credits: 1_000_000_000_000_000 };
+    pools.upsert_trust_tier(clients.request(tier)).await?;
     // Hold the classifier lock of the account the cooldown scenario asks about.
     clients.fair_use[0].clone().request_classification(clients.request(pb::RequestClassificationRequest { account_id: "held".into() })).await?;
     Ok(())
@@ -160,14 +173,16 @@ async fn operation(clients: &Clients, scenario: &str, c: usize, worker: usize, n
             .check(clients.request(pb::CheckRequest { account_id: account, meter: "tokens".into(), amount_credits: 1, ..Default::default() }))
             .await
             .is_ok(),
-        "debit-uniform" | "debit-hot" => {
+        "debit-uniform" | "debit-hot" | "debit-subsidised" => {
             let account = if scenario == "debit-hot" { "hot".to_owned() } else { account };
+            let subsidy = (scenario == "debit-subsidised").then(|| pb::SubsidyRequest { pool_id: "bench".into(), identity: String::new() });
             entitlements
                 .debit(clients.request(pb::DebitRequest {
                     account_id: account,
                     meter: "tokens".into(),
                     amount_credits: 1,
                     idempotency_key: key,
+                    subsidy,
                     ..Default::default()
                 }))
                 .await

@@ -47,7 +47,8 @@ fn terms(allowance_credits: Option<i64>, rollover_cap_credits: i64, debt_limit_c
 
 /// The demo tenant: a `free` plan (the fallback: 100 requests and 10,000 tokens a month) and a
 /// `pro` plan (unlimited requests, 1,000,000 tokens, rollover up to 500,000, debt down to
-/// -50,000); `demo-free` on the free plan with 5,000 promotional tokens, `demo-pro` on pro.
+/// -50,000); `demo-free` on the free plan with 5,000 promotional tokens, `demo-pro` on pro; a
+/// subsidy pool (see `subsidy_pool`).
 pub async fn demo(ctx: &Ctx, now: OffsetDateTime) -> Result<TenantKey, Error> {
     let key = tenant(&ctx.pool, "demo").await?;
     let admin = Admin::new(ctx.clone());
@@ -115,5 +116,22 @@ pub async fn demo(ctx: &Ctx, now: OffsetDateTime) -> Result<TenantKey, Error> {
             },
         )
         .await?;
+    subsidy_pool(ctx, key.tenant).await?;
     Ok(key)
+}
+
+/// The demo's subsidy pool `generosity`: 10% of paid `tokens` usage funds it, 100,000 credits to
+/// start with; tiers new 0, established 500, trusted 2,000 and elite 10,000 credits a day;
+/// `demo-free` is established.
+async fn subsidy_pool(ctx: &Ctx, tenant: TenantId) -> Result<(), Error> {
+    use crate::ids::{PoolId, TrustTier};
+    use crate::service::pools::{PoolCommand, Pools};
+    let pools = Pools::new(ctx.clone());
+    let pool = id(PoolId::parse, "generosity")?;
+    pools.upsert(tenant, PoolCommand { id: pool.clone(), share_bps: 1_000, meters: vec!["tokens".into()], shard_count: 8 }).await?;
+    pools.top_up(tenant, &pool, 100_000, "demo-seed").await?;
+    for (tier, budget) in [("new", 0), ("established", 500), ("trusted", 2_000), ("elite", 10_000)] {
+        pools.upsert_tier(tenant, &id(TrustTier::parse, tier)?, budget).await?;
+    }
+    pools.set_account_tier(tenant, &id(AccountId::parse, "demo-free")?, &id(TrustTier::parse, "established")?).await
 }

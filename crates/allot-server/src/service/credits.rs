@@ -717,15 +717,16 @@ impl Credits {
                         subsidy::fund(&tx, tenant, &session.meter, account_actual[i], entry_id, now).await?;
                     }
                 }
+                if let Some(part) = part_of(&holds[i].meter) {
+                    // Subsidy rows before fair-use rows: the lock order.
+                    outcome.subsidy = Some(subsidy::settle_part(&tx, tenant, part, actual[i], outcome.entry_id, now).await?);
+                }
                 if actual[i] > 0 {
                     fair_use::record_usage(&tx, tenant, &payer.acting, payer.plan_id.as_deref(), &session.meter, actual[i], now).await?;
                 }
                 if let Some(day) = holds[i].restrict_day {
                     let settle = account_actual[i] - holds[i].amount_credits;
                     repo::fair_use::add_restrict_used(&tx, tenant, &payer.acting, &session.meter, day, settle).await?;
-                }
-                if let Some(part) = part_of(&holds[i].meter) {
-                    outcome.subsidy = Some(subsidy::settle_part(&tx, tenant, part, actual[i], outcome.entry_id, now).await?);
                 }
                 outcome.meter = session.view(now);
             }
