@@ -56,6 +56,9 @@ enum Command {
         /// Also write the table to this file.
         #[arg(long)]
         out: Option<std::path::PathBuf>,
+        /// Only these scenarios, space-separated (default: all).
+        #[arg(long)]
+        scenarios: Option<String>,
     },
     /// Create a tenant and print its first API key (shown once).
     CreateTenant {
@@ -119,13 +122,15 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dev { listen, data_dir } => allot_server::dev::run(listen, data_dir).await,
-        Command::Bench { seconds, clients, baseline, out } => {
+        Command::Bench { seconds, clients, baseline, out, scenarios } => {
             let clients = clients
                 .split_whitespace()
                 .map(|c| c.parse::<usize>().ok().filter(|c| (1..=1_000).contains(c)))
                 .collect::<Option<Vec<_>>>()
                 .ok_or_else(|| anyhow::anyhow!("--clients takes numbers from 1 to 1000"))?;
-            let report = allot_server::bench::run(allot_server::bench::Options { seconds, clients, baseline: Some(baseline), out }).await?;
+            let scenarios = scenarios.map(|s| s.split_whitespace().map(str::to_owned).collect()).unwrap_or_default();
+            let options = allot_server::bench::Options { seconds, clients, baseline: Some(baseline), out, scenarios };
+            let report = allot_server::bench::run(options).await?;
             println!("{report}");
             Ok(())
         }

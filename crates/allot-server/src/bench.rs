@@ -34,6 +34,8 @@ pub struct Options {
     pub clients: Vec<usize>,
     pub baseline: Option<PathBuf>,
     pub out: Option<PathBuf>,
+    /// Only these scenarios (empty: all).
+    pub scenarios: Vec<String>,
 }
 
 /// One measured row.
@@ -124,6 +126,9 @@ async fn measure(options: &Options, postgres: &LocalPostgres, redis: &LocalRedis
     let mut rows = Vec::new();
     for &c in &options.clients {
         for (scenario, _) in SCENARIOS {
+            if !options.scenarios.is_empty() && !options.scenarios.iter().any(|s| s == scenario) {
+                continue;
+            }
             let row = scenario_row(&clients, scenario, c, Duration::from_secs(options.seconds)).await?;
             eprintln!("bench: {scenario} × {c}: {:.0} ops/s, p99 {:.2} ms", row.ops_per_s, row.p99_ms);
             rows.push(row);

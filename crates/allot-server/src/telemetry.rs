@@ -152,6 +152,7 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!("allot_decisions_total", "Decisions by rpc, outcome (allowed, denied) and reason");
     describe_histogram!("allot_rpc_duration_seconds", Unit::Seconds, "Server time per RPC by service, method and gRPC code");
+    describe_histogram!("allot_debit_batch_size", "Debits decided in one group-committed transaction (one account and meter)");
     describe_gauge!("allot_db_pool_size", "PostgreSQL connections open in the pool");
     describe_gauge!("allot_db_pool_available", "Idle PostgreSQL connections in the pool");
     describe_gauge!("allot_db_pool_waiting", "Requests waiting for a PostgreSQL connection");
@@ -214,6 +215,11 @@ pub fn record_pool(status: deadpool_postgres::Status, up: bool) {
 pub fn record_sweeper_lag(lag: Duration, voided: u64) {
     metrics::gauge!("allot_hold_sweeper_lag_seconds").set(lag.as_secs_f64());
     metrics::counter!("allot_holds_swept_total").increment(voided);
+}
+
+/// A group-committed batch of debits: how many one transaction decided.
+pub fn record_debit_batch(size: usize) {
+    metrics::histogram!("allot_debit_batch_size").record(size as f64);
 }
 
 /// One RPC finished (see [`rpc`]).

@@ -35,3 +35,16 @@ pub async fn insert(tx: &Tx<'_>, tenant: TenantId, key: &IdempotencyKey, record:
 pub fn is_conflict(err: &tokio_postgres::Error) -> bool {
     err.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
 }
+
+/// The records of several keys at once (a batch of debits), by key.
+pub async fn find_many(tx: &Tx<'_>, tenant: TenantId, keys: &[&str]) -> Result<std::collections::HashMap<String, Record>, Error> {
+    let stmt = tx
+        .prepare_cached("SELECT key, operation, request_sha256, response FROM idempotency_records WHERE tenant_id = $1 AND key = ANY ($2)")
+        .await?;
+    Ok(tx
+        .query(&stmt, &[&tenant.0, &keys])
+        .await?
+        .into_iter()
+        .map(|row| (row.get(0), Record { operation: row.get(1), request_sha256: row.get(2), response: row.get(3) }))
+        .collect())
+}

@@ -21,6 +21,8 @@ use super::outcome::{Decision, Denial, MeterOutcome, RefundOutcome, ReleaseOutco
 use super::pricing::{Pricing, Quantities, Rated, Sku};
 use super::rate::{RateLimiter, RateRequest};
 use super::subsidy::{self, SubsidyAsk, Take};
+
+mod batch;
 use super::Ctx;
 use crate::error::Error;
 use crate::ids::{AccountId, IdempotencyKey, Meter, TenantId};
@@ -129,6 +131,8 @@ pub struct Credits {
     ctx: Ctx,
     rate: RateLimiter,
     pricing: Pricing,
+    /// Debits queued per hot meter (group commit, see `batch`).
+    batches: std::sync::Arc<batch::Batches>,
 }
 
 /// What a keyed operation did inside its transaction.
@@ -151,6 +155,12 @@ fn lines_print(lines: &Lines) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+/// A debit's idempotency fingerprint: every field that changes its meaning.
+fn debit_print(cmd: &DebitCommand) -> Vec<u8> {
+    let subsidy_print = cmd.subsidy.as_ref().map(SubsidyAsk::print).unwrap_or_default();
+    fingerprint("debit", &[&cmd.account, &lines_print(&cmd.lines), &format!("{:?}", cmd.mode), &attributes_print(&cmd.attributes), &subsidy_print])
 }
 
 fn attributes_print(attributes: &Attributes) -> String {
@@ -311,7 +321,7 @@ fn overlay(denials: &mut [Option<Denial>], price_denials: &[Option<Denial>]) {
 
 impl Credits {
     pub fn new(ctx: Ctx, rate: RateLimiter, pricing: Pricing) -> Credits {
-        Credits { ctx, rate, pricing }
+        Credits { ctx, rate, pricing, batches: Default::default() }
     }
 
     /// Rates SKU usage into credits at `now` (before any lock: prices are cached). A SKU that
@@ -465,12 +475,18 @@ impl Credits {
         Ok(decision)
     }
 
+    /// Charges usage. Single-meter debits of one account that arrive together are decided in one
+    /// transaction (group commit, see `batch`); others alone.
     pub async fn debit(&self, tenant: TenantId, cmd: DebitCommand) -> Result<Decision, Error> {
-        let subsidy_print = cmd.subsidy.as_ref().map(SubsidyAsk::print).unwrap_or_default();
-        let print = fingerprint(
-            "debit",
-            &[&cmd.account, &lines_print(&cmd.lines), &format!("{:?}", cmd.mode), &attributes_print(&cmd.attributes), &subsidy_print],
-        );
+        match batch::key_of(tenant, &cmd) {
+            Some(key) => self.debit_queued(key, cmd).await,
+            None => self.debit_alone(tenant, cmd).await,
+        }
+    }
+
+    /// A debit in its own transaction.
+    async fn debit_alone(&self, tenant: TenantId, cmd: DebitCommand) -> Result<Decision, Error> {
+        let print = debit_print(&cmd);
         let priced = self.price(tenant, &cmd.lines, self.ctx.clock.now()).await?;
         let decision: Decision = self
             .keyed(tenant, &cmd.key, "debit", print.clone(), |tx, now| {

@@ -30,12 +30,15 @@ pub async fn replay<T: DeserializeOwned>(
     operation: &str,
     fingerprint: &[u8],
 ) -> Result<Option<T>, Error> {
-    match idempotency::find(tx, tenant, key).await? {
-        None => Ok(None),
-        Some(record) if record.operation == operation && record.request_sha256 == fingerprint => {
-            serde_json::from_value(record.response).map(Some).map_err(|e| Error::Internal(format!("stored outcome: {e}")))
-        }
-        Some(_) => Err(Error::IdempotencyKeyReused),
+    idempotency::find(tx, tenant, key).await?.map(|record| replay_record(record, operation, fingerprint)).transpose()
+}
+
+/// What a stored record means for a request with `fingerprint`: its outcome, or a refusal.
+pub fn replay_record<T: DeserializeOwned>(record: Record, operation: &str, fingerprint: &[u8]) -> Result<T, Error> {
+    if record.operation == operation && record.request_sha256 == fingerprint {
+        serde_json::from_value(record.response).map_err(|e| Error::Internal(format!("stored outcome: {e}")))
+    } else {
+        Err(Error::IdempotencyKeyReused)
     }
 }
 
