@@ -94,22 +94,27 @@ pub async fn append(
              VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
         )
         .await?;
-    let mut seq = last_seq;
     let no_attributes = serde_json::Value::Object(serde_json::Map::new());
-    for entry in entries {
-        seq += 1;
+    let mut rows = Vec::with_capacity(entries.len());
+    for (i, entry) in entries.iter().enumerate() {
         let breakdown = serde_json::to_value(&entry.effect.breakdown).map_err(|e| Error::Internal(format!("breakdown: {e}")))?;
+        rows.push((last_seq + 1 + i as i64, breakdown));
+    }
+    // All inserts are sent at once (pipelined); they run in order on the connection.
+    let (stmt, no_attributes) = (&stmt, &no_attributes);
+    let inserts = entries.iter().zip(&rows).map(|(entry, (seq, breakdown))| async move {
+        let (account, meter, kind) = (account.as_str(), meter.as_str(), entry.effect.kind.as_str());
         tx.execute(
-            &stmt,
+            stmt,
             &[
                 &tenant.0,
                 &entry.id,
-                &account.as_str(),
-                &meter.as_str(),
-                &seq,
-                &entry.effect.kind.as_str(),
+                &account,
+                &meter,
+                seq,
+                &kind,
                 &entry.effect.delta_credits,
-                &breakdown,
+                breakdown,
                 &entry.period.start,
                 &entry.period.end,
                 &entry.refs.refunds_entry_id,
@@ -117,13 +122,14 @@ pub async fn append(
                 &entry.refs.idempotency_key,
                 &now,
                 &entry.refs.acting_account_id,
-                entry.refs.attributes.as_ref().unwrap_or(&no_attributes),
+                entry.refs.attributes.as_ref().unwrap_or(no_attributes),
                 &entry.refs.rating,
             ],
         )
-        .await?;
-    }
-    Ok(seq)
+        .await
+    });
+    futures::future::try_join_all(inserts).await?;
+    Ok(rows.last().map_or(last_seq, |(seq, _)| *seq))
 }
 
 pub async fn get(tx: &Tx<'_>, tenant: TenantId, id: Uuid) -> Result<Option<EntryRow>, Error> {

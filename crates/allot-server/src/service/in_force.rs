@@ -52,13 +52,22 @@ impl Payer {
 
 /// Resolves the payer and plan for `acting` at `now`.
 pub async fn resolve(tx: &Tx<'_>, tenant: TenantId, acting: &AccountId, now: OffsetDateTime) -> Result<Payer, Error> {
-    let org = repo::accounts::org_of(tx, tenant, acting).await?;
+    // The usual case (no org, the account's own subscription or the free plan) in one pipelined
+    // round trip: the three reads are sent together.
+    let (org, own_subscription, free_plan) = futures::try_join!(
+        repo::accounts::org_of(tx, tenant, acting),
+        repo::subscriptions::get(tx, tenant, acting),
+        repo::plans::free_default(tx, tenant),
+    )?;
     let governing = org.as_ref().unwrap_or(acting);
-    let subscription = repo::subscriptions::get(tx, tenant, governing).await?;
+    let subscription = match &org {
+        Some(org) => repo::subscriptions::get(tx, tenant, org).await?,
+        None => own_subscription,
+    };
     let entitled = subscription.as_ref().is_some_and(|s| s.entitled_at(now));
     let plan = match (&subscription, entitled) {
         (Some(sub), true) => repo::plans::header(tx, tenant, sub.plan_id.as_str()).await?,
-        _ => repo::plans::free_default(tx, tenant).await?,
+        _ => free_plan,
     };
     let (anchor, period) = match (&subscription, entitled) {
         (Some(sub), true) => (sub.current_period_start, subscription_period(sub.current_period_start, sub.current_period_end, now)),

@@ -57,10 +57,11 @@ impl MeterSession {
         now: OffsetDateTime,
         also_grants: &[Uuid],
     ) -> Result<MeterSession, Error> {
-        let in_force = InForce::load(tx, tenant, payer, meter).await?;
         let account = &payer.payer;
+        // Pipelined: the plan's terms and the row lock in one round trip.
+        let (in_force, locked) = futures::try_join!(InForce::load(tx, tenant, payer, meter), repo::balances::lock(tx, tenant, account, meter))?;
         let mut opening = None;
-        let row = match repo::balances::lock(tx, tenant, account, meter).await? {
+        let row = match locked {
             Some(row) => row,
             None => {
                 let (state, effect) = advance::open(&in_force.policy, payer.period);
@@ -106,8 +107,11 @@ impl MeterSession {
         row: BalanceRow,
         also_grants: &[Uuid],
     ) -> Result<MeterSession, Error> {
-        let grants = repo::grants::for_meter(tx, tenant, account, meter, also_grants).await?;
-        let held_credits = repo::holds::held_total(tx, tenant, account, meter, now).await?;
+        // Pipelined, and read after the row lock (statements on one connection run in order).
+        let (grants, held_credits) = futures::try_join!(
+            repo::grants::for_meter(tx, tenant, account, meter, also_grants),
+            repo::holds::held_total(tx, tenant, account, meter, now),
+        )?;
         let grants_before = grants.iter().map(|g| (g.id, g.remaining_credits)).collect();
         let state = MeterState {
             period: row.period,
@@ -218,8 +222,14 @@ impl MeterSession {
     /// Writes the ledger entries, the meter's row and changed grants. Only for locked sessions.
     pub async fn save(self, tx: &Tx<'_>, now: OffsetDateTime) -> Result<(), Error> {
         self.state.assert_invariants();
-        let seq = repo::ledger::append(tx, self.tenant, &self.account, &self.meter, self.last_seq, &self.entries, now).await?;
-        repo::balances::save(tx, self.tenant, &self.account, &self.meter, &row_of(&self.state, seq), now).await?;
+        // The entries and the row in one pipelined round trip (the row's `seq` is known before).
+        let seq = self.last_seq + i64::try_from(self.entries.len()).map_err(|_| Error::Internal("entry count".into()))?;
+        let row = row_of(&self.state, seq);
+        let (appended, ()) = futures::try_join!(
+            repo::ledger::append(tx, self.tenant, &self.account, &self.meter, self.last_seq, &self.entries, now),
+            repo::balances::save(tx, self.tenant, &self.account, &self.meter, &row, now),
+        )?;
+        assert_eq!(appended, seq, "entries are numbered from the row's last seq");
         for (grant, amount_credits) in &self.new_grants {
             let mut stored = grant.clone();
             stored.remaining_credits = self.state.grants.iter().find(|g| g.id == grant.id).map_or(0, |g| g.remaining_credits);
@@ -238,7 +248,18 @@ impl MeterSession {
             repo::usage::add_member_used(tx, self.tenant, &self.account, &self.meter, payer.period.start, &payer.acting, self.member_delta_credits)
                 .await?;
         }
-        for rollup in &self.rollups {
+        // Charges with the same period and attributes (a batch) are one upsert.
+        let mut merged: Vec<Rollup> = Vec::with_capacity(self.rollups.len());
+        for rollup in self.rollups {
+            match merged.iter_mut().find(|m| m.period_start == rollup.period_start && m.attributes == rollup.attributes) {
+                Some(m) => {
+                    m.total_credits += rollup.total_credits;
+                    m.charges += rollup.charges;
+                }
+                None => merged.push(rollup),
+            }
+        }
+        for rollup in &merged {
             repo::usage::roll_up(tx, self.tenant, &self.account, &self.meter, rollup).await?;
         }
         Ok(())

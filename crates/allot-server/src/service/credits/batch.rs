@@ -226,17 +226,25 @@ impl Credits {
         } else {
             Vec::new()
         };
+        for (_, index) in fresh.values() {
+            if let Ok(decision) = &mut results[*index] {
+                let allowed = decision.denial().is_none();
+                decision.fair_use = Some(standing.view(if allowed { caps.clone() } else { Vec::new() }));
+            }
+        }
+        // Every new outcome under its key, the inserts pipelined. Rate-limited ones are decided
+        // afresh on retry, as on the ordinary path.
+        let mut stores = Vec::with_capacity(fresh.len());
+        let tx_ref = &tx;
         for (key, (print, index)) in &fresh {
-            let Ok(decision) = &mut results[*index] else { continue };
-            let allowed = decision.denial().is_none();
-            decision.fair_use = Some(standing.view(if allowed { caps.clone() } else { Vec::new() }));
-            if decision.is_transient() {
-                continue; // rate limited: decided afresh on retry, as on the ordinary path
+            let Ok(decision) = &results[*index] else { continue };
+            if !decision.is_transient() {
+                let key = crate::ids::IdempotencyKey::parse(key).map_err(|e| Error::Internal(format!("batched key: {e}")))?;
+                stores.push(async move { idempotent::store(tx_ref, tenant, &key, "debit", print.clone(), decision).await });
             }
-            let key = crate::ids::IdempotencyKey::parse(key).map_err(|e| Error::Internal(format!("batched key: {e}")))?;
-            if !idempotent::store(&tx, tenant, &key, "debit", print.clone(), &*decision).await? {
-                return Err(Error::Internal("not batched: a key was stored concurrently".into()));
-            }
+        }
+        if !futures::future::try_join_all(stores).await?.into_iter().all(|stored| stored) {
+            return Err(Error::Internal("not batched: a key was stored concurrently".into()));
         }
         // Retries inside the batch got a copy before the fair-use figures were filled in.
         let copies: Vec<(usize, usize)> = commands
