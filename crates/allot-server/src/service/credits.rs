@@ -439,11 +439,9 @@ impl Credits {
         let plan = Self::subsidise(&tx, tenant, cmd.subsidy.as_ref(), &payer.acting, &mut priced, now, Take::DryRun).await?;
         let usage = &priced.usage;
         let charged = priced.charged_usage();
-        let mut sessions = Vec::with_capacity(usage.len());
-        for (meter, _) in usage {
-            sessions.push(MeterSession::snapshot(&tx, tenant, &payer, meter, now).await?);
-        }
-        let standing = Standing::load(&tx, tenant, &payer.acting, now).await?;
+        // The meters and the standing are read in one pipelined burst.
+        let snapshots = futures::future::try_join_all(usage.iter().map(|(meter, _)| MeterSession::snapshot(&tx, tenant, &payer, meter, now)));
+        let (mut sessions, standing) = futures::try_join!(snapshots, Standing::load(&tx, tenant, &payer.acting, now))?;
         let mut denials = credit_denials(&sessions, &charged, Mode::Gate, now);
         overlay(&mut denials, &priced.denials);
         budget_denials(&tx, tenant, &standing, &payer.acting, &charged, &mut denials, now).await?;

@@ -82,9 +82,9 @@ impl MeterSession {
     /// Loads the meter without locking or creating anything, for answers that change nothing.
     /// Run it in a read-only repeatable-read transaction for a consistent view.
     pub async fn snapshot(tx: &Tx<'_>, tenant: TenantId, payer: &Payer, meter: &Meter, now: OffsetDateTime) -> Result<MeterSession, Error> {
-        let in_force = InForce::load(tx, tenant, payer, meter).await?;
         let account = &payer.payer;
-        let row = match repo::balances::read(tx, tenant, account, meter).await? {
+        let (in_force, read) = futures::try_join!(InForce::load(tx, tenant, payer, meter), repo::balances::read(tx, tenant, account, meter))?;
+        let row = match read {
             Some(row) => row,
             None => {
                 let (state, _) = advance::open(&in_force.policy, payer.period);
