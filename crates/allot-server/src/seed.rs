@@ -5,6 +5,7 @@ use allot_domain::ledger::GrantKind;
 use allot_domain::plan::{MeterPolicy, Scope, SubscriptionStatus};
 use time::OffsetDateTime;
 
+use crate::auth::{Principal, Role};
 use crate::error::Error;
 use crate::ids::{AccountId, IdempotencyKey, Meter, PlanId, TenantId};
 use crate::repo::plans::{MeterTerms, PlanRecord, RateCap};
@@ -13,21 +14,45 @@ use crate::repo::tenants;
 use crate::service::admin::{Admin, GrantCommand};
 use crate::service::Ctx;
 
-/// A tenant and one API key for it (the key in clear, shown once).
+/// A tenant and its first API key, of role `admin` (the key in clear, shown once).
 #[derive(Debug, Clone)]
 pub struct TenantKey {
     pub tenant: TenantId,
     pub api_key: String,
+    pub key_id: uuid::Uuid,
 }
 
-/// Creates a tenant with one API key.
+/// Creates a tenant with one admin API key. The transaction is the new tenant's own, so
+/// row-level security admits exactly its rows.
 pub async fn tenant(pool: &deadpool_postgres::Pool, name: &str) -> Result<TenantKey, Error> {
+    let tenant = tenants::new_id();
     let mut client = pool.get().await?;
-    let tx = client.transaction().await?;
-    let tenant = tenants::create(&*tx, name).await?;
-    let api_key = tenants::create_api_key(&*tx, tenant, "default").await?;
+    let tx = crate::db::begin(&mut client, tenant).await?;
+    tenants::create(&tx, tenant, name).await?;
+    let key = tenants::create_api_key(&tx, tenant, "default", Role::Admin).await?;
     tx.commit().await?;
-    Ok(TenantKey { tenant, api_key })
+    Ok(TenantKey { tenant, api_key: key.key, key_id: key.id })
+}
+
+/// Creates another API key of `role` for `tenant`, shown once.
+pub async fn api_key(pool: &deadpool_postgres::Pool, tenant: TenantId, name: &str, role: Role) -> Result<tenants::NewKey, Error> {
+    if name.is_empty() || name.len() > tenants::KEY_NAME_LEN_MAX {
+        return Err(Error::invalid("name", format!("1 to {} bytes", tenants::KEY_NAME_LEN_MAX)));
+    }
+    let mut client = pool.get().await?;
+    let tx = crate::db::begin(&mut client, tenant).await?;
+    let key = tenants::create_api_key(&tx, tenant, name, role).await?;
+    tx.commit().await?;
+    Ok(key)
+}
+
+/// Revokes an API key of `tenant`; false when there is no such live key.
+pub async fn revoke_api_key(pool: &deadpool_postgres::Pool, tenant: TenantId, id: uuid::Uuid) -> Result<bool, Error> {
+    let mut client = pool.get().await?;
+    let tx = crate::db::begin(&mut client, tenant).await?;
+    let revoked = tenants::revoke_api_key(&tx, tenant, id, OffsetDateTime::now_utc()).await?;
+    tx.commit().await?;
+    Ok(revoked)
 }
 
 fn id<T>(parse: fn(&str) -> Result<T, crate::ids::IdError>, raw: &str) -> Result<T, Error> {
@@ -50,12 +75,13 @@ fn terms(allowance_credits: Option<i64>, rollover_cap_credits: i64, debt_limit_c
 /// -50,000); `demo-free` on the free plan with 5,000 promotional tokens, `demo-pro` on pro.
 pub async fn demo(ctx: &Ctx, now: OffsetDateTime) -> Result<TenantKey, Error> {
     let key = tenant(&ctx.pool, "demo").await?;
+    let actor = Principal::system(key.tenant, "seed");
     let admin = Admin::new(ctx.clone());
     let requests = id(Meter::parse, "requests")?;
     let tokens = id(Meter::parse, "tokens")?;
     admin
         .upsert_plan(
-            key.tenant,
+            &actor,
             PlanRecord {
                 id: id(PlanId::parse, "free")?,
                 tier: "free".into(),
@@ -72,7 +98,7 @@ pub async fn demo(ctx: &Ctx, now: OffsetDateTime) -> Result<TenantKey, Error> {
         .await?;
     admin
         .upsert_plan(
-            key.tenant,
+            &actor,
             PlanRecord {
                 id: id(PlanId::parse, "pro")?,
                 tier: "pro".into(),
@@ -89,7 +115,7 @@ pub async fn demo(ctx: &Ctx, now: OffsetDateTime) -> Result<TenantKey, Error> {
         .await?;
     admin
         .upsert_subscription(
-            key.tenant,
+            &actor,
             SubscriptionRecord {
                 account_id: id(AccountId::parse, "demo-pro")?,
                 plan_id: id(PlanId::parse, "pro")?,
@@ -103,7 +129,7 @@ pub async fn demo(ctx: &Ctx, now: OffsetDateTime) -> Result<TenantKey, Error> {
         .await?;
     admin
         .grant(
-            key.tenant,
+            &actor,
             GrantCommand {
                 account: id(AccountId::parse, "demo-free")?,
                 meter: tokens,

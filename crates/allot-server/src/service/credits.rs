@@ -386,7 +386,7 @@ impl Credits {
         let priced = self.price(tenant, &cmd.lines, now).await?;
         let usage = &priced.usage;
         let mut client = self.ctx.db().await?;
-        let tx = client.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await?;
+        let tx = crate::db::begin_with(&mut client, tenant, crate::db::Access::Snapshot).await?;
         let payer = in_force::resolve(&tx, tenant, &cmd.account, now).await?;
         let mut sessions = Vec::with_capacity(usage.len());
         for (meter, _) in usage {
@@ -563,7 +563,7 @@ impl Credits {
         };
         let print = fingerprint("commit", &[&cmd.hold_id, &actual_print]);
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         let (payer, mut sessions, holds) = lock_hold(&tx, tenant, cmd.hold_id, now).await?;
         match holds[0].status {
             HoldStatus::Committed if holds[0].settlement_request_sha256.as_deref() == Some(print.as_slice()) => return stored(&holds[0]),
@@ -632,7 +632,7 @@ impl Credits {
         let now = self.ctx.clock.now();
         let print = fingerprint("release", &[&hold_id]);
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         let (payer, mut sessions, holds) = lock_hold(&tx, tenant, hold_id, now).await?;
         let status = match holds[0].status {
             HoldStatus::Released => return stored(&holds[0]),
@@ -736,7 +736,7 @@ impl Credits {
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
         {
-            let tx = client.transaction().await?;
+            let tx = crate::db::begin(&mut client, tenant).await?;
             match decide(&tx, now).await? {
                 Keyed::Replayed(outcome) => return Ok(outcome),
                 Keyed::Transient(outcome) => {
@@ -751,7 +751,7 @@ impl Credits {
                 }
             }
         }
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         let replayed = idempotent::replay(&tx, tenant, key, operation, &print).await?;
         tx.commit().await?;
         replayed.ok_or_else(|| Error::Internal("idempotency conflict without a stored outcome".into()))
