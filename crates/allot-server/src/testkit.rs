@@ -104,6 +104,8 @@ pub struct TestServer {
     pub pool: deadpool_postgres::Pool,
     /// The server's own pool (acting as `Config::db_role`).
     pub app_pool: deadpool_postgres::Pool,
+    /// The server's TLS configuration, when it serves TLS (to trigger a reload).
+    pub tls: Option<Arc<crate::tls::Reloadable>>,
     /// Connections the server's services took (see `Ctx::db`).
     pub db_checkouts: Arc<std::sync::atomic::AtomicU64>,
     pub tenant: TenantKey,
@@ -167,6 +169,7 @@ impl TestServer {
         // `allot_app`, held to row-level security.
         let pool = crate::db::pool(&Config { db_role: String::new(), ..config.clone() }).expect("test pool");
         let app_pool = app.ctx.pool.clone();
+        let tls = app.tls.clone();
         let db_checkouts = app.ctx.db_checkouts.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -174,7 +177,7 @@ impl TestServer {
         let task = tokio::spawn(serve(app, listener, async {
             let _ = rx.await;
         }));
-        TestServer { addr, database_url, clock, pool, app_pool, db_checkouts, tenant, config, shutdown: Some(tx), task: Some(task) }
+        TestServer { addr, database_url, clock, pool, app_pool, tls, db_checkouts, tenant, config, shutdown: Some(tx), task: Some(task) }
     }
 
     /// A new API key of `role` for the test tenant (the default clients carry an admin key).

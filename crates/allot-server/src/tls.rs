@@ -1,6 +1,6 @@
 //! Serving over TLS, optionally mutual (mTLS), with certificates re-read while serving. The
 //! server certificate and key, the client CA and the identity mapping (`auth::certs`) are files;
-//! a watcher checks their modification times every `tls_reload_interval_ms` and, when one
+//! a watcher checks their contents every `tls_reload_interval_ms` and, when one
 //! changed, builds a new rustls `ServerConfig` (ring) that every later handshake uses. A file
 //! that fails to load leaves the previous configuration in force (and is logged).
 //!
@@ -10,7 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::rustls::pki_types::pem::PemObject as _;
@@ -52,7 +52,7 @@ impl TlsFiles {
 pub struct Reloadable {
     files: TlsFiles,
     current: RwLock<Arc<ServerConfig>>,
-    stamps: Mutex<Vec<Option<SystemTime>>>,
+    stamps: Mutex<Vec<Option<[u8; 32]>>>,
     pub identities: CertIdentities,
 }
 
@@ -61,8 +61,11 @@ pub struct Reloadable {
 #[error("tls: {0}")]
 pub struct TlsError(String);
 
-fn stamps(files: &TlsFiles) -> Vec<Option<SystemTime>> {
-    files.paths().iter().map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok()).collect()
+/// The files' contents as hashes: a change is seen whatever the file system's timestamps do
+/// (the files are small; reading them each interval costs nothing).
+fn stamps(files: &TlsFiles) -> Vec<Option<[u8; 32]>> {
+    use sha2::Digest as _;
+    files.paths().iter().map(|p| std::fs::read(p).ok().map(|bytes| sha2::Sha256::digest(bytes).into())).collect()
 }
 
 /// Builds a server configuration from the files.
