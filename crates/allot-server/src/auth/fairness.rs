@@ -59,10 +59,12 @@ impl TenantLimiter {
             return Ok(Slot(permit));
         }
         let busy = Error::TenantBusy { retry_after: self.queue_wait.max(Duration::from_millis(10)) };
-        if self.queue_wait.is_zero() || slots.queued.fetch_add(1, Ordering::AcqRel) >= self.queue_max {
-            if !self.queue_wait.is_zero() {
-                slots.queued.fetch_sub(1, Ordering::AcqRel);
-            }
+        if self.queue_wait.is_zero() {
+            crate::telemetry::count_tenant_busy();
+            return Err(busy);
+        }
+        if slots.queued.fetch_add(1, Ordering::AcqRel) >= self.queue_max {
+            slots.queued.fetch_sub(1, Ordering::AcqRel);
             crate::telemetry::count_tenant_busy();
             return Err(busy);
         }
