@@ -120,6 +120,12 @@ Cross-field checks the JSON schema cannot express; fail rendering with a clear m
 {{- if and .Values.hpa.enabled (not (dig "requests" "cpu" "" .Values.resources)) }}
 {{- fail "hpa.enabled needs resources.requests.cpu: CPU utilisation is a share of the request" }}
 {{- end }}
+{{- if and .Values.jwt.enabled (or (not .Values.jwt.issuer) (not .Values.jwt.audience) (not .Values.jwt.existingSecret)) }}
+{{- fail "jwt.enabled needs jwt.issuer, jwt.audience and jwt.existingSecret" }}
+{{- end }}
+{{- if and .Values.jwt.enabled (not .Values.jwt.hs256SecretKey) (not .Values.jwt.publicKeyKeys) }}
+{{- fail "jwt.enabled needs jwt.hs256SecretKey or jwt.publicKeyKeys" }}
+{{- end }}
 {{- if and .Values.serviceMonitor.enabled (not .Values.metrics.enabled) }}
 {{- fail "serviceMonitor.enabled needs metrics.enabled" }}
 {{- end }}
