@@ -150,3 +150,36 @@ async fn fairness_latency_figures() {
     );
     println!("A during the flood: {} debits served, {} refused RESOURCE_EXHAUSTED", ok.load(Ordering::Relaxed), busy.load(Ordering::Relaxed));
 }
+
+/// The cost of row-level security on the debit path: the same sequential debits against a
+/// server acting as `allot_app` (RLS applies) and one acting as the login role (a superuser
+/// here, so RLS is bypassed), interleaved to share the machine's noise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "prints latency figures; run with --ignored --nocapture"]
+async fn row_level_security_overhead_figures() {
+    const SAMPLES: usize = 1_000;
+    let with_rls = TestServer::start().await;
+    let without_rls = TestServer::start_with(time::OffsetDateTime::now_utc(), |c| c.db_role = String::new()).await;
+    let mut clients = Vec::new();
+    for server in [&with_rls, &without_rls] {
+        let (mut entitlements, mut admin) = server.clients().await;
+        free_plan(&mut admin, "tokens", None, 0, 0).await;
+        debit(&mut entitlements, "acct", "tokens", 1, "warm").await;
+        clients.push(entitlements);
+    }
+    let mut samples = [Vec::with_capacity(SAMPLES), Vec::with_capacity(SAMPLES)];
+    for i in 0..SAMPLES {
+        for (which, client) in clients.iter_mut().enumerate() {
+            let started = Instant::now();
+            assert!(allowed(debit(client, "acct", "tokens", 1, &format!("d-{i}")).await.decision));
+            samples[which].push(started.elapsed());
+        }
+    }
+    let ms = |d: Duration| d.as_secs_f64() * 1_000.0;
+    println!("| sequential debits | p50 (ms) | p99 (ms) |");
+    println!("| --- | ---: | ---: |");
+    for (name, mut s) in ["as allot_app (RLS applies)", "as the superuser (RLS bypassed)"].into_iter().zip(samples) {
+        s.sort();
+        println!("| {name} | {:.2} | {:.2} |", ms(percentile(&s, 0.5)), ms(percentile(&s, 0.99)));
+    }
+}

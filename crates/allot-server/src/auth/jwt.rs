@@ -254,6 +254,30 @@ mod tests {
     }
 
     #[test]
+    fn public_keys_verify_their_own_algorithms_and_resist_algorithm_confusion() {
+        let key = rcgen::KeyPair::generate().expect("P-256 key");
+        let public_pem = key.public_key_pem();
+        let v = JwtVerifier::new(JwtSettings {
+            public_keys_pem: vec![("idp.pem".into(), public_pem.clone().into_bytes())],
+            issuer: "https://idp.test".into(),
+            audience: "allot".into(),
+            ..JwtSettings::default()
+        })
+        .expect("verifier");
+        let signing = EncodingKey::from_ec_pem(key.serialize_pem().as_bytes()).expect("ec key");
+        let token = encode(&Header::new(Algorithm::ES256), &claims(now() + 300), &signing).expect("sign");
+        assert_eq!(v.verify(&token).expect("ES256 by the configured key").role, Role::Charge);
+        // The classic confusion: HS256 keyed with the public key's bytes must not pass.
+        let confused = sign(&claims(now() + 300), public_pem.as_bytes());
+        assert!(matches!(v.verify(&confused), Err(Error::Unauthenticated)), "HS256 against a public key");
+        let other = rcgen::KeyPair::generate().expect("another key");
+        let forged =
+            encode(&Header::new(Algorithm::ES256), &claims(now() + 300), &EncodingKey::from_ec_pem(other.serialize_pem().as_bytes()).expect("ec"))
+                .expect("sign");
+        assert!(matches!(v.verify(&forged), Err(Error::Unauthenticated)), "another key's signature");
+    }
+
+    #[test]
     fn an_algorithm_off_the_list_is_refused() {
         let v = JwtVerifier::new(JwtSettings {
             hs256_secret: Some(SECRET.to_vec()),
