@@ -345,6 +345,27 @@ async fn a_foreign_tenant_sees_and_changes_nothing() {
     }
     let release = theirs.release(pb::ReleaseRequest { hold_id: hold.hold_id.clone() }).await.expect_err("foreign hold");
     assert_eq!(release.code(), Code::NotFound);
+    // Every RPC of the table, called by the other tenant's admin with our names and ids: none
+    // touches a row of ours (their own writes land in their tenant).
+    let channel = server.channel().await;
+    let auth = bearer(&other.api_key);
+    for (path, _) in METHODS {
+        let method = path.rsplit('/').next().unwrap_or_default();
+        let body = match method {
+            "Commit" => pb::CommitRequest { hold_id: hold.hold_id.clone(), actual_credits: 5, ..Default::default() }.encode_to_vec(),
+            "Release" => pb::ReleaseRequest { hold_id: hold.hold_id.clone() }.encode_to_vec(),
+            "Refund" => pb::RefundRequest { entry_id: charged.entry_id.clone(), amount_credits: 1, idempotency_key: "x".into() }.encode_to_vec(),
+            "GetBalance" | "GetSubscription" | "GetUsageSummary" | "GetEscalation" => {
+                pb::GetBalanceRequest { account_id: "acct".into() }.encode_to_vec()
+            }
+            _ => body(path),
+        };
+        if let Err(err) = raw::call(channel.clone(), path, Some(&auth), body).await {
+            assert!(!matches!(err.code(), Code::Internal | Code::Unknown | Code::PermissionDenied), "{path}: {err:?}");
+            assert!(!err.message().contains(&mine.to_string()), "{path}: the answer names no other tenant");
+        }
+    }
+    assert_eq!(ours(&server, mine).await, before, "no RPC of another tenant changed a row of ours");
     // Their writes land in their tenant only.
     free_plan(&mut their_admin, "tokens", Some(5), 0, 0).await;
     assert!(allowed(debit(&mut theirs, "acct", "tokens", 1, "seed").await.decision), "the same key name is theirs to use");
