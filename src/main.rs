@@ -26,6 +26,8 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start-up; boxing `serve`'s settings would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Serve the gRPC API.
     Serve(ServeArgs),
