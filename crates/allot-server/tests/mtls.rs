@@ -112,7 +112,9 @@ async fn client_certificates_from_the_ca_map_to_tenant_and_role_and_others_are_r
             Err(_) => {}
             Ok(channel) => {
                 let err = balance(channel).await.expect_err(what);
-                assert!(matches!(err.code(), Code::Unavailable | Code::Unknown | Code::Internal), "{what}: {err:?}");
+                // The handshake's refusal reaches the client as a transport failure (which one
+                // depends on when the client notices), never as an answer of the server.
+                assert!(matches!(err.code(), Code::Unavailable | Code::Unknown | Code::Internal | Code::Cancelled), "{what}: {err:?}");
             }
         }
     }
