@@ -37,9 +37,14 @@ CREATE TRIGGER admin_audit_no_truncate
 -- cluster (or a DBA) may have created it already.
 DO $$
 BEGIN
-    CREATE ROLE allot_app NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
-EXCEPTION WHEN duplicate_object OR unique_violation THEN
-    NULL;
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'allot_app') THEN
+        CREATE ROLE allot_app NOLOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE;
+    END IF;
+EXCEPTION
+    WHEN duplicate_object OR unique_violation THEN
+        NULL;  -- created concurrently by another database's migration
+    WHEN insufficient_privilege THEN
+        RAISE EXCEPTION 'role allot_app is missing and % may not create roles; have a DBA run: CREATE ROLE allot_app NOLOGIN; GRANT allot_app TO %', current_user, current_user;
 END;
 $$;
 -- The migrating (login) role must be able to act as it.

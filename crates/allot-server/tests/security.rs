@@ -511,3 +511,38 @@ async fn api_keys_are_stored_hashed_revocable_and_record_their_last_use() {
     let other = allot_server::seed::tenant(&server.app_pool, "other").await.expect("tenant");
     assert!(!allot_server::seed::revoke_api_key(&server.app_pool, other.tenant, server.tenant.key_id).await.expect("foreign"));
 }
+
+/// Production-like: the database belongs to a login role that is neither superuser nor
+/// BYPASSRLS. Its migration sets everything up, the server (logging in as that owner, acting as
+/// `allot_app`) serves, and even the owner's own unscoped queries see nothing (FORCE).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plain_owner_migrates_and_row_level_security_holds_even_for_the_owner() {
+    let stack = allot_server::testkit::stack();
+    let superuser = stack.postgres.dsn("postgres");
+    let (admin, connection) = tokio_postgres::connect(&superuser, tokio_postgres::NoTls).await.expect("connect");
+    let driver = tokio::spawn(connection);
+    let owner = format!("owner_{}", std::process::id());
+    let database = format!("owned_{}", std::process::id());
+    admin.batch_execute(&format!("CREATE ROLE {owner} LOGIN CREATEROLE")).await.expect("owner");
+    admin.batch_execute(&format!("CREATE DATABASE {database} OWNER {owner}")).await.expect("database");
+    let url = stack.postgres.dsn(&database).replacen("allot@", &format!("{owner}@"), 1);
+    allot_server::db::migrate(&url).await.expect("a plain owner migrates");
+    let server = TestServer::start_on(url.clone(), time::OffsetDateTime::now_utc(), |_| {}).await;
+    let (mut entitlements, mut admin_client) = server.clients().await;
+    free_plan(&mut admin_client, "tokens", Some(100), 0, 0).await;
+    assert!(allowed(debit(&mut entitlements, "acct", "tokens", 10, "k").await.decision));
+    // The owner, outside any tenant's transaction, sees none of the rows it owns.
+    let (as_owner, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("owner connects");
+    let owner_driver = tokio::spawn(connection);
+    let n: i64 = as_owner.query_one("SELECT COUNT(*) FROM ledger_entries", &[]).await.expect("count").get(0);
+    assert_eq!(n, 0, "FORCE ROW LEVEL SECURITY holds the owner too");
+    let (in_db, connection) = tokio_postgres::connect(&stack.postgres.dsn(&database), tokio_postgres::NoTls).await.expect("superuser");
+    let su_driver = tokio::spawn(connection);
+    let n: i64 = in_db.query_one("SELECT COUNT(*) FROM ledger_entries", &[]).await.expect("count").get(0);
+    assert!(n > 0, "the rows are there (a superuser bypasses RLS)");
+    server.stop().await;
+    drop((as_owner, in_db));
+    owner_driver.abort();
+    su_driver.abort();
+    driver.abort();
+}
