@@ -1,6 +1,7 @@
 //! Bearer API keys (`allot_…`): hashed (SHA-256) and looked up to the tenant, role and key id,
 //! cached for a bounded time (a revoked key stops working within that TTL). `last_used_at` is
-//! written at most once a minute per key and replica, off the request path.
+//! written at most once a minute per key and replica, off the request path. Database look-ups
+//! (cache misses, unknown keys) are bounded to [`LOOKUPS_MAX`] at once.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,6 +17,11 @@ pub const API_KEY_LEN_MAX: usize = 256;
 pub const CACHE_ENTRIES_MAX: usize = 10_000;
 /// `last_used_at` is written at most this often per key (and replica).
 pub const LAST_USED_INTERVAL: Duration = Duration::from_secs(60);
+/// Most key look-ups in the database at once. Unknown keys are never cached, so without this
+/// bound a flood of made-up keys (no tenant to limit it by) could take every pooled connection.
+pub const LOOKUPS_MAX: usize = 4;
+/// Longest wait for a look-up slot before answering UNAVAILABLE.
+pub const LOOKUP_WAIT: Duration = Duration::from_secs(5);
 
 struct Entry {
     principal: Principal,
@@ -28,11 +34,12 @@ pub struct ApiKeys {
     pool: deadpool_postgres::Pool,
     ttl: Duration,
     cache: Mutex<HashMap<[u8; 32], Entry>>,
+    lookups: tokio::sync::Semaphore,
 }
 
 impl ApiKeys {
     pub fn new(pool: deadpool_postgres::Pool, ttl: Duration) -> ApiKeys {
-        ApiKeys { pool, ttl, cache: Mutex::new(HashMap::new()) }
+        ApiKeys { pool, ttl, cache: Mutex::new(HashMap::new()), lookups: tokio::sync::Semaphore::new(LOOKUPS_MAX) }
     }
 
     /// Whether `token` looks like an API key (rather than a JWT).
@@ -50,6 +57,14 @@ impl ApiKeys {
             if touch {
                 self.touch(principal.clone());
             }
+            return Ok(principal);
+        }
+        let _slot = match tokio::time::timeout(LOOKUP_WAIT, self.lookups.acquire()).await {
+            Ok(Ok(slot)) => slot,
+            _ => return Err(Error::Unavailable("credential store")),
+        };
+        // Callers of one new key queue here together: the first one's look-up serves the rest.
+        if let Some((principal, _)) = self.cached(&hash) {
             return Ok(principal);
         }
         // The key names its tenant, so this is the one request-path lookup across tenants.
