@@ -105,6 +105,10 @@ pub struct Config {
     /// credential); presented certificates are verified either way.
     #[arg(long, env = "ALLOT_TLS_CLIENT_CERT_OPTIONAL", default_value_t = false)]
     pub tls_client_cert_optional: bool,
+    /// A plaintext listener that serves only `grpc.health.v1.Health`, for probes that cannot
+    /// speak TLS (kubelet's gRPC probes); unset = none. Carries no credential and no data.
+    #[arg(long, env = "ALLOT_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
     /// How often the TLS files are checked for changes (hot reload).
     #[arg(long, env = "ALLOT_TLS_RELOAD_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
     pub tls_reload_interval_ms: u64,
@@ -166,6 +170,7 @@ impl Config {
             tls_identities_file: None,
             tls_client_cert_optional: false,
             tls_reload_interval_ms: 10_000,
+            health_listen: None,
             jwt_hs256_secret_file: None,
             jwt_public_key_files: None,
             jwt_issuer: None,
@@ -214,6 +219,11 @@ impl Config {
             return Err(invalid("jwt_issuer", "JWT keys need jwt_issuer and jwt_audience".into()));
         }
         crate::auth::jwt::parse_algorithms(&self.jwt_algorithms).map_err(|e| invalid("jwt_algorithms", e.to_string()))?;
+        if let Some(health) = self.health_listen {
+            if health.port() != 0 && (health.port() == self.listen.port() || Some(health.port()) == self.metrics_listen.map(|m| m.port())) {
+                return Err(invalid("health_listen", format!("{health} is the gRPC or metrics address too")));
+            }
+        }
         if let Some(metrics) = self.metrics_listen {
             if metrics.port() != 0
                 && metrics.port() == self.listen.port()

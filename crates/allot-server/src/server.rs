@@ -166,6 +166,19 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
         tracing::info!(shutdown.grace_ms = grace.as_millis() as u64, "draining in-flight calls");
         let _ = draining_tx.send(true);
     };
+    // Probes that cannot speak TLS get the health service alone, in plaintext.
+    let health_only = match config.health_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            tracing::info!(listen = %listener.local_addr()?, "serving grpc health in plaintext");
+            let mut stop = stop_rx.clone();
+            let router = tonic::transport::Server::builder().add_service(health_service.clone());
+            Some(tokio::spawn(router.serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })))
+        }
+        None => None,
+    };
     let tls_task = app.tls.clone().map(|tls| tokio::spawn(tls.watch(Duration::from_millis(config.tls_reload_interval_ms), stop_rx.clone())));
     let router = tonic::transport::Server::builder()
         .layer(crate::telemetry::rpc::RpcLayer)
@@ -198,6 +211,9 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
     let _ = tokio::join!(health_task, sweeper_task);
     let _ = pricing_task.await;
     if let Some(task) = tls_task {
+        let _ = task.await;
+    }
+    if let Some(task) = health_only {
         let _ = task.await;
     }
     if let Some(redis) = &app.redis {

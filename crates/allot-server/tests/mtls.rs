@@ -75,7 +75,9 @@ async fn client_certificates_from_the_ca_map_to_tenant_and_role_and_others_are_r
     // The tenant is the test server's, which exists only once it starts: map a placeholder first.
     let identities_file = write(dir.path(), "identities.toml", &identities(&uuid::Uuid::nil().to_string(), "charge"));
     let (cert_file, key_file) = (write(dir.path(), "server.pem", &server_cert), write(dir.path(), "server.key", &server_key));
+    let health_port = allot_server::localstack::free_port().expect("free port");
     let server = TestServer::start_with(time::OffsetDateTime::now_utc(), |c| {
+        c.health_listen = Some(std::net::SocketAddr::from(([127, 0, 0, 1], health_port)));
         c.tls_cert_file = Some(cert_file);
         c.tls_key_file = Some(key_file);
         c.tls_client_ca_file = Some(ca_file.clone());
@@ -87,6 +89,26 @@ async fn client_certificates_from_the_ca_map_to_tenant_and_role_and_others_are_r
     std::fs::write(&identities_file, identities(&tenant, "charge")).expect("mapping");
     assert!(tls.reload_if_changed().expect("reload"), "a changed mapping is picked up");
     assert!(!tls.reload_if_changed().expect("reload"), "unchanged files are not reloaded");
+
+    // Probes that cannot speak TLS reach health alone, in plaintext; nothing else is served there.
+    // (The server binds it as it starts serving: wait for it, bounded.)
+    let endpoint = Endpoint::from_shared(format!("http://127.0.0.1:{health_port}")).expect("endpoint");
+    let mut plain = None;
+    for _ in 0..250 {
+        if let Ok(channel) = endpoint.connect().await {
+            plain = Some(channel);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let plain = plain.expect("the health port accepts connections");
+    let health = tonic_health::pb::health_client::HealthClient::new(plain.clone())
+        .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .expect("health")
+        .into_inner();
+    assert_eq!(health.status, tonic_health::pb::health_check_response::ServingStatus::Serving as i32);
+    assert_eq!(balance(plain).await.expect_err("no data on the health port").code(), Code::Unimplemented);
 
     // The mapped certificate acts for the tenant, in its role (charge: reads yes, admin no).
     let admitted = channel(&server, &ours.pem, Some(&checkout)).await.expect("handshake");
