@@ -8,6 +8,7 @@ use time::OffsetDateTime;
 use crate::auth::{Principal, Role};
 use crate::error::Error;
 use crate::ids::{AccountId, IdempotencyKey, Meter, PlanId, TenantId};
+use crate::repo::audit::{self, Audit, Subject};
 use crate::repo::plans::{MeterTerms, PlanRecord, RateCap};
 use crate::repo::subscriptions::SubscriptionRecord;
 use crate::repo::tenants;
@@ -30,6 +31,7 @@ pub async fn tenant(pool: &deadpool_postgres::Pool, name: &str) -> Result<Tenant
     let tx = crate::db::begin(&mut client, tenant).await?;
     tenants::create(&tx, tenant, name).await?;
     let key = tenants::create_api_key(&tx, tenant, "default", Role::Admin).await?;
+    audit_key(&tx, tenant, "CreateApiKey", key.id).await?;
     tx.commit().await?;
     Ok(TenantKey { tenant, api_key: key.key, key_id: key.id })
 }
@@ -42,6 +44,7 @@ pub async fn api_key(pool: &deadpool_postgres::Pool, tenant: TenantId, name: &st
     let mut client = pool.get().await?;
     let tx = crate::db::begin(&mut client, tenant).await?;
     let key = tenants::create_api_key(&tx, tenant, name, role).await?;
+    audit_key(&tx, tenant, "CreateApiKey", key.id).await?;
     tx.commit().await?;
     Ok(key)
 }
@@ -50,9 +53,26 @@ pub async fn api_key(pool: &deadpool_postgres::Pool, tenant: TenantId, name: &st
 pub async fn revoke_api_key(pool: &deadpool_postgres::Pool, tenant: TenantId, id: uuid::Uuid) -> Result<bool, Error> {
     let mut client = pool.get().await?;
     let tx = crate::db::begin(&mut client, tenant).await?;
+    let actor = key_admin(tenant);
+    let audit = Audit::begin(&tx, &actor, "RevokeApiKey", Subject::ApiKey(id)).await?;
     let revoked = tenants::revoke_api_key(&tx, tenant, id, OffsetDateTime::now_utc()).await?;
+    if revoked {
+        audit.finish(&tx, OffsetDateTime::now_utc()).await?;
+    }
     tx.commit().await?;
     Ok(revoked)
+}
+
+/// Who manages keys outside the API (the command line, `allot dev`, the test kit).
+fn key_admin(tenant: TenantId) -> Principal {
+    Principal::system(tenant, "keys")
+}
+
+/// Audits a key's creation in its transaction (the row never holds the key or its hash).
+async fn audit_key(tx: &crate::db::Tx<'_>, tenant: TenantId, method: &'static str, id: uuid::Uuid) -> Result<(), Error> {
+    let actor = key_admin(tenant);
+    let after = audit::snapshot(tx, &actor, Subject::ApiKey(id)).await?;
+    audit::append(tx, &actor, method, Subject::ApiKey(id), None, after, OffsetDateTime::now_utc()).await
 }
 
 fn id<T>(parse: fn(&str) -> Result<T, crate::ids::IdError>, raw: &str) -> Result<T, Error> {

@@ -448,7 +448,10 @@ async fn admin_actions_are_audited_with_who_what_before_and_after_and_the_trail_
     assert_eq!(err.code(), Code::PermissionDenied);
     let db = server.sql().await;
     let rows = db
-        .query("SELECT actor, actor_role, method, subject_kind, subject_key, before, after FROM admin_audit ORDER BY id", &[])
+        .query(
+            "SELECT actor, actor_role, method, subject_kind, subject_key, before, after FROM admin_audit WHERE subject_kind <> 'api_key' ORDER BY id",
+            &[],
+        )
         .await
         .expect("audit");
     assert_eq!(rows.len(), 2, "one row per admin action, none for the refused one");
@@ -470,6 +473,14 @@ async fn admin_actions_are_audited_with_who_what_before_and_after_and_the_trail_
         let err = db.batch_execute(sql).await.expect_err(sql);
         assert!(err.as_db_error().is_some_and(|e| e.message().contains("append-only")), "{sql}: {err:?}");
     }
+    // Key management is audited too, without the key or its hash.
+    let keys = db
+        .query("SELECT method, after::text FROM admin_audit WHERE subject_kind = 'api_key' AND actor = 'system:keys' ORDER BY id", &[])
+        .await
+        .expect("key audit");
+    let methods: Vec<String> = keys.iter().map(|r| r.get(0)).collect();
+    assert_eq!(methods, ["CreateApiKey", "CreateApiKey"], "the tenant's first key and the charge key");
+    assert!(keys.iter().all(|r| !r.get::<_, String>(1).contains("key_sha256")), "no hash in the trail");
     let mut app = server.app_pool.get().await.expect("connection");
     let tx = allot_server::db::begin(&mut app, server.tenant.tenant).await.expect("begin");
     let err = tx.execute("UPDATE admin_audit SET actor = 'someone'", &[]).await.expect_err("server role");
@@ -502,6 +513,12 @@ async fn api_keys_are_stored_hashed_revocable_and_record_their_last_use() {
         !allot_server::seed::revoke_api_key(&server.app_pool, server.tenant.tenant, key.id).await.expect("again"),
         "revoking twice finds no live key"
     );
+    let revoked: Option<serde_json::Value> = db
+        .query_one("SELECT after FROM admin_audit WHERE method = 'RevokeApiKey' AND subject_key = $1", &[&key.id.to_string()])
+        .await
+        .expect("the revocation is audited once")
+        .get(0);
+    assert!(revoked.is_some_and(|after| !after["revoked_at"].is_null()), "after shows the revocation");
     let err = entitlements
         .check(pb::CheckRequest { account_id: "acct".into(), meter: "tokens".into(), amount_credits: 1, ..Default::default() })
         .await

@@ -23,6 +23,8 @@ pub enum Subject<'a> {
     FairUseSettings,
     Exempt(&'a str),
     SoftCaps(&'a str),
+    /// An API key (created or revoked; never its hash).
+    ApiKey(uuid::Uuid),
 }
 
 impl Subject<'_> {
@@ -38,6 +40,7 @@ impl Subject<'_> {
             Subject::FairUseSettings => ("fair_use_settings", String::new()),
             Subject::Exempt(a) => ("exempt", (*a).to_owned()),
             Subject::SoftCaps(plan) => ("soft_caps", (*plan).to_owned()),
+            Subject::ApiKey(id) => ("api_key", id.to_string()),
         }
     }
 
@@ -67,6 +70,7 @@ impl Subject<'_> {
             }
             Subject::FairUseSettings => "SELECT to_jsonb(s) FROM escalation_settings s WHERE s.tenant_id = $1 AND $2 = ''",
             Subject::Exempt(_) => "SELECT to_jsonb(e) FROM escalation_exempt e WHERE e.tenant_id = $1 AND e.account_id = $2",
+            Subject::ApiKey(_) => "SELECT to_jsonb(k) - 'key_sha256' FROM api_keys k WHERE k.tenant_id = $1 AND k.id::text = $2",
             Subject::SoftCaps(_) => {
                 "SELECT jsonb_agg(to_jsonb(c) ORDER BY c.meter COLLATE \"C\", c.window_ms) FROM soft_caps c WHERE c.tenant_id = $1 AND c.plan_id = $2 HAVING COUNT(*) > 0"
             }
