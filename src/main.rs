@@ -1,5 +1,6 @@
 //! The `allot` binary: `serve` the gRPC API, `migrate` the database, run a complete local stack
-//! with `dev`, and `create-tenant` to issue a tenant and its first API key.
+//! with `dev`, `create-tenant` to issue a tenant and its first (admin) API key, and
+//! `create-key` / `revoke-key` for keys of a role.
 
 use std::ffi::OsString;
 use std::net::SocketAddr;
@@ -25,6 +26,8 @@ struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once at start-up; boxing `serve`'s settings would buy nothing.
+#[allow(clippy::large_enum_variant)]
 enum Command {
     /// Serve the gRPC API.
     Serve(ServeArgs),
@@ -60,12 +63,33 @@ enum Command {
         #[arg(long)]
         scenarios: Option<String>,
     },
-    /// Create a tenant and print its first API key (shown once).
+    /// Create a tenant and print its first API key, of role admin (shown once).
     CreateTenant {
         #[arg(long, env = "ALLOT_DATABASE_URL")]
         database_url: String,
         #[arg(long)]
         name: String,
+    },
+    /// Create an API key of a role (check, charge or admin) for a tenant and print it (shown once).
+    CreateKey {
+        #[arg(long, env = "ALLOT_DATABASE_URL")]
+        database_url: String,
+        #[arg(long)]
+        tenant_id: uuid::Uuid,
+        #[arg(long)]
+        role: allot_server::auth::Role,
+        /// What the key is for (e.g. the calling service).
+        #[arg(long)]
+        name: String,
+    },
+    /// Revoke an API key (servers stop accepting it within ALLOT_AUTH_CACHE_TTL_MS).
+    RevokeKey {
+        #[arg(long, env = "ALLOT_DATABASE_URL")]
+        database_url: String,
+        #[arg(long)]
+        tenant_id: uuid::Uuid,
+        #[arg(long)]
+        key_id: uuid::Uuid,
     },
 }
 
@@ -138,7 +162,21 @@ async fn main() -> anyhow::Result<()> {
             let config = Config::with_database(database_url, None);
             let pool = allot_server::db::pool(&config)?;
             let created = allot_server::seed::tenant(&pool, &name).await?;
-            println!("tenant {} created\napi key (shown once): {}", created.tenant, created.api_key);
+            println!("tenant {} created\napi key {} (role admin, shown once): {}", created.tenant, created.key_id, created.api_key);
+            Ok(())
+        }
+        Command::CreateKey { database_url, tenant_id, role, name } => {
+            let pool = allot_server::db::pool(&Config::with_database(database_url, None))?;
+            let key = allot_server::seed::api_key(&pool, allot_server::ids::TenantId(tenant_id), &name, role).await?;
+            println!("api key {} (role {}, shown once): {}", key.id, key.role, key.key);
+            Ok(())
+        }
+        Command::RevokeKey { database_url, tenant_id, key_id } => {
+            let pool = allot_server::db::pool(&Config::with_database(database_url, None))?;
+            if !allot_server::seed::revoke_api_key(&pool, allot_server::ids::TenantId(tenant_id), key_id).await? {
+                anyhow::bail!("no live api key {key_id} in tenant {tenant_id}");
+            }
+            println!("api key {key_id} revoked");
             Ok(())
         }
     };

@@ -175,11 +175,11 @@ fn expected_migrations() -> Vec<String> {
     found.into_iter().map(|(_, stem)| stem).collect()
 }
 
-/// The key of `api key (shown once): allot_<48 hex>`, checked for shape.
+/// The key of `api key <id> (role admin, shown once): allot_<48 hex>`, checked for shape.
 fn api_key_from(stdout: &str) -> String {
     let key = stdout
         .lines()
-        .find_map(|l| l.strip_prefix("api key (shown once): "))
+        .find_map(|l| l.strip_prefix("api key ").and_then(|l| l.split_once("(role admin, shown once): ")).map(|(_, key)| key))
         .unwrap_or_else(|| panic!("no api key line in {stdout:?}"))
         .trim()
         .to_owned();

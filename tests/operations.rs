@@ -165,7 +165,8 @@ struct Blocked {
 
 async fn serve_with_a_blocked_call(label: &str, shutdown_grace_ms: u64) -> Blocked {
     let url = allot_server::testkit::fresh_database().await;
-    let pool = allot_server::db::pool(&Config::with_database(url.clone(), None)).expect("pool");
+    // As the login role (not held to row-level security), so the blocker can lock any row.
+    let pool = allot_server::db::pool(&Config { db_role: String::new(), ..Config::with_database(url.clone(), None) }).expect("pool");
     let key = allot_server::seed::tenant(&pool, "acme").await.expect("tenant").api_key;
     let listen = format!("127.0.0.1:{}", allot_server::localstack::free_port().expect("free port"));
     let config = write_config(

@@ -2,8 +2,12 @@
 //! `proto/allot/v1/` at build time, plus the encoded descriptor set that server reflection serves.
 //!
 //! This crate holds no logic: conversions live in the server's `grpc::from_proto`/`to_proto`.
+//! The stubs use [`codec::Codec`], prost's codec with undecodable requests answered
+//! INVALID_ARGUMENT instead of INTERNAL.
 
 #![allow(clippy::all, missing_docs)]
+
+pub mod codec;
 
 /// Messages and services of package `allot.v1`.
 pub mod v1 {

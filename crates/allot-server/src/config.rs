@@ -69,6 +69,67 @@ pub struct Config {
     /// server stops anyway. Keep it below Kubernetes' terminationGracePeriodSeconds.
     #[arg(long, env = "ALLOT_SHUTDOWN_GRACE_MS", default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(0..=600_000))]
     pub shutdown_grace_ms: u64,
+    /// The PostgreSQL role the server's connections act as (`SET ROLE` at connect, through the
+    /// startup options): a role without BYPASSRLS that owns no table, so row-level security
+    /// applies (migration V8 creates `allot_app`). Empty = act as the login role itself, which
+    /// must then be such a role.
+    #[arg(long, env = "ALLOT_DB_ROLE", default_value = "allot_app")]
+    pub db_role: String,
+    /// Accept bearer API keys (`allot_…`).
+    #[arg(long, env = "ALLOT_AUTH_API_KEYS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub auth_api_keys: bool,
+    /// Most calls one tenant may have in flight on this server (fairness between tenants; keep
+    /// it below `db_pool_size_max`).
+    #[arg(long, env = "ALLOT_TENANT_CONCURRENCY_MAX", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub tenant_concurrency_max: u32,
+    /// Most calls of one tenant waiting for a slot; more are refused at once (RESOURCE_EXHAUSTED).
+    #[arg(long, env = "ALLOT_TENANT_QUEUE_MAX", default_value_t = 256, value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    pub tenant_queue_max: u32,
+    /// Longest wait for a tenant slot before RESOURCE_EXHAUSTED (with this as RetryInfo).
+    #[arg(long, env = "ALLOT_TENANT_QUEUE_WAIT_MS", default_value_t = 1_000, value_parser = clap::value_parser!(u64).range(0..=60_000))]
+    pub tenant_queue_wait_ms: u64,
+    /// Serve TLS with this certificate chain (PEM); needs `tls_key_file`.
+    #[arg(long, env = "ALLOT_TLS_CERT_FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// The TLS private key (PEM).
+    #[arg(long, env = "ALLOT_TLS_KEY_FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// mTLS: verify client certificates against this CA (PEM) and map them to tenants with
+    /// `tls_identities_file`.
+    #[arg(long, env = "ALLOT_TLS_CLIENT_CA_FILE")]
+    pub tls_client_ca_file: Option<PathBuf>,
+    /// mTLS: client certificate names (`dns:`, `uri:`, `cn:`) → tenant and role (TOML).
+    #[arg(long, env = "ALLOT_TLS_IDENTITIES_FILE")]
+    pub tls_identities_file: Option<PathBuf>,
+    /// mTLS: also accept connections without a client certificate (they need a bearer
+    /// credential); presented certificates are verified either way.
+    #[arg(long, env = "ALLOT_TLS_CLIENT_CERT_OPTIONAL", default_value_t = false)]
+    pub tls_client_cert_optional: bool,
+    /// A plaintext listener that serves only `grpc.health.v1.Health`, for probes that cannot
+    /// speak TLS (kubelet's gRPC probes); unset = none. Carries no credential and no data.
+    #[arg(long, env = "ALLOT_HEALTH_LISTEN")]
+    pub health_listen: Option<SocketAddr>,
+    /// How often the TLS files are checked for changes (hot reload).
+    #[arg(long, env = "ALLOT_TLS_RELOAD_INTERVAL_MS", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..=3_600_000))]
+    pub tls_reload_interval_ms: u64,
+    /// JWT: a file holding the HS256 secret (at least 32 bytes).
+    #[arg(long, env = "ALLOT_JWT_HS256_SECRET_FILE")]
+    pub jwt_hs256_secret_file: Option<PathBuf>,
+    /// JWT: public keys (RSA, EC or Ed25519 PEM files), comma-separated.
+    #[arg(long, env = "ALLOT_JWT_PUBLIC_KEY_FILES")]
+    pub jwt_public_key_files: Option<String>,
+    /// JWT: the required `iss`.
+    #[arg(long, env = "ALLOT_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+    /// JWT: the required `aud`.
+    #[arg(long, env = "ALLOT_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+    /// JWT: clock skew tolerated on `exp` and `nbf`.
+    #[arg(long, env = "ALLOT_JWT_LEEWAY_MS", default_value_t = 30_000, value_parser = clap::value_parser!(u64).range(0..=300_000))]
+    pub jwt_leeway_ms: u64,
+    /// JWT: allowed algorithms, comma-separated (e.g. `RS256,ES256`); empty = those of the keys.
+    #[arg(long, env = "ALLOT_JWT_ALGORITHMS", default_value = "")]
+    pub jwt_algorithms: String,
     /// Serve even when PostgreSQL runs with `fsync=off` or `synchronous_commit=off` (an
     /// acknowledged charge could then be lost in a crash). For throwaway environments only.
     #[arg(long, env = "ALLOT_ALLOW_UNSAFE_DURABILITY", default_value_t = false)]
@@ -98,6 +159,24 @@ impl Config {
             otlp_endpoint: None,
             shutdown_grace_ms: 20_000,
             allow_unsafe_durability: false,
+            db_role: "allot_app".into(),
+            auth_api_keys: true,
+            tenant_concurrency_max: 8,
+            tenant_queue_max: 256,
+            tenant_queue_wait_ms: 1_000,
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            tls_identities_file: None,
+            tls_client_cert_optional: false,
+            tls_reload_interval_ms: 10_000,
+            health_listen: None,
+            jwt_hs256_secret_file: None,
+            jwt_public_key_files: None,
+            jwt_issuer: None,
+            jwt_audience: None,
+            jwt_leeway_ms: 30_000,
+            jwt_algorithms: String::new(),
         }
     }
 
@@ -117,6 +196,32 @@ impl Config {
                 endpoint.parse().map_err(|e| invalid("otlp_endpoint", format!("{endpoint:?} is not a URL ({e})")))?;
             if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
                 return Err(invalid("otlp_endpoint", format!("{endpoint:?} must look like http://collector:4317")));
+            }
+        }
+        if !self.db_role.is_empty()
+            && (self.db_role.len() > 63
+                || !self.db_role.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+                || self.db_role.starts_with(|c: char| c.is_ascii_digit()))
+        {
+            return Err(invalid("db_role", format!("{:?} must be a lowercase SQL identifier", self.db_role)));
+        }
+        if self.tls_cert_file.is_some() != self.tls_key_file.is_some() {
+            return Err(invalid("tls_cert_file", "tls_cert_file and tls_key_file go together".into()));
+        }
+        if self.tls_client_ca_file.is_some() && self.tls_cert_file.is_none() {
+            return Err(invalid("tls_client_ca_file", "mTLS needs tls_cert_file and tls_key_file".into()));
+        }
+        if self.tls_client_ca_file.is_some() != self.tls_identities_file.is_some() {
+            return Err(invalid("tls_identities_file", "a client CA and an identities file go together".into()));
+        }
+        let jwt_keys = self.jwt_hs256_secret_file.is_some() || self.jwt_public_key_files.as_ref().is_some_and(|f| !f.trim().is_empty());
+        if jwt_keys && (self.jwt_issuer.as_deref().unwrap_or("").is_empty() || self.jwt_audience.as_deref().unwrap_or("").is_empty()) {
+            return Err(invalid("jwt_issuer", "JWT keys need jwt_issuer and jwt_audience".into()));
+        }
+        crate::auth::jwt::parse_algorithms(&self.jwt_algorithms).map_err(|e| invalid("jwt_algorithms", e.to_string()))?;
+        if let Some(health) = self.health_listen {
+            if health.port() != 0 && (health.port() == self.listen.port() || Some(health.port()) == self.metrics_listen.map(|m| m.port())) {
+                return Err(invalid("health_listen", format!("{health} is the gRPC or metrics address too")));
             }
         }
         if let Some(metrics) = self.metrics_listen {

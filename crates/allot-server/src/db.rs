@@ -2,12 +2,20 @@
 //! keep a stuck lock or a dropped client from pinning a connection inside a transaction, and is
 //! checked for durability: with `fsync=off` or `synchronous_commit=off` an acknowledged charge
 //! could vanish in a crash, so such a connection is refused (unless explicitly allowed).
+//!
+//! Connections act as `Config::db_role` (`allot_app`: no BYPASSRLS, owns no table), so
+//! PostgreSQL's row-level security applies to every statement; transactions start through
+//! [`begin`] (tenant-scoped) or [`begin_all_tenants`] (named background jobs), see [`tx`].
 
 use std::time::Duration;
 
 use deadpool_postgres::{HookError, Manager, ManagerConfig, Pool, PoolError, RecyclingMethod, Runtime};
 
 use crate::config::Config;
+
+pub mod tx;
+
+pub use tx::{begin, begin_all_tenants, begin_with, Access, AllTenants, Tx};
 
 mod embedded {
     refinery::embed_migrations!("../../migrations");
@@ -20,8 +28,11 @@ pub fn pool(config: &Config) -> anyhow::Result<Pool> {
     pg.application_name("allot");
     pg.connect_timeout(Duration::from_secs(3));
     // Server-side bounds: a statement, a lock wait and an idle transaction all end on their own.
+    // The role travels in the startup options too: no extra round trip, and a connection that
+    // cannot take it fails instead of running with the login role's rights.
+    let role = if config.db_role.is_empty() { String::new() } else { format!(" -c role={}", config.db_role) };
     pg.options(format!(
-        "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+        "-c statement_timeout={} -c lock_timeout={} -c idle_in_transaction_session_timeout={}{role}",
         config.db_statement_timeout_ms,
         config.db_lock_timeout_ms,
         config.db_statement_timeout_ms.saturating_mul(2),

@@ -39,8 +39,11 @@ async fn serve_stack(listen: SocketAddr, postgres: &LocalPostgres, redis: &Local
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let app = App::connect(config, clock.clone()).await?;
     let demo = crate::seed::demo(&app.ctx, clock.now()).await?;
+    let charge = crate::seed::api_key(&app.ctx.pool, demo.tenant, "demo-charge", crate::auth::Role::Charge).await?;
+    let check = crate::seed::api_key(&app.ctx.pool, demo.tenant, "demo-check", crate::auth::Role::Check).await?;
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    print_welcome(listener.local_addr()?, &demo.api_key, &postgres.dsn("allot"), &redis.url());
+    let keys = Keys { admin: &demo.api_key, charge: &charge.key, check: &check.key };
+    print_welcome(listener.local_addr()?, &keys, &postgres.dsn("allot"), &redis.url());
     serve(app, listener, shutdown_signal()).await
 }
 
@@ -79,14 +82,24 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown requested");
 }
 
-fn print_welcome(addr: SocketAddr, api_key: &str, database: &str, redis: &str) {
-    let auth = format!("-H 'authorization: Bearer {api_key}'");
+/// The demo tenant's keys, one per role.
+struct Keys<'a> {
+    admin: &'a str,
+    charge: &'a str,
+    check: &'a str,
+}
+
+fn print_welcome(addr: SocketAddr, keys: &Keys<'_>, database: &str, redis: &str) {
+    let auth = format!("-H 'authorization: Bearer {}'", keys.admin);
+    let (admin_key, charge_key, check_key) = (keys.admin, keys.charge, keys.check);
     println!(
         r#"
 Allot is running on {addr} (Ctrl-C stops it and the local PostgreSQL and Redis).
   database: {database}
   redis:    {redis}
-  api key:  {api_key}   (tenant "demo")
+  api key:  {admin_key}   (tenant "demo", role admin: everything)
+  api key:  {charge_key}   (role charge: debit, reserve, commit, release, refund, reads)
+  api key:  {check_key}   (role check: decisions and reads only)
 
 Try it (grpcurl uses server reflection; no proto files needed):
   grpcurl -plaintext {addr} list

@@ -11,6 +11,12 @@ pub enum Error {
     /// The credential is missing, malformed, unknown or revoked.
     #[error("missing or invalid credential")]
     Unauthenticated,
+    /// The credential is valid but its role may not call this RPC.
+    #[error("the credential's role may not call this method")]
+    PermissionDenied,
+    /// The caller's tenant has its concurrency limit in use; retry after a moment.
+    #[error("too many calls in flight for this tenant, retry")]
+    TenantBusy { retry_after: std::time::Duration },
     /// The thing does not exist in the caller's tenant (a foreign one looks the same).
     #[error("{what} not found")]
     NotFound { what: &'static str },

@@ -6,7 +6,8 @@
 //! - [`service`]: the imperative shell. Owns transactions and the lock order; asks
 //!   `allot_domain` to decide; persists what it proposed.
 //! - [`repo`]: the only place with SQL; every statement is scoped by tenant.
-//! - [`auth`]: credentials → tenant. [`ids`]: validated identifiers. [`clock`]: injected time.
+//! - [`auth`]: credentials → principal (tenant, role), the authorization table, per-tenant
+//!   limits; [`tls`]: TLS and mTLS with reloadable certificates. [`ids`]: validated identifiers. [`clock`]: injected time.
 //! - [`server`]: assembles services, health, reflection and limits; `serve(app, listener, …)`.
 //! - [`db`]: pool and migrations. [`config`]: the one configuration struct.
 //! - [`localstack`], [`dev`], [`seed`]: throwaway PostgreSQL/Redis, `allot dev`, demo data.
@@ -28,3 +29,4 @@ pub mod service;
 pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+pub mod tls;

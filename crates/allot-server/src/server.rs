@@ -13,6 +13,8 @@ use allot_proto::v1::pricing_server::PricingServer;
 use allot_proto::v1::subsidy_server::SubsidyServer;
 use tokio::net::TcpListener;
 
+use crate::auth::fairness::TenantLimiter;
+use crate::auth::layer::{AuthLayer, Gate};
 use crate::auth::Authenticator;
 use crate::clock::Clock;
 use crate::config::Config;
@@ -35,7 +37,10 @@ use crate::service::{health, sweeper, Ctx};
 pub struct App {
     pub config: Config,
     pub ctx: Ctx,
-    pub auth: Arc<Authenticator>,
+    /// Authentication, the authorization table and per-tenant limits, in front of every service.
+    pub gate: Arc<Gate>,
+    /// TLS (and mTLS) with reloadable certificates, when configured.
+    pub tls: Option<Arc<crate::tls::Reloadable>>,
     /// Cooldown locks and rate counters live here; never money.
     pub redis: Option<fred::prelude::Client>,
 }
@@ -47,7 +52,10 @@ impl App {
     pub async fn connect(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         config.validate()?;
         let pool = crate::db::pool(&config)?;
-        crate::db::check_durability(&pool, config.allow_unsafe_durability).await?;
+        // Probed as the login role: the server's own role may not exist before migrating.
+        let probe = crate::db::pool(&Config { db_role: String::new(), db_pool_size_max: 1, ..config.clone() })?;
+        crate::db::check_durability(&probe, config.allow_unsafe_durability).await?;
+        drop(probe);
         if config.migrate {
             let applied = crate::db::migrate(&config.database_url).await?;
             tracing::info!(migrations.applied = applied.len(), "database migrated");
@@ -56,8 +64,25 @@ impl App {
             Some(url) => Some(connect_redis(url, config.redis_cluster).await?),
             None => None,
         };
-        let auth = Arc::new(Authenticator::new(pool.clone(), Duration::from_millis(config.auth_cache_ttl_ms)));
-        Ok(App { config, ctx: Ctx::new(pool, clock), auth, redis })
+        let tls = match (&config.tls_cert_file, &config.tls_key_file) {
+            (Some(cert), Some(key)) => Some(crate::tls::Reloadable::load(crate::tls::TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: config.tls_client_ca_file.clone(),
+                client_cert_optional: config.tls_client_cert_optional,
+                identities: config.tls_identities_file.clone(),
+            })?),
+            _ => None,
+        };
+        let certs = tls.as_ref().filter(|_| config.tls_client_ca_file.is_some()).map(|t| t.identities.clone());
+        let authenticator = Authenticator::from_config(&config, pool.clone(), certs)?;
+        let limiter = TenantLimiter::new(
+            usize::try_from(config.tenant_concurrency_max)?,
+            usize::try_from(config.tenant_queue_max)?,
+            Duration::from_millis(config.tenant_queue_wait_ms),
+        );
+        let gate = Arc::new(Gate { authenticator, limiter });
+        Ok(App { config, ctx: Ctx::new(pool, clock), gate, tls, redis })
     }
 }
 
@@ -113,30 +138,29 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
         tokio::spawn(health::run(app.ctx.pool.clone(), reporter, Duration::from_millis(config.health_interval_ms), draining_rx.clone()));
     let pricing = Pricing::new(app.ctx.clone());
     let pricing_task = tokio::spawn(crate::service::pricing::listen(pricing.clone(), config.database_url.clone(), stop_rx.clone()));
-    let sweeper_task = tokio::spawn(sweeper::run(app.ctx.clone(), Duration::from_millis(config.hold_sweep_interval_ms), stop_rx));
+    let sweeper_task = tokio::spawn(sweeper::run(app.ctx.clone(), Duration::from_millis(config.hold_sweep_interval_ms), stop_rx.clone()));
 
     let reflection_v1 = reflection().build_v1()?;
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let max_message_bytes = usize::try_from(config.max_message_bytes)?;
     let rate = RateLimiter::new(app.redis.clone(), Duration::from_millis(config.redis_timeout_ms));
     let entitlements = EntitlementsServer::new(EntitlementsApi {
-        auth: app.auth.clone(),
         credits: Credits::new(app.ctx.clone(), rate, pricing.clone()),
         reports: Reports::new(app.ctx.clone()),
     })
     .max_decoding_message_size(max_message_bytes)
     .max_encoding_message_size(max_message_bytes);
     let classifier = Classifier::new(app.ctx.clone(), app.redis.clone(), Duration::from_millis(config.redis_timeout_ms));
-    let fair_use = FairUseServer::new(FairUseApi { auth: app.auth.clone(), classifier, ctx: app.ctx.clone() })
+    let fair_use = FairUseServer::new(FairUseApi { classifier, ctx: app.ctx.clone() })
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
-    let admin = AdminServer::new(AdminApi { auth: app.auth.clone(), admin: Admin::new(app.ctx.clone()), trials: Trials::new(app.ctx.clone()) })
+    let admin = AdminServer::new(AdminApi { admin: Admin::new(app.ctx.clone()), trials: Trials::new(app.ctx.clone()) })
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
-    let pricing_api = PricingServer::new(PricingApi { auth: app.auth.clone(), pricing: pricing.clone() })
+    let pricing_api = PricingServer::new(PricingApi { pricing: pricing.clone() })
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
-    let subsidy_api = SubsidyServer::new(SubsidyApi { auth: app.auth.clone(), pools: Pools::new(app.ctx.clone()) })
+    let subsidy_api = SubsidyServer::new(SubsidyApi { pools: Pools::new(app.ctx.clone()) })
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
 
@@ -147,8 +171,23 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
         tracing::info!(shutdown.grace_ms = grace.as_millis() as u64, "draining in-flight calls");
         let _ = draining_tx.send(true);
     };
-    let server = tonic::transport::Server::builder()
+    // Probes that cannot speak TLS get the health service alone, in plaintext.
+    let health_only = match config.health_listen {
+        Some(addr) => {
+            let listener = TcpListener::bind(addr).await?;
+            tracing::info!(listen = %listener.local_addr()?, "serving grpc health in plaintext");
+            let mut stop = stop_rx.clone();
+            let router = tonic::transport::Server::builder().add_service(health_service.clone());
+            Some(tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), async move {
+                let _ = stop.wait_for(|stop| *stop).await;
+            })))
+        }
+        None => None,
+    };
+    let tls_task = app.tls.clone().map(|tls| tokio::spawn(tls.watch(Duration::from_millis(config.tls_reload_interval_ms), stop_rx.clone())));
+    let router = tonic::transport::Server::builder()
         .layer(crate::telemetry::rpc::RpcLayer)
+        .layer(AuthLayer(app.gate.clone()))
         .timeout(Duration::from_millis(config.request_timeout_ms))
         .concurrency_limit_per_connection(1_024)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -159,8 +198,14 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
         .add_service(admin)
         .add_service(fair_use)
         .add_service(pricing_api)
-        .add_service(subsidy_api)
-        .serve_with_incoming_shutdown(incoming(listener), signalled);
+        .add_service(subsidy_api);
+    let tls = app.tls.clone();
+    let server = async move {
+        match &tls {
+            Some(tls) => router.serve_with_incoming_shutdown(crate::tls::incoming(listener, tls.clone()), signalled).await,
+            None => router.serve_with_incoming_shutdown(incoming(listener), signalled).await,
+        }
+    };
     let result = tokio::select! {
         result = server => result,
         () = drain_window(draining_rx, grace) => {
@@ -171,6 +216,12 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
     let _ = stop_tx.send(true);
     let _ = tokio::join!(health_task, sweeper_task);
     let _ = pricing_task.await;
+    if let Some(task) = tls_task {
+        let _ = task.await;
+    }
+    if let Some(task) = health_only {
+        let _ = task.await;
+    }
     if let Some(redis) = &app.redis {
         use fred::interfaces::ClientLike as _;
         let _ = redis.quit().await;

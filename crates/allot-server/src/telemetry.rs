@@ -160,6 +160,8 @@ fn describe() {
     describe_histogram!("allot_db_pool_wait_seconds", Unit::Seconds, "Wait for a pooled PostgreSQL connection");
     describe_histogram!("allot_db_lock_wait_seconds", Unit::Seconds, "Time to lock a meter's balance row (lock wait plus one round trip)");
     describe_gauge!("allot_db_up", "1 while the last PostgreSQL health probe succeeded");
+    describe_counter!("allot_tenant_busy_total", "Calls refused with RESOURCE_EXHAUSTED: their tenant's concurrency limit was full");
+    describe_counter!("allot_auth_refused_total", "Calls refused by the auth layer, by kind (unauthenticated, permission_denied)");
     describe_counter!("allot_redis_errors_total", "Redis failures by kind (rate, cooldown, connection)");
     describe_counter!(
         "allot_rate_store_failures_total",
@@ -200,6 +202,16 @@ pub fn count_exhaustion_lookup_failure() {
 /// A Redis call or connection failed (`kind`: rate, cooldown, connection).
 pub fn count_redis_error(kind: &'static str) {
     metrics::counter!("allot_redis_errors_total", "kind" => kind).increment(1);
+}
+
+/// A call refused because its tenant had no concurrency slot free (`auth::fairness`).
+pub fn count_tenant_busy() {
+    metrics::counter!("allot_tenant_busy_total").increment(1);
+}
+
+/// A call refused by the auth layer: `unauthenticated` or `permission_denied`.
+pub fn count_auth_refused(kind: &'static str) {
+    metrics::counter!("allot_auth_refused_total", "kind" => kind).increment(1);
 }
 
 /// The pool's state, sampled with each health probe.

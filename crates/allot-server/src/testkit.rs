@@ -100,7 +100,12 @@ pub struct TestServer {
     pub addr: std::net::SocketAddr,
     pub database_url: String,
     pub clock: Arc<ManualClock>,
+    /// Connections as the login role (not held to row-level security), for tests' own SQL.
     pub pool: deadpool_postgres::Pool,
+    /// The server's own pool (acting as `Config::db_role`).
+    pub app_pool: deadpool_postgres::Pool,
+    /// The server's TLS configuration, when it serves TLS (to trigger a reload).
+    pub tls: Option<Arc<crate::tls::Reloadable>>,
     /// Connections the server's services took (see `Ctx::db`).
     pub db_checkouts: Arc<std::sync::atomic::AtomicU64>,
     pub tenant: TenantKey,
@@ -137,6 +142,8 @@ impl TestServer {
         // Likewise for races on one row: dozens of callers queue for a connection and the lock.
         config.db_pool_wait_ms = 10_000;
         config.db_lock_timeout_ms = 10_000;
+        // Tests race hundreds of calls of one tenant; the fairness tests set their own limits.
+        config.tenant_concurrency_max = 1_000;
         tweak(&mut config);
         let clock = Arc::new(ManualClock::new(now));
         let app = App::connect(config, clock.clone()).await.expect("connect");
@@ -157,7 +164,12 @@ impl TestServer {
     async fn run(app: App, clock: Arc<ManualClock>, tenant: TenantKey) -> TestServer {
         let config = app.config.clone();
         let database_url = config.database_url.clone();
-        let pool = app.ctx.pool.clone();
+        // The tests' own connections act as the login role (a superuser here), so they can check
+        // invariants across tenants behind the server's back; the server's pool acts as
+        // `allot_app`, held to row-level security.
+        let pool = crate::db::pool(&Config { db_role: String::new(), ..config.clone() }).expect("test pool");
+        let app_pool = app.ctx.pool.clone();
+        let tls = app.tls.clone();
         let db_checkouts = app.ctx.db_checkouts.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
@@ -165,7 +177,18 @@ impl TestServer {
         let task = tokio::spawn(serve(app, listener, async {
             let _ = rx.await;
         }));
-        TestServer { addr, database_url, clock, pool, db_checkouts, tenant, config, shutdown: Some(tx), task: Some(task) }
+        TestServer { addr, database_url, clock, pool, app_pool, tls, db_checkouts, tenant, config, shutdown: Some(tx), task: Some(task) }
+    }
+
+    /// A new API key of `role` for the test tenant (the default clients carry an admin key).
+    pub async fn key(&self, role: crate::auth::Role) -> String {
+        crate::seed::api_key(&self.app_pool, self.tenant.tenant, &format!("test-{role}"), role).await.expect("api key").key
+    }
+
+    /// Clients authenticated with a new key of `role` for the test tenant.
+    pub async fn clients_as(&self, role: crate::auth::Role) -> (Entitlements, Admin) {
+        let key = self.key(role).await;
+        self.clients_for(&key).await
     }
 
     /// A channel to the server.

@@ -108,9 +108,10 @@ async fn a_debit_that_fails_in_a_batch_fails_alone() {
     assert_eq!(clash.iter().filter(|r| matches!(r, Ok(true))).count(), 1, "one clash wins: {clash:?}");
     assert_eq!(clash.iter().filter(|r| r.as_ref().is_err_and(|e| reason(e) == "IDEMPOTENCY_KEY_REUSED")).count(), 1);
 
-    // 43 neighbours + one twin + one clash: each charged once.
-    let (entries, _) = debits_and_transactions(&server, "hot").await;
+    // 43 neighbours + one twin + one clash: each charged once, and batches did form.
+    let (entries, transactions) = debits_and_transactions(&server, "hot").await;
     assert_eq!(entries, 45);
+    assert!(transactions < entries, "{entries} debits in {transactions} transactions: no batch formed");
     let charged: i64 = server
         .sql()
         .await

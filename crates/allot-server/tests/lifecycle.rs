@@ -92,7 +92,9 @@ async fn unsafe_durability_is_refused_unless_allowed() {
     // connection, as a role or database setting applies there).
     let url = allot_server::testkit::fresh_database().await;
     let name = url.rsplit('/').next().expect("database name").to_owned();
-    let admin = allot_server::db::pool(&Config::with_database(allot_server::testkit::stack().postgres.dsn("postgres"), None)).expect("pool");
+    // As the login role (a superuser here), not the server's restricted role: ALTER DATABASE.
+    let admin_config = Config { db_role: String::new(), ..Config::with_database(allot_server::testkit::stack().postgres.dsn("postgres"), None) };
+    let admin = allot_server::db::pool(&admin_config).expect("pool");
     admin.get().await.expect("connect").batch_execute(&format!("ALTER DATABASE {name} SET synchronous_commit = off")).await.expect("alter");
     let refused = App::connect(Config::with_database(url, None), Arc::new(SystemClock)).await;
     assert!(refused.is_err_and(|e| format!("{e:#}").contains("synchronous_commit=off")));

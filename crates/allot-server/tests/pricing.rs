@@ -336,10 +336,16 @@ async fn the_rate_seam_returns_cost_version_and_distinguishable_refusals() {
     let ctx = Ctx::new(server.pool.clone(), server.clock.clone());
     let pricing = Pricing::new(ctx.clone());
     let tenant = server.tenant.tenant;
-    pricing.upsert_price(tenant, UpsertPrice { sku: sku("vendor/model"), unit_prices: prices(3, 1_000), effective_from: None }).await.expect("price");
+    pricing
+        .upsert_price(
+            &allot_server::auth::Principal::system(tenant, "test"),
+            UpsertPrice { sku: sku("vendor/model"), unit_prices: prices(3, 1_000), effective_from: None },
+        )
+        .await
+        .expect("price");
     let mut policy = allot_domain::pricing::Policy { default_price: prices(1, 1_000), ..Default::default() };
     policy.high_value_patterns.push(allot_domain::pricing::SkuPattern::parse("vendor/big*").expect("pattern"));
-    pricing.update_policy(tenant, policy.clone()).await.expect("policy");
+    pricing.update_policy(&allot_server::auth::Principal::system(tenant, "test"), policy.clone()).await.expect("policy");
 
     let rated = pricing.rate(tenant, &sku("vendor/model"), &q(1_001), T0).await.expect("rated");
     assert_eq!((rated.cost_credits, rated.price_version, rated.defaulted, rated.at), (4, 1, false, T0));
@@ -356,12 +362,12 @@ async fn the_rate_seam_returns_cost_version_and_distinguishable_refusals() {
         Some(allot_domain::pricing::CostBounds { min_cost_credits_per_1k_units: None, max_cost_credits_per_1k_units: Some(2) }),
     );
     policy.default_price = Default::default();
-    pricing.update_policy(tenant, policy).await.expect("tighter");
+    pricing.update_policy(&allot_server::auth::Principal::system(tenant, "test"), policy).await.expect("tighter");
     assert!(matches!(pricing.rate(tenant, &sku("vendor/model"), &q(1), T0).await, Err(Error::PriceAnomaly { .. })));
     assert!(matches!(pricing.rate(tenant, &sku("vendor/model"), &q(-1), T0).await, Err(Error::InvalidArgument { .. })));
 
     // Cache hits take no connection.
-    pricing.update_policy(tenant, Default::default()).await.expect("relaxed");
+    pricing.update_policy(&allot_server::auth::Principal::system(tenant, "test"), Default::default()).await.expect("relaxed");
     pricing.rate(tenant, &sku("vendor/model"), &q(1), T0).await.expect("warm");
     let before = ctx.db_checkouts.load(Ordering::Relaxed);
     for _ in 0..10 {
@@ -373,7 +379,10 @@ async fn the_rate_seam_returns_cost_version_and_distinguishable_refusals() {
         let from = T0 + time::Duration::days(i + 1);
         server.clock.set(from);
         pricing
-            .upsert_price(tenant, UpsertPrice { sku: sku("vendor/model"), unit_prices: prices(4 + i, 1_000), effective_from: None })
+            .upsert_price(
+                &allot_server::auth::Principal::system(tenant, "test"),
+                UpsertPrice { sku: sku("vendor/model"), unit_prices: prices(4 + i, 1_000), effective_from: None },
+            )
             .await
             .expect("version");
     }
@@ -479,7 +488,13 @@ async fn notifications_invalidate_long_lived_caches_and_survive_a_lost_connectio
     let listener = tokio::spawn(pricing::listen(listening.clone(), server.database_url.clone(), stopped));
 
     let model = sku("vendor/model");
-    writer.upsert_price(tenant, UpsertPrice { sku: model.clone(), unit_prices: prices(1, 1), effective_from: None }).await.expect("v1");
+    writer
+        .upsert_price(
+            &allot_server::auth::Principal::system(tenant, "test"),
+            UpsertPrice { sku: model.clone(), unit_prices: prices(1, 1), effective_from: None },
+        )
+        .await
+        .expect("v1");
     // Let the listener connect (it clears the cache when it does), then warm both caches. The
     // test server's own listener is the other one on this database.
     let connected = eventually(Duration::from_secs(10), async || {
@@ -502,7 +517,13 @@ async fn notifications_invalidate_long_lived_caches_and_survive_a_lost_connectio
         let model = model.clone();
         async move { replica.rate(tenant, &model, &q(5), T0).await.is_ok_and(|r| r.price_version == version) }
     };
-    writer.upsert_price(tenant, UpsertPrice { sku: model.clone(), unit_prices: prices(2, 1), effective_from: None }).await.expect("v2");
+    writer
+        .upsert_price(
+            &allot_server::auth::Principal::system(tenant, "test"),
+            UpsertPrice { sku: model.clone(), unit_prices: prices(2, 1), effective_from: None },
+        )
+        .await
+        .expect("v2");
     assert!(eventually(Duration::from_secs(5), async || rated_at(listening.clone(), 2).await).await, "the listening replica forgets v1");
     assert!(rated_at(deaf.clone(), 1).await, "without notifications the cache would still serve v1");
 
@@ -517,9 +538,21 @@ async fn notifications_invalidate_long_lived_caches_and_survive_a_lost_connectio
         )
         .await
         .expect("terminate");
-    writer.upsert_price(tenant, UpsertPrice { sku: model.clone(), unit_prices: prices(3, 1), effective_from: None }).await.expect("v3");
+    writer
+        .upsert_price(
+            &allot_server::auth::Principal::system(tenant, "test"),
+            UpsertPrice { sku: model.clone(), unit_prices: prices(3, 1), effective_from: None },
+        )
+        .await
+        .expect("v3");
     assert!(eventually(Duration::from_secs(15), async || rated_at(listening.clone(), 3).await).await, "after a reconnect");
-    writer.upsert_price(tenant, UpsertPrice { sku: model.clone(), unit_prices: prices(4, 1), effective_from: None }).await.expect("v4");
+    writer
+        .upsert_price(
+            &allot_server::auth::Principal::system(tenant, "test"),
+            UpsertPrice { sku: model.clone(), unit_prices: prices(4, 1), effective_from: None },
+        )
+        .await
+        .expect("v4");
     assert!(eventually(Duration::from_secs(5), async || rated_at(listening.clone(), 4).await).await, "notifications flow again");
 
     let _ = stop.send(true);

@@ -273,7 +273,7 @@ async fn reservations_settle_on_the_actual_cost_and_return_the_rest() {
     assert_eq!(split(&hold.subsidy), (pb::SubsidyServe::Free, 20, 0));
     assert_eq!(status(&mut pools, "gen").await.reserved_credits, 20);
     server.clock.advance(time::Duration::seconds(5));
-    let ctx = Ctx::new(server.pool.clone(), server.clock.clone());
+    let ctx = Ctx::new(server.app_pool.clone(), server.clock.clone());
     assert_eq!(subsidy::return_expired(&ctx).await.expect("sweep"), 1);
     let st = status(&mut pools, "gen").await;
     assert_eq!((st.balance_credits, st.reserved_credits), (900, 0));
@@ -352,11 +352,34 @@ async fn paid_usage_funds_the_pool_and_bad_asks_are_refused() {
     assert!(allowed(debit(&mut entitlements, "free-user", "tokens", 500, "p2").await.decision), "free usage funds nothing");
     let st = status(&mut pools, "gen").await;
     assert_eq!((st.balance_credits, st.pending_funding_credits), (0, 50));
-    let ctx = Ctx::new(server.pool.clone(), server.clock.clone());
-    assert_eq!(subsidy::settle_pending(&ctx).await.expect("settle"), 50);
+    // Paid debits that arrive together are group-committed: they fund the pool all the same.
+    let mut tasks = Vec::new();
+    for i in 0..40 {
+        let mut client = entitlements.clone();
+        tasks.push(tokio::spawn(async move { debit(&mut client, "payer", "tokens", 100, &format!("b{i}")).await }));
+    }
+    for task in tasks {
+        assert!(allowed(task.await.expect("task").decision));
+    }
+    let db = server.sql().await;
+    let row = db
+        .query_one("SELECT COUNT(*), COUNT(DISTINCT xmin::text) FROM ledger_entries WHERE account_id = 'payer' AND idempotency_key LIKE 'b%'", &[])
+        .await
+        .expect("count");
+    let (entries, transactions): (i64, i64) = (row.get(0), row.get(1));
+    assert!(transactions < entries, "no batch formed ({entries} debits in {transactions} transactions)");
+    assert_eq!(status(&mut pools, "gen").await.pending_funding_credits, 50 + 40 * 10);
+    let ctx = Ctx::new(server.app_pool.clone(), server.clock.clone());
+    assert_eq!(subsidy::settle_pending(&ctx).await.expect("settle"), 450);
     let st = status(&mut pools, "gen").await;
-    assert_eq!((st.balance_credits, st.pending_funding_credits), (50, 0));
-    assert_eq!(st.shards.iter().map(|s| s.balance_credits).collect::<Vec<_>>(), vec![25, 25]);
+    assert_eq!((st.balance_credits, st.pending_funding_credits), (450, 0));
+    assert_eq!(st.shards.iter().map(|s| s.balance_credits).collect::<Vec<_>>(), vec![225, 225]);
+    // A top-up key used again: the same amount replays, another amount is refused.
+    let top_up = |amount: i64| pb::TopUpPoolRequest { pool_id: "gen".into(), amount_credits: amount, idempotency_key: "t1".into() };
+    assert!(!pools.top_up_pool(top_up(30)).await.expect("top up").into_inner().replayed);
+    assert!(pools.top_up_pool(top_up(30)).await.expect("replay").into_inner().replayed);
+    assert_eq!(reason(&pools.top_up_pool(top_up(31)).await.expect_err("another amount")), "IDEMPOTENCY_KEY_REUSED");
+    assert_eq!(status(&mut pools, "gen").await.balance_credits, 480);
 
     // Bad asks are errors naming the field; nothing is written.
     let mut req = debit_req("u", "tokens", 5, "bad1", pb::DebitMode::Gate);

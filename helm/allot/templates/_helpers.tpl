@@ -120,10 +120,33 @@ Cross-field checks the JSON schema cannot express; fail rendering with a clear m
 {{- if and .Values.hpa.enabled (not (dig "requests" "cpu" "" .Values.resources)) }}
 {{- fail "hpa.enabled needs resources.requests.cpu: CPU utilisation is a share of the request" }}
 {{- end }}
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) }}
+{{- fail "tls.enabled needs tls.existingSecret" }}
+{{- end }}
+{{- if and .Values.tls.clientAuth.enabled (or (not .Values.tls.enabled) (not .Values.tls.clientAuth.existingSecret)) }}
+{{- fail "tls.clientAuth.enabled needs tls.enabled and tls.clientAuth.existingSecret" }}
+{{- end }}
+{{- if and .Values.tls.enabled (or (eq (int .Values.tls.healthPort) (int .Values.containerPorts.grpc)) (and .Values.metrics.enabled (eq (int .Values.tls.healthPort) (int .Values.metrics.port)))) }}
+{{- fail "tls.healthPort must differ from containerPorts.grpc and metrics.port" }}
+{{- end }}
+{{- if and .Values.jwt.enabled (or (not .Values.jwt.issuer) (not .Values.jwt.audience) (not .Values.jwt.existingSecret)) }}
+{{- fail "jwt.enabled needs jwt.issuer, jwt.audience and jwt.existingSecret" }}
+{{- end }}
+{{- if and .Values.jwt.enabled (not .Values.jwt.hs256SecretKey) (not .Values.jwt.publicKeyKeys) }}
+{{- fail "jwt.enabled needs jwt.hs256SecretKey or jwt.publicKeyKeys" }}
+{{- end }}
 {{- if and .Values.serviceMonitor.enabled (not .Values.metrics.enabled) }}
 {{- fail "serviceMonitor.enabled needs metrics.enabled" }}
 {{- end }}
 {{- if and .Values.metrics.enabled (eq (int .Values.metrics.port) (int .Values.containerPorts.grpc)) }}
 {{- fail "metrics.port must differ from containerPorts.grpc" }}
 {{- end }}
+{{- end }}
+
+{{/*
+The port of the gRPC probes: the plaintext health-only port when serving TLS (kubelet's gRPC
+probes cannot speak TLS), else the gRPC port.
+*/}}
+{{- define "allot.probePort" -}}
+{{- if .Values.tls.enabled }}{{ .Values.tls.healthPort }}{{ else }}{{ .Values.containerPorts.grpc }}{{ end }}
 {{- end }}

@@ -1,17 +1,13 @@
 //! `allot.v1.Entitlements` handlers: authenticate, convert, delegate (on a detached task), convert.
 
-use std::sync::Arc;
-
 use allot_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
 use super::{detached, from_proto, to_proto};
-use crate::auth::Authenticator;
 use crate::service::credits::Credits;
 use crate::service::summary::Reports;
 
 pub struct EntitlementsApi {
-    pub auth: Arc<Authenticator>,
     pub credits: Credits,
     pub reports: Reports,
 }
@@ -19,14 +15,14 @@ pub struct EntitlementsApi {
 #[tonic::async_trait]
 impl pb::entitlements_server::Entitlements for EntitlementsApi {
     async fn check(&self, request: Request<pb::CheckRequest>) -> Result<Response<pb::CheckResponse>, Status> {
-        let tenant = self.auth.tenant(request.metadata()).await?;
+        let tenant = crate::auth::tenant(&request)?;
         let cmd = from_proto::check(request.into_inner())?;
         let outcome = self.credits.check(tenant, cmd).await?;
         Ok(Response::new(to_proto::check(outcome)))
     }
 
     async fn debit(&self, request: Request<pb::DebitRequest>) -> Result<Response<pb::DebitResponse>, Status> {
-        let tenant = self.auth.tenant(request.metadata()).await?;
+        let tenant = crate::auth::tenant(&request)?;
         let cmd = from_proto::debit(request.into_inner())?;
         let credits = self.credits.clone();
         let outcome = detached(async move { credits.debit(tenant, cmd).await }).await?;
@@ -34,7 +30,7 @@ impl pb::entitlements_server::Entitlements for EntitlementsApi {
     }
 
     async fn reserve(&self, request: Request<pb::ReserveRequest>) -> Result<Response<pb::ReserveResponse>, Status> {
-        let tenant = self.auth.tenant(request.metadata()).await?;
+        let tenant = crate::auth::tenant(&request)?;
         let cmd = from_proto::reserve(request.into_inner())?;
         let credits = self.credits.clone();
         let outcome = detached(async move { credits.reserve(tenant, cmd).await }).await?;
@@ -42,7 +38,7 @@ impl pb::entitlements_server::Entitlements for EntitlementsApi {
     }
 
     async fn commit(&self, request: Request<pb::CommitRequest>) -> Result<Response<pb::CommitResponse>, Status> {
-        let tenant = self.auth.tenant(request.metadata()).await?;
+        let tenant = crate::auth::tenant(&request)?;
         let cmd = from_proto::commit(request.into_inner())?;
         let credits = self.credits.clone();
         let outcome = detached(async move { credits.commit(tenant, cmd).await }).await?;
@@ -50,7 +46,7 @@ impl pb::entitlements_server::Entitlements for EntitlementsApi {
     }
 
     async fn release(&self, request: Request<pb::ReleaseRequest>) -> Result<Response<pb::ReleaseResponse>, Status> {
-        let tenant = self.auth.tenant(request.metadata()).await?;
+        let tenant = crate::auth::tenant(&request)?;
         let hold_id = from_proto::release(request.into_inner())?;
         let credits = self.credits.clone();
         let outcome = detached(async move { credits.release(tenant, hold_id).await }).await?;
@@ -58,7 +54,7 @@ impl pb::entitlements_server::Entitlements for EntitlementsApi {
     }
 
     async fn refund(&self, request: Request<pb::RefundRequest>) -> Result<Response<pb::RefundResponse>, Status> {
-        let tenant = self.auth.tenant(request.metadata()).await?;
+        let tenant = crate::auth::tenant(&request)?;
         let cmd = from_proto::refund(request.into_inner())?;
         let credits = self.credits.clone();
         let outcome = detached(async move { credits.refund(tenant, cmd).await }).await?;
@@ -66,14 +62,14 @@ impl pb::entitlements_server::Entitlements for EntitlementsApi {
     }
 
     async fn get_usage_summary(&self, request: Request<pb::GetUsageSummaryRequest>) -> Result<Response<pb::GetUsageSummaryResponse>, Status> {
-        let tenant = self.auth.tenant(request.metadata()).await?;
+        let tenant = crate::auth::tenant(&request)?;
         let account = from_proto::account("account_id", &request.into_inner().account_id)?;
         let summary = self.reports.summary(tenant, &account).await?;
         Ok(Response::new(to_proto::summary(account.as_str().to_owned(), summary)))
     }
 
     async fn get_usage_breakdown(&self, request: Request<pb::GetUsageBreakdownRequest>) -> Result<Response<pb::GetUsageBreakdownResponse>, Status> {
-        let tenant = self.auth.tenant(request.metadata()).await?;
+        let tenant = crate::auth::tenant(&request)?;
         let (account, meter, group_by, period_at) = from_proto::breakdown(request.into_inner())?;
         let (period, groups) = self.reports.breakdown(tenant, &account, &meter, &group_by, period_at).await?;
         Ok(Response::new(to_proto::breakdown_response(period, groups)))

@@ -3,7 +3,6 @@
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
-use std::sync::Arc;
 
 use allot_domain::escalation::{Ladder, SoftCap, SCORE_MAX_MILLI};
 use allot_domain::limits::MAX_AMOUNT_CREDITS;
@@ -12,7 +11,6 @@ use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
 use super::{detached, from_proto, to_proto};
-use crate::auth::Authenticator;
 use crate::error::Error;
 use crate::repo::fair_use::Settings;
 use crate::service::classification::{Classifier, Verdict};
@@ -28,7 +26,6 @@ const HOUR_MS: i64 = 3_600_000;
 const DAY_MS: i64 = 24 * HOUR_MS;
 
 pub struct FairUseApi {
-    pub auth: Arc<Authenticator>,
     pub classifier: Classifier,
     pub ctx: Ctx,
 }
@@ -115,7 +112,7 @@ impl pb::fair_use_server::FairUse for FairUseApi {
         &self,
         request: Request<pb::RequestClassificationRequest>,
     ) -> Result<Response<pb::RequestClassificationResponse>, Status> {
-        let tenant = self.auth.tenant(request.metadata()).await?;
+        let tenant = crate::auth::tenant(&request)?;
         let account = from_proto::account("account_id", &request.into_inner().account_id)?;
         let classifier = self.classifier.clone();
         let outcome = detached(async move { classifier.request(tenant, &account).await }).await?;
@@ -140,7 +137,7 @@ impl pb::fair_use_server::FairUse for FairUseApi {
         &self,
         request: Request<pb::SubmitClassificationRequest>,
     ) -> Result<Response<pb::SubmitClassificationResponse>, Status> {
-        let tenant = self.auth.tenant(request.metadata()).await?;
+        let tenant = crate::auth::tenant(&request)?;
         let req = request.into_inner();
         let ticket = uuid::Uuid::parse_str(&req.ticket).map_err(|_| Error::invalid("ticket", "must be a ticket from RequestClassification"))?;
         let score = score_milli(req.score)?;
@@ -151,7 +148,7 @@ impl pb::fair_use_server::FairUse for FairUseApi {
     }
 
     async fn get_escalation(&self, request: Request<pb::GetEscalationRequest>) -> Result<Response<pb::GetEscalationResponse>, Status> {
-        let tenant = self.auth.tenant(request.metadata()).await?;
+        let tenant = crate::auth::tenant(&request)?;
         let account = from_proto::account("account_id", &request.into_inner().account_id)?;
         let e = self.classifier.escalation(tenant, &account).await?;
         Ok(Response::new(pb::GetEscalationResponse {
@@ -175,29 +172,29 @@ impl pb::fair_use_server::FairUse for FairUseApi {
     }
 
     async fn get_settings(&self, request: Request<pb::GetSettingsRequest>) -> Result<Response<pb::EscalationSettings>, Status> {
-        let tenant = self.auth.tenant(request.metadata()).await?;
+        let tenant = crate::auth::tenant(&request)?;
         Ok(Response::new(settings_proto(self.classifier.settings(tenant).await?)))
     }
 
     async fn update_settings(&self, request: Request<pb::EscalationSettings>) -> Result<Response<pb::EscalationSettings>, Status> {
-        let tenant = self.auth.tenant(request.metadata()).await?;
+        let actor = crate::auth::principal(&request)?;
         let new = settings(request.into_inner())?;
         let classifier = self.classifier.clone();
-        let stored = detached(async move { classifier.update_settings(tenant, new).await }).await?;
+        let stored = detached(async move { classifier.update_settings(&actor, new).await }).await?;
         Ok(Response::new(settings_proto(stored)))
     }
 
     async fn set_exempt(&self, request: Request<pb::SetExemptRequest>) -> Result<Response<pb::SetExemptResponse>, Status> {
-        let tenant = self.auth.tenant(request.metadata()).await?;
+        let actor = crate::auth::principal(&request)?;
         let req = request.into_inner();
         let account = from_proto::account("account_id", &req.account_id)?;
         let classifier = self.classifier.clone();
-        let exempt = detached(async move { classifier.set_exempt(tenant, &account, req.exempt).await }).await?;
+        let exempt = detached(async move { classifier.set_exempt(&actor, &account, req.exempt).await }).await?;
         Ok(Response::new(pb::SetExemptResponse { exempt }))
     }
 
     async fn set_soft_caps(&self, request: Request<pb::SetSoftCapsRequest>) -> Result<Response<pb::SetSoftCapsResponse>, Status> {
-        let tenant = self.auth.tenant(request.metadata()).await?;
+        let actor = crate::auth::principal(&request)?;
         let req = request.into_inner();
         let plan = from_proto::plan_id("plan_id", &req.plan_id)?;
         if req.caps.len() > SOFT_CAPS_MAX {
@@ -215,7 +212,7 @@ impl pb::fair_use_server::FairUse for FairUseApi {
         }
         let classifier = self.classifier.clone();
         let stored = caps.clone();
-        detached(async move { classifier.set_soft_caps(tenant, &plan, caps).await }).await?;
+        detached(async move { classifier.set_soft_caps(&actor, &plan, caps).await }).await?;
         Ok(Response::new(pb::SetSoftCapsResponse {
             caps: stored
                 .into_iter()
@@ -227,7 +224,7 @@ impl pb::fair_use_server::FairUse for FairUseApi {
     type WatchEventsStream = EventStream;
 
     async fn watch_events(&self, request: Request<pb::WatchEventsRequest>) -> Result<Response<Self::WatchEventsStream>, Status> {
-        let tenant = self.auth.tenant(request.metadata()).await?;
+        let tenant = crate::auth::tenant(&request)?;
         let from = request.into_inner().from_cursor;
         if from < 0 {
             return Err(Error::invalid("from_cursor", "must not be negative").into());

@@ -21,6 +21,8 @@ impl From<Error> for Status {
         let (code, reason) = match &err {
             Error::InvalidArgument { .. } => (Code::InvalidArgument, "INVALID_ARGUMENT"),
             Error::Unauthenticated => (Code::Unauthenticated, "UNAUTHENTICATED"),
+            Error::PermissionDenied => (Code::PermissionDenied, "PERMISSION_DENIED"),
+            Error::TenantBusy { .. } => (Code::ResourceExhausted, "TENANT_CONCURRENCY_LIMIT"),
             Error::NotFound { .. } => (Code::NotFound, "NOT_FOUND"),
             Error::IdempotencyKeyReused => (Code::FailedPrecondition, "IDEMPOTENCY_KEY_REUSED"),
             Error::HoldSettled { .. } => (Code::FailedPrecondition, "HOLD_ALREADY_SETTLED"),
@@ -51,6 +53,9 @@ impl From<Error> for Status {
             Error::Aborted => {
                 details.set_retry_info(Some(Duration::from_millis(50)));
             }
+            Error::TenantBusy { retry_after } => {
+                details.set_retry_info(Some(*retry_after));
+            }
             Error::Unavailable(_) => {
                 details.set_retry_info(Some(Duration::from_secs(1)));
             }
@@ -70,6 +75,8 @@ mod tests {
             (Error::invalid("amount_credits", "must be greater than zero"), Code::InvalidArgument, "INVALID_ARGUMENT"),
             (Error::IdempotencyKeyReused, Code::FailedPrecondition, "IDEMPOTENCY_KEY_REUSED"),
             (Error::HoldExpired, Code::FailedPrecondition, "HOLD_EXPIRED"),
+            (Error::PermissionDenied, Code::PermissionDenied, "PERMISSION_DENIED"),
+            (Error::TenantBusy { retry_after: Duration::from_millis(20) }, Code::ResourceExhausted, "TENANT_CONCURRENCY_LIMIT"),
             (Error::Unavailable("database"), Code::Unavailable, "DEPENDENCY_UNAVAILABLE"),
             (Error::Internal("secret detail".into()), Code::Internal, "INTERNAL"),
         ];
@@ -85,5 +92,6 @@ mod tests {
         let violations = &details.bad_request().expect("bad request").field_violations;
         assert_eq!(violations[0].field, "amount_credits");
         assert!(Status::from(Error::Unavailable("database")).get_error_details().retry_info().is_some());
+        assert!(Status::from(Error::TenantBusy { retry_after: Duration::from_millis(20) }).get_error_details().retry_info().is_some());
     }
 }

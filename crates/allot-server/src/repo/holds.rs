@@ -171,7 +171,7 @@ pub async fn settle(
 
 /// Marks up to `limit` holds whose TTL has passed as expired, across tenants (a system job), and
 /// returns the restrict-stage budget they pre-charged to their day. Returns how many it voided.
-pub async fn sweep_expired(client: &deadpool_postgres::Client, now: OffsetDateTime, limit: i64) -> Result<u64, Error> {
+pub async fn sweep_expired(client: &Tx<'_>, now: OffsetDateTime, limit: i64) -> Result<u64, Error> {
     let stmt = client
         .prepare_cached(
             "WITH expired AS ( \
@@ -194,7 +194,7 @@ pub async fn sweep_expired(client: &deadpool_postgres::Client, now: OffsetDateTi
 
 /// The expiry of the oldest hold still held although its TTL has passed, across tenants (the
 /// sweeper's lag; uses the `holds_sweep` index).
-pub async fn oldest_expired(client: &deadpool_postgres::Client, now: OffsetDateTime) -> Result<Option<OffsetDateTime>, Error> {
+pub async fn oldest_expired(client: &Tx<'_>, now: OffsetDateTime) -> Result<Option<OffsetDateTime>, Error> {
     let stmt = client.prepare_cached("SELECT MIN(expires_at) FROM holds WHERE status = 'held' AND expires_at <= $1").await?;
     Ok(client.query_one(&stmt, &[&now]).await?.get(0))
 }

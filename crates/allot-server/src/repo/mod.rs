@@ -2,6 +2,7 @@
 //! every statement filters by `tenant_id`. Functions load and store rows; they decide nothing.
 
 pub mod accounts;
+pub mod audit;
 pub mod balances;
 pub mod fair_use;
 pub mod grants;
@@ -17,5 +18,6 @@ pub mod tenants;
 pub mod trials;
 pub mod usage;
 
-/// The transaction type every repository function takes.
-pub type Tx<'a> = deadpool_postgres::Transaction<'a>;
+/// The transaction type every repository function takes: tenant-scoped (`db::begin`), so
+/// row-level security backs up every statement's own `tenant_id` filter.
+pub type Tx<'a> = crate::db::Tx<'a>;

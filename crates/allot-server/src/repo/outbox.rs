@@ -42,7 +42,7 @@ pub async fn append(
 }
 
 /// Events after `after`, oldest first.
-pub async fn after(client: &deadpool_postgres::Client, tenant: TenantId, after: i64, limit: i64) -> Result<Vec<EventRow>, Error> {
+pub async fn after(client: &Tx<'_>, tenant: TenantId, after: i64, limit: i64) -> Result<Vec<EventRow>, Error> {
     let stmt = client
         .prepare_cached(
             "SELECT seq, kind, account_id, payload, created_at FROM outbox_events WHERE tenant_id = $1 AND seq > $2 ORDER BY seq LIMIT $3",

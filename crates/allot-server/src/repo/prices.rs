@@ -4,7 +4,6 @@
 //! reads outside a transaction); writes take the caller's transaction.
 
 use allot_domain::pricing::{CostBounds, Dimension, PerDimension, Policy, PriceVersion, Sku, SkuPattern, UnitPrice, UnitPrices};
-use deadpool_postgres::GenericClient;
 use time::OffsetDateTime;
 
 use super::Tx;
@@ -58,7 +57,7 @@ fn versions_of(rows: &[tokio_postgres::Row]) -> Result<Vec<PriceVersion>, Error>
 }
 
 /// The `limit` latest versions of a SKU, newest first.
-pub async fn latest(client: &impl GenericClient, tenant: TenantId, sku: &Sku, limit: i64) -> Result<Vec<PriceVersion>, Error> {
+pub async fn latest(client: &Tx<'_>, tenant: TenantId, sku: &Sku, limit: i64) -> Result<Vec<PriceVersion>, Error> {
     let stmt = client
         .prepare_cached(
             "SELECT v.version, v.effective_from, v.effective_to, r.dimension, r.credits, r.per_units \
@@ -71,7 +70,7 @@ pub async fn latest(client: &impl GenericClient, tenant: TenantId, sku: &Sku, li
 }
 
 /// The version in force at `at`, if any.
-pub async fn in_force_at(client: &impl GenericClient, tenant: TenantId, sku: &Sku, at: OffsetDateTime) -> Result<Option<PriceVersion>, Error> {
+pub async fn in_force_at(client: &Tx<'_>, tenant: TenantId, sku: &Sku, at: OffsetDateTime) -> Result<Option<PriceVersion>, Error> {
     let stmt = client
         .prepare_cached(
             "SELECT v.version, v.effective_from, v.effective_to, r.dimension, r.credits, r.per_units \
@@ -180,7 +179,7 @@ pub async fn page(
 }
 
 /// The tenant's policy (the default one when it never set any).
-pub async fn policy(client: &impl GenericClient, tenant: TenantId) -> Result<PolicyRecord, Error> {
+pub async fn policy(client: &Tx<'_>, tenant: TenantId) -> Result<PolicyRecord, Error> {
     let stmt = client.prepare_cached("SELECT strict, high_value_patterns, version, updated_at FROM pricing_policies WHERE tenant_id = $1").await?;
     let Some(row) = client.query_opt(&stmt, &[&tenant.0]).await? else {
         return Ok(PolicyRecord::default());

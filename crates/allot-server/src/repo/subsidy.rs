@@ -50,12 +50,16 @@ pub async fn upsert_pool(tx: &Tx<'_>, tenant: TenantId, id: &PoolId, share_bps: 
             "INSERT INTO subsidy_pools (tenant_id, id, share_bps, meters, shard_count, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) \
              ON CONFLICT (tenant_id, id) DO UPDATE SET share_bps = EXCLUDED.share_bps, meters = EXCLUDED.meters, \
              shard_count = EXCLUDED.shard_count, updated_at = EXCLUDED.updated_at \
+             WHERE subsidy_pools.shard_count <= EXCLUDED.shard_count \
              RETURNING id, share_bps, meters, shard_count, updated_at",
         )
         .await?;
     let share = i32::try_from(share_bps).map_err(|_| Error::invalid("share_bps", "out of range"))?;
     let shards = i32::try_from(shard_count).map_err(|_| Error::invalid("shard_count", "out of range"))?;
-    let row = tx.query_one(&stmt, &[&tenant.0, &id.as_str(), &share, &meters, &shards, &now]).await?;
+    let row = tx
+        .query_opt(&stmt, &[&tenant.0, &id.as_str(), &share, &meters, &shards, &now])
+        .await?
+        .ok_or_else(|| Error::FailedPrecondition("a pool's shard_count may only grow".into()))?;
     let stmt = tx
         .prepare_cached(
             "INSERT INTO subsidy_pool_shards (tenant_id, pool_id, shard) SELECT $1, $2, s FROM generate_series(0, $3 - 1) AS s \
@@ -64,6 +68,21 @@ pub async fn upsert_pool(tx: &Tx<'_>, tenant: TenantId, id: &PoolId, share_bps: 
         .await?;
     tx.execute(&stmt, &[&tenant.0, &id.as_str(), &shards]).await?;
     Ok(pool_from(&row))
+}
+
+/// Locks a pool's row: top-ups and funding settlements of one pool take turns.
+pub async fn lock_pool(tx: &Tx<'_>, tenant: TenantId, pool: &str) -> Result<(), Error> {
+    let stmt = tx.prepare_cached("SELECT 1 FROM subsidy_pools WHERE tenant_id = $1 AND id = $2 FOR UPDATE").await?;
+    tx.query_opt(&stmt, &[&tenant.0, &pool]).await?.ok_or(Error::NotFound { what: "subsidy pool" })?;
+    Ok(())
+}
+
+/// The amount of the top-up made with `key`, if there was one.
+pub async fn top_up_amount(tx: &Tx<'_>, tenant: TenantId, pool: &str, key: &str) -> Result<Option<i64>, Error> {
+    let stmt = tx
+        .prepare_cached("SELECT pool_delta_credits FROM subsidy_grants WHERE tenant_id = $1 AND pool_id = $2 AND idempotency_key = $3 AND kind = 'top_up'")
+        .await?;
+    Ok(tx.query_opt(&stmt, &[&tenant.0, &pool, &key]).await?.map(|r| r.get(0)))
 }
 
 /// Pools funded by paid charges on `meter` (with a share above zero).
@@ -303,12 +322,10 @@ fn log_from(r: &tokio_postgres::Row) -> LogRow {
 }
 
 /// The subsidy (an `absorb` or `settle` row) that `id` names, or whose ledger entry `id` is.
-/// Locks the row (refunds of one subsidy serialise on it) when `for_update`.
-pub async fn subsidy_for(tx: &Tx<'_>, tenant: TenantId, id: Uuid, for_update: bool) -> Result<Option<LogRow>, Error> {
-    let lock = if for_update { " FOR UPDATE" } else { "" };
+pub async fn subsidy_for(tx: &Tx<'_>, tenant: TenantId, id: Uuid) -> Result<Option<LogRow>, Error> {
     let sql = format!(
         "SELECT {LOG_COLUMNS} FROM subsidy_grants WHERE tenant_id = $1 AND (id = $2 OR entry_id = $2) AND kind IN ('absorb', 'settle') \
-         ORDER BY position LIMIT 1{lock}"
+         ORDER BY position LIMIT 1"
     );
     let stmt = tx.prepare_cached(&sql).await?;
     Ok(tx.query_opt(&stmt, &[&tenant.0, &id]).await?.as_ref().map(log_from))
@@ -410,11 +427,11 @@ pub async fn set_hold_status(tx: &Tx<'_>, tenant: TenantId, hold_id: Uuid, meter
 
 /// Up to `limit` holds whose pool part is still reserved past its expiry, across tenants (a
 /// system job).
-pub async fn expired_holds(client: &deadpool_postgres::Client, now: OffsetDateTime, limit: i64) -> Result<Vec<(TenantId, Uuid)>, Error> {
-    let stmt = client
+pub async fn expired_holds(tx: &Tx<'_>, now: OffsetDateTime, limit: i64) -> Result<Vec<(TenantId, Uuid)>, Error> {
+    let stmt = tx
         .prepare_cached("SELECT DISTINCT tenant_id, hold_id FROM subsidy_holds WHERE status = 'held' AND expires_at <= $1 LIMIT $2")
         .await?;
-    Ok(client.query(&stmt, &[&now, &limit]).await?.iter().map(|r| (TenantId(r.get(0)), r.get(1))).collect())
+    Ok(tx.query(&stmt, &[&now, &limit]).await?.iter().map(|r| (TenantId(r.get(0)), r.get(1))).collect())
 }
 
 /// Records funding from a paid charge, to be settled into the shards by `settle_pending`.
@@ -427,9 +444,9 @@ pub async fn add_pending(tx: &Tx<'_>, tenant: TenantId, pool: &PoolId, amount_cr
 }
 
 /// Pools with funding waiting, across tenants (a system job).
-pub async fn pools_with_pending(client: &deadpool_postgres::Client, limit: i64) -> Result<Vec<(TenantId, String)>, Error> {
-    let stmt = client.prepare_cached("SELECT DISTINCT tenant_id, pool_id FROM subsidy_pending_funding LIMIT $1").await?;
-    Ok(client.query(&stmt, &[&limit]).await?.iter().map(|r| (TenantId(r.get(0)), r.get(1))).collect())
+pub async fn pools_with_pending(tx: &Tx<'_>, limit: i64) -> Result<Vec<(TenantId, String)>, Error> {
+    let stmt = tx.prepare_cached("SELECT DISTINCT tenant_id, pool_id FROM subsidy_pending_funding LIMIT $1").await?;
+    Ok(tx.query(&stmt, &[&limit]).await?.iter().map(|r| (TenantId(r.get(0)), r.get(1))).collect())
 }
 
 /// Takes (deletes) up to `limit` waiting fundings of a pool; returns their total and count.

@@ -11,8 +11,10 @@ use super::in_force;
 use super::meter_session::MeterSession;
 use super::outcome::{GrantOutcome, MeterView};
 use super::Ctx;
+use crate::auth::Principal;
 use crate::error::Error;
 use crate::ids::{AccountId, IdempotencyKey, Meter, PlanId, TenantId};
+use crate::repo::audit::{self, Audit, Subject};
 use crate::repo::grants::GrantRow;
 use crate::repo::holds::HoldRow;
 use crate::repo::ledger::{EntryRefs, EntryRow};
@@ -61,18 +63,21 @@ impl Admin {
         Admin { ctx }
     }
 
-    pub async fn upsert_plan(&self, tenant: TenantId, mut plan: PlanRecord) -> Result<PlanRecord, Error> {
+    pub async fn upsert_plan(&self, actor: &Principal, mut plan: PlanRecord) -> Result<PlanRecord, Error> {
+        let tenant = actor.tenant;
         plan.updated_at = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
+        let audit = Audit::begin(&tx, actor, "UpsertPlan", Subject::Plan(plan.id.as_str())).await?;
         repo::plans::upsert(&tx, tenant, &plan).await?;
+        audit.finish(&tx, plan.updated_at).await?;
         tx.commit().await?;
         Ok(plan)
     }
 
     pub async fn get_plan(&self, tenant: TenantId, id: &PlanId) -> Result<PlanRecord, Error> {
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         let plan = repo::plans::get(&tx, tenant, id.as_str()).await?.ok_or(Error::NotFound { what: "plan" })?;
         tx.commit().await?;
         Ok(plan)
@@ -82,33 +87,37 @@ impl Admin {
     pub async fn list_plans(&self, tenant: TenantId, page_size: u32, after: &str) -> Result<(Vec<PlanRecord>, String), Error> {
         let limit = i64::from(page_size);
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         let plans = repo::plans::page(&tx, tenant, after, limit + 1).await?;
         tx.commit().await?;
         Ok(paginate(plans, page_size, |p| p.id.as_str().to_owned()))
     }
 
     /// Stores the subscription; returns it and whether it entitles the account now.
-    pub async fn upsert_subscription(&self, tenant: TenantId, mut sub: SubscriptionRecord) -> Result<(SubscriptionRecord, bool), Error> {
+    pub async fn upsert_subscription(&self, actor: &Principal, mut sub: SubscriptionRecord) -> Result<(SubscriptionRecord, bool), Error> {
+        let tenant = actor.tenant;
         sub.updated_at = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         if repo::plans::get(&tx, tenant, sub.plan_id.as_str()).await?.is_none() {
             return Err(Error::NotFound { what: "plan" });
         }
+        let audit = Audit::begin(&tx, actor, "UpsertSubscription", Subject::Subscription(sub.account_id.as_str())).await?;
         repo::subscriptions::upsert(&tx, tenant, &sub).await?;
         if matches!(sub.status, SubscriptionStatus::Active | SubscriptionStatus::PastDue) {
             super::trials::end_by_conversion(&tx, tenant, &sub.account_id, "subscription", sub.updated_at).await?;
         }
+        audit.finish(&tx, sub.updated_at).await?;
         tx.commit().await?;
         let entitled = sub.entitled_at(self.ctx.clock.now());
         Ok((sub, entitled))
     }
 
     /// Sets an account's org. An org cannot itself be a member, and a member cannot be an org.
-    pub async fn upsert_account(&self, tenant: TenantId, account: &AccountId, org: Option<&AccountId>) -> Result<(), Error> {
+    pub async fn upsert_account(&self, actor: &Principal, account: &AccountId, org: Option<&AccountId>) -> Result<(), Error> {
+        let tenant = actor.tenant;
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         if let Some(org) = org {
             if repo::accounts::org_of(&tx, tenant, org).await?.is_some() {
                 return Err(Error::invalid("org_id", "is itself a member of an org"));
@@ -117,14 +126,16 @@ impl Admin {
                 return Err(Error::invalid("account_id", "is an org with members and cannot join another org"));
             }
         }
+        let audit = Audit::begin(&tx, actor, "UpsertAccount", Subject::Account(account.as_str())).await?;
         repo::accounts::upsert(&tx, tenant, account, org).await?;
+        audit.finish(&tx, self.ctx.clock.now()).await?;
         tx.commit().await?;
         Ok(())
     }
 
     pub async fn get_account(&self, tenant: TenantId, account: &AccountId) -> Result<Option<AccountId>, Error> {
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         let org = repo::accounts::org_of(&tx, tenant, account).await?;
         tx.commit().await?;
         Ok(org)
@@ -133,7 +144,7 @@ impl Admin {
     /// The account's subscription and whether it entitles the account now.
     pub async fn get_subscription(&self, tenant: TenantId, account: &AccountId) -> Result<(SubscriptionRecord, bool), Error> {
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         let sub = repo::subscriptions::get(&tx, tenant, account).await?.ok_or(Error::NotFound { what: "subscription" })?;
         tx.commit().await?;
         let entitled = sub.entitled_at(self.ctx.clock.now());
@@ -141,13 +152,14 @@ impl Admin {
     }
 
     /// Adds credit to a meter, idempotent by key.
-    pub async fn grant(&self, tenant: TenantId, cmd: GrantCommand) -> Result<GrantOutcome, Error> {
+    pub async fn grant(&self, actor: &Principal, cmd: GrantCommand) -> Result<GrantOutcome, Error> {
+        let tenant = actor.tenant;
         let now = self.ctx.clock.now();
         let expiry = cmd.expires_at.map(|t| t.unix_timestamp_nanos().to_string()).unwrap_or_default();
         let print = fingerprint("grant", &[&cmd.account, &cmd.meter, &cmd.amount_credits, &cmd.kind.as_str(), &cmd.priority, &expiry]);
         let mut client = self.ctx.db().await?;
         {
-            let tx = client.transaction().await?;
+            let tx = crate::db::begin(&mut client, tenant).await?;
             let payer = in_force::resolve(&tx, tenant, &cmd.account, now).await?;
             let mut own = payer.clone();
             own.payer = cmd.account.clone();
@@ -165,12 +177,14 @@ impl Admin {
                 super::trials::end_by_conversion(&tx, tenant, &cmd.account, "purchase", now).await?;
             }
             session.save(&tx, now).await?;
+            let after = audit::snapshot(&tx, actor, Subject::Grant(outcome.grant_id)).await?;
+            audit::append(&tx, actor, "GrantCredits", Subject::Grant(outcome.grant_id), None, after, now).await?;
             if idempotent::store(&tx, tenant, &cmd.key, "grant", print.clone(), &outcome).await? {
                 tx.commit().await?;
                 return Ok(outcome);
             }
         }
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         let replayed = idempotent::replay(&tx, tenant, &cmd.key, "grant", &print).await?;
         tx.commit().await?;
         replayed.ok_or_else(|| Error::Internal("idempotency conflict without a stored outcome".into()))
@@ -180,7 +194,7 @@ impl Admin {
     pub async fn balance(&self, tenant: TenantId, account: &AccountId) -> Result<Balance, Error> {
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = client.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await?;
+        let tx = crate::db::begin_with(&mut client, tenant, crate::db::Access::Snapshot).await?;
         let meters = repo::balances::list_meters(&tx, tenant, account).await?;
         let grants = repo::grants::for_account(&tx, tenant, account).await?;
         let holds = repo::holds::live_for_account(&tx, tenant, account, now).await?;
@@ -217,7 +231,7 @@ impl Admin {
         after_position: i64,
     ) -> Result<(Vec<EntryRow>, String), Error> {
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         let entries = repo::ledger::page(&tx, tenant, account, meter, after_position, i64::from(page_size) + 1).await?;
         tx.commit().await?;
         Ok(paginate(entries, page_size, |e| e.position.to_string()))

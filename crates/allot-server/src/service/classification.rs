@@ -21,8 +21,10 @@ use super::fair_use::{self, FairUseView, Standing};
 use super::in_force;
 use super::meter_session::MeterSession;
 use super::Ctx;
+use crate::auth::Principal;
 use crate::error::Error;
 use crate::ids::{AccountId, Meter, PlanId, TenantId};
+use crate::repo::audit::{Audit, Subject};
 use crate::repo::fair_use::{ClassificationRow, Settings};
 use crate::repo::{self, Tx};
 
@@ -151,7 +153,7 @@ impl Classifier {
         now: OffsetDateTime,
     ) -> Result<RequestOutcome, Error> {
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         let mut standing = Standing::load(&tx, tenant, account, now).await?;
         if !standing.enforced() {
             tx.commit().await?;
@@ -198,7 +200,7 @@ impl Classifier {
 
     async fn exhausted_lookup(&self, tenant: TenantId, account: &AccountId, now: OffsetDateTime) -> Result<bool, Error> {
         let mut client = self.ctx.db().await?;
-        let tx = client.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await?;
+        let tx = crate::db::begin_with(&mut client, tenant, crate::db::Access::Snapshot).await?;
         let payer = in_force::resolve(&tx, tenant, account, now).await?;
         if payer.entitled || payer.plan_id.is_none() {
             return Ok(false);
@@ -220,7 +222,7 @@ impl Classifier {
     pub async fn submit(&self, tenant: TenantId, ticket: Uuid, score_milli: u32, labels: Vec<String>) -> Result<(bool, Stage), Error> {
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         let (account, expires_at, used) = repo::fair_use::lock_ticket(&tx, tenant, ticket).await?.ok_or(Error::NotFound { what: "ticket" })?;
         if used {
             return Err(Error::TicketSpent("already used"));
@@ -242,7 +244,7 @@ impl Classifier {
     pub async fn escalation(&self, tenant: TenantId, account: &AccountId) -> Result<Escalation, Error> {
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = client.build_transaction().read_only(true).start().await?;
+        let tx = crate::db::begin_with(&mut client, tenant, crate::db::Access::ReadOnly).await?;
         let standing = Standing::load(&tx, tenant, account, now).await?;
         let payer = in_force::resolve(&tx, tenant, account, now).await?;
         let caps = fair_use::triggered_caps(&tx, tenant, account, payer.plan_id.as_deref(), None, now).await?;
@@ -261,29 +263,34 @@ impl Classifier {
 
     pub async fn settings(&self, tenant: TenantId) -> Result<Settings, Error> {
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         let settings = repo::fair_use::settings(&tx, tenant).await?;
         tx.commit().await?;
         Ok(settings)
     }
 
     /// Replaces the settings, auditing before and after.
-    pub async fn update_settings(&self, tenant: TenantId, settings: Settings) -> Result<Settings, Error> {
+    pub async fn update_settings(&self, actor: &Principal, settings: Settings) -> Result<Settings, Error> {
+        let tenant = actor.tenant;
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
+        let audit = Audit::begin(&tx, actor, "UpdateSettings", Subject::FairUseSettings).await?;
         let before = repo::fair_use::settings(&tx, tenant).await?;
         repo::fair_use::save_settings(&tx, tenant, &settings, now).await?;
         repo::fair_use::audit(&tx, tenant, "update_settings", audit_json(&before), audit_json(&settings), now).await?;
         let stored = repo::fair_use::settings(&tx, tenant).await?;
+        audit.finish(&tx, now).await?;
         tx.commit().await?;
         Ok(stored)
     }
 
-    pub async fn set_exempt(&self, tenant: TenantId, account: &AccountId, exempt: bool) -> Result<bool, Error> {
+    pub async fn set_exempt(&self, actor: &Principal, account: &AccountId, exempt: bool) -> Result<bool, Error> {
+        let tenant = actor.tenant;
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
+        let audit = Audit::begin(&tx, actor, "SetExempt", Subject::Exempt(account.as_str())).await?;
         if repo::fair_use::set_exempt(&tx, tenant, account, exempt).await? {
             let action = if exempt { "exempt" } else { "unexempt" };
             repo::fair_use::audit(
@@ -296,17 +303,20 @@ impl Classifier {
             )
             .await?;
         }
+        audit.finish(&tx, now).await?;
         tx.commit().await?;
         Ok(exempt)
     }
 
-    pub async fn set_soft_caps(&self, tenant: TenantId, plan: &PlanId, caps: Vec<(Meter, allot_domain::escalation::SoftCap)>) -> Result<(), Error> {
+    pub async fn set_soft_caps(&self, actor: &Principal, plan: &PlanId, caps: Vec<(Meter, allot_domain::escalation::SoftCap)>) -> Result<(), Error> {
+        let tenant = actor.tenant;
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         if repo::plans::header(&tx, tenant, plan.as_str()).await?.is_none() {
             return Err(Error::NotFound { what: "plan" });
         }
+        let audit = Audit::begin(&tx, actor, "SetSoftCaps", Subject::SoftCaps(plan.as_str())).await?;
         let before: Vec<serde_json::Value> = repo::fair_use::soft_caps(&tx, tenant, plan.as_str(), None)
             .await?
             .into_iter()
@@ -326,6 +336,7 @@ impl Classifier {
             now,
         )
         .await?;
+        audit.finish(&tx, now).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -159,8 +159,25 @@ fn lines_print(lines: &Lines) -> String {
 
 /// A debit's idempotency fingerprint: every field that changes its meaning.
 fn debit_print(cmd: &DebitCommand) -> Vec<u8> {
-    let subsidy_print = cmd.subsidy.as_ref().map(SubsidyAsk::print).unwrap_or_default();
-    fingerprint("debit", &[&cmd.account, &lines_print(&cmd.lines), &format!("{:?}", cmd.mode), &attributes_print(&cmd.attributes), &subsidy_print])
+    let (lines, mode, attributes) = (lines_print(&cmd.lines), format!("{:?}", cmd.mode), attributes_print(&cmd.attributes));
+    let mut fields: Vec<&dyn std::fmt::Display> = vec![&cmd.account, &lines, &mode, &attributes];
+    // Only a subsidised request has the field, so earlier fingerprints stay valid.
+    let subsidy = cmd.subsidy.as_ref().map(SubsidyAsk::print);
+    if let Some(subsidy) = &subsidy {
+        fields.push(subsidy);
+    }
+    fingerprint("debit", &fields)
+}
+
+/// A reservation's idempotency fingerprint.
+fn reserve_print(cmd: &ReserveCommand) -> Vec<u8> {
+    let (lines, attributes) = (lines_print(&cmd.lines), attributes_print(&cmd.attributes));
+    let mut fields: Vec<&dyn std::fmt::Display> = vec![&cmd.account, &lines, &cmd.ttl_ms, &attributes];
+    let subsidy = cmd.subsidy.as_ref().map(SubsidyAsk::print);
+    if let Some(subsidy) = &subsidy {
+        fields.push(subsidy); // only when set: earlier fingerprints stay valid
+    }
+    fingerprint("reserve", &fields)
 }
 
 fn attributes_print(attributes: &Attributes) -> String {
@@ -434,7 +451,7 @@ impl Credits {
         let now = self.ctx.clock.now();
         let mut priced = self.price(tenant, &cmd.lines, now).await?;
         let mut client = self.ctx.db().await?;
-        let tx = client.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await?;
+        let tx = crate::db::begin_with(&mut client, tenant, crate::db::Access::Snapshot).await?;
         let payer = in_force::resolve(&tx, tenant, &cmd.account, now).await?;
         let plan = Self::subsidise(&tx, tenant, cmd.subsidy.as_ref(), &payer.acting, &mut priced, now, Take::DryRun).await?;
         let usage = &priced.usage;
@@ -563,9 +580,7 @@ impl Credits {
     }
 
     pub async fn reserve(&self, tenant: TenantId, cmd: ReserveCommand) -> Result<ReserveOutcome, Error> {
-        let subsidy_print = cmd.subsidy.as_ref().map(SubsidyAsk::print).unwrap_or_default();
-        let print =
-            fingerprint("reserve", &[&cmd.account, &lines_print(&cmd.lines), &cmd.ttl_ms, &attributes_print(&cmd.attributes), &subsidy_print]);
+        let print = reserve_print(&cmd);
         let priced = self.price(tenant, &cmd.lines, self.ctx.clock.now()).await?;
         let outcome: ReserveOutcome = self
             .keyed(tenant, &cmd.key, "reserve", print.clone(), |tx, now| {
@@ -670,7 +685,7 @@ impl Credits {
         };
         let print = fingerprint("commit", &[&cmd.hold_id, &actual_print]);
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         let (payer, mut sessions, holds) = lock_hold(&tx, tenant, cmd.hold_id, now).await?;
         match holds[0].status {
             HoldStatus::Committed if holds[0].settlement_request_sha256.as_deref() == Some(print.as_slice()) => return stored(&holds[0]),
@@ -732,9 +747,15 @@ impl Credits {
                     }
                 }
                 if let Some(part) = part_of(&holds[i].meter) {
-                    // Subsidy rows before fair-use rows: the lock order.
                     outcome.subsidy = Some(subsidy::settle_part(&tx, tenant, part, actual[i], outcome.entry_id, now).await?);
                 }
+                outcome.meter = session.view(now);
+            }
+            meters.push(outcome);
+        }
+        // Fair-use rows only after every subsidy row of the hold: the lock order.
+        if allowed {
+            for (i, session) in sessions.iter().enumerate() {
                 if actual[i] > 0 {
                     fair_use::record_usage(&tx, tenant, &payer.acting, payer.plan_id.as_deref(), &session.meter, actual[i], now).await?;
                 }
@@ -742,9 +763,7 @@ impl Credits {
                     let settle = account_actual[i] - holds[i].amount_credits;
                     repo::fair_use::add_restrict_used(&tx, tenant, &payer.acting, &session.meter, day, settle).await?;
                 }
-                outcome.meter = session.view(now);
             }
-            meters.push(outcome);
         }
         let decision = Decision { meters, fair_use: None, trial: None, subsidy: None };
         if allowed {
@@ -764,7 +783,7 @@ impl Credits {
         let now = self.ctx.clock.now();
         let print = fingerprint("release", &[&hold_id]);
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         let (payer, mut sessions, holds) = lock_hold(&tx, tenant, hold_id, now).await?;
         let status = match holds[0].status {
             HoldStatus::Released => return stored(&holds[0]),
@@ -810,7 +829,7 @@ impl Credits {
                 let (original, subsidy_id) = match repo::ledger::get(tx, tenant, cmd.entry_id).await? {
                     Some(entry) => (Some(entry), None),
                     None => {
-                        let found = repo::subsidy::subsidy_for(tx, tenant, cmd.entry_id, false).await?;
+                        let found = repo::subsidy::subsidy_for(tx, tenant, cmd.entry_id).await?;
                         let found = found.ok_or(Error::NotFound { what: "ledger entry" })?;
                         let entry = match found.entry_id {
                             Some(id) => repo::ledger::get(tx, tenant, id).await?,
@@ -845,16 +864,18 @@ impl Credits {
                     }
                     None => {
                         // The pool paid all of it: the account's meter is locked for the lock order and the view.
-                        let found = repo::subsidy::subsidy_for(tx, tenant, cmd.entry_id, false).await?.ok_or(Error::NotFound { what: "ledger entry" })?;
+                        let found = repo::subsidy::subsidy_for(tx, tenant, cmd.entry_id).await?.ok_or(Error::NotFound { what: "ledger entry" })?;
                         let acting = stored_id(found.account_id.as_deref().unwrap_or_default())?;
                         let payer = in_force::resolve(tx, tenant, &acting, now).await?;
                         let session = MeterSession::lock(tx, tenant, &payer, &stored_meter(found.meter.as_deref().unwrap_or_default())?, now, &[]).await?;
                         (payer, session)
                     }
                 };
+                // Read under the meter's lock, which serialises refunds of one charge (the grant
+                // log is append-only: not even the server's role may lock its rows).
                 let subsidised = match (subsidy_id, &original) {
-                    (Some(id), _) => repo::subsidy::subsidy_for(tx, tenant, id, true).await?,
-                    (None, Some(original)) => repo::subsidy::subsidy_for(tx, tenant, original.id, true).await?,
+                    (Some(id), _) => repo::subsidy::subsidy_for(tx, tenant, id).await?,
+                    (None, Some(original)) => repo::subsidy::subsidy_for(tx, tenant, original.id).await?,
                     (None, None) => None,
                 };
                 if let Some(replayed) = idempotent::replay(tx, tenant, &cmd.key, "refund", &print).await? {
@@ -927,7 +948,7 @@ impl Credits {
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
         {
-            let tx = client.transaction().await?;
+            let tx = crate::db::begin(&mut client, tenant).await?;
             match decide(&tx, now).await? {
                 Keyed::Replayed(outcome) => return Ok(outcome),
                 Keyed::Transient(outcome) => {
@@ -942,7 +963,7 @@ impl Credits {
                 }
             }
         }
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         let replayed = idempotent::replay(&tx, tenant, key, operation, &print).await?;
         tx.commit().await?;
         replayed.ok_or_else(|| Error::Internal("idempotency conflict without a stored outcome".into()))

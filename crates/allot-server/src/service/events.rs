@@ -23,10 +23,14 @@ pub fn watch(ctx: Ctx, tenant: TenantId, mut cursor: i64) -> mpsc::Receiver<Resu
     let (tx, rx) = mpsc::channel(BUFFER_EVENTS);
     tokio::spawn(async move {
         loop {
-            let batch = match ctx.pool.get().await {
-                Ok(client) => crate::repo::outbox::after(&client, tenant, cursor, BATCH_MAX).await,
-                Err(err) => Err(err.into()),
-            };
+            let batch = async {
+                let mut client = ctx.pool.get().await?;
+                let tx = crate::db::begin_with(&mut client, tenant, crate::db::Access::ReadOnly).await?;
+                let rows = crate::repo::outbox::after(&tx, tenant, cursor, BATCH_MAX).await?;
+                tx.commit().await?;
+                Ok::<_, Error>(rows)
+            }
+            .await;
             match batch {
                 Ok(rows) if rows.is_empty() => {
                     if tx.is_closed() {

@@ -5,8 +5,10 @@ use allot_domain::subsidy::SHARDS_MAX;
 use time::OffsetDateTime;
 
 use super::Ctx;
+use crate::auth::Principal;
 use crate::error::Error;
 use crate::ids::{AccountId, PoolId, TenantId, TrustTier};
+use crate::repo::audit::{Audit, Subject};
 use crate::repo::subsidy::{self as repo, Balances, LogRow, PoolRow, DEFAULT_TIER};
 
 /// Most entries of the grant log in one page.
@@ -41,51 +43,65 @@ impl Pools {
         Pools { ctx }
     }
 
-    pub async fn upsert(&self, tenant: TenantId, cmd: PoolCommand) -> Result<PoolRow, Error> {
+    pub async fn upsert(&self, actor: &Principal, cmd: PoolCommand) -> Result<PoolRow, Error> {
         assert!((1..=SHARDS_MAX).contains(&cmd.shard_count), "validated at the edge");
+        let tenant = actor.tenant;
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
+        let audit = Audit::begin(&tx, actor, "UpsertPool", Subject::Pool(cmd.id.as_str())).await?;
         if let Some(existing) = repo::pool(&tx, tenant, &cmd.id).await? {
             if cmd.shard_count < existing.shard_count {
                 return Err(Error::FailedPrecondition(format!("a pool's shard_count may only grow (it is {})", existing.shard_count)));
             }
         }
         let pool = repo::upsert_pool(&tx, tenant, &cmd.id, cmd.share_bps, &cmd.meters, cmd.shard_count, now).await?;
+        audit.finish(&tx, now).await?;
         tx.commit().await?;
         Ok(pool)
     }
 
     /// Adds credit; a key used before adds nothing and says so. Returns (balance, replayed).
-    pub async fn top_up(&self, tenant: TenantId, pool: &PoolId, amount_credits: i64, key: &str) -> Result<(i64, bool), Error> {
+    pub async fn top_up(&self, actor: &Principal, pool: &PoolId, amount_credits: i64, key: &str) -> Result<(i64, bool), Error> {
+        let tenant = actor.tenant;
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         let settings = repo::pool(&tx, tenant, pool).await?.ok_or(Error::NotFound { what: "subsidy pool" })?;
+        let audit = Audit::begin(&tx, actor, "TopUpPool", Subject::Pool(pool.as_str())).await?;
         let added = super::subsidy::credit_pool(&tx, tenant, pool.as_str(), settings.shard_count, amount_credits, "top_up", Some(key), now).await?;
         let balance = repo::balances(&tx, tenant, pool).await?.balance_credits;
+        if added.is_some() {
+            audit.finish(&tx, now).await?;
+        }
         tx.commit().await?;
         Ok((balance, added.is_none()))
     }
 
-    pub async fn upsert_tier(&self, tenant: TenantId, tier: &TrustTier, daily_budget_credits: i64) -> Result<(), Error> {
+    pub async fn upsert_tier(&self, actor: &Principal, tier: &TrustTier, daily_budget_credits: i64) -> Result<(), Error> {
+        let tenant = actor.tenant;
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
+        let audit = Audit::begin(&tx, actor, "UpsertTrustTier", Subject::TrustTier(tier.as_str())).await?;
         repo::upsert_tier(&tx, tenant, tier, daily_budget_credits, now).await?;
+        audit.finish(&tx, now).await?;
         tx.commit().await?;
         Ok(())
     }
 
     /// Puts an account in a tier; the tier must exist (or be the default tier).
-    pub async fn set_account_tier(&self, tenant: TenantId, account: &AccountId, tier: &TrustTier) -> Result<(), Error> {
+    pub async fn set_account_tier(&self, actor: &Principal, account: &AccountId, tier: &TrustTier) -> Result<(), Error> {
+        let tenant = actor.tenant;
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         if tier.as_str() != DEFAULT_TIER && !repo::tiers(&tx, tenant).await?.iter().any(|(t, _)| t == tier.as_str()) {
             return Err(Error::NotFound { what: "trust tier" });
         }
+        let audit = Audit::begin(&tx, actor, "SetAccountTrustTier", Subject::AccountTrust(account.as_str())).await?;
         repo::set_account_tier(&tx, tenant, account, tier, now).await?;
+        audit.finish(&tx, now).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -93,7 +109,7 @@ impl Pools {
     pub async fn status(&self, tenant: TenantId, pool: &PoolId) -> Result<PoolStatus, Error> {
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = client.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await?;
+        let tx = crate::db::begin_with(&mut client, tenant, crate::db::Access::Snapshot).await?;
         let settings = repo::pool(&tx, tenant, pool).await?.ok_or(Error::NotFound { what: "subsidy pool" })?;
         let balances = repo::balances(&tx, tenant, pool).await?;
         let today = repo::day_by_tier(&tx, tenant, pool, crate::repo::fair_use::day_of(now)).await?;
@@ -122,7 +138,7 @@ impl Pools {
     /// A page of the grant log after `after_position`; the next page's position when there may be more.
     pub async fn grants(&self, tenant: TenantId, pool: &PoolId, after_position: i64, page_size: u32) -> Result<(Vec<(LogRow, OffsetDateTime)>, Option<i64>), Error> {
         let mut client = self.ctx.db().await?;
-        let tx = client.build_transaction().read_only(true).start().await?;
+        let tx = crate::db::begin_with(&mut client, tenant, crate::db::Access::ReadOnly).await?;
         repo::pool(&tx, tenant, pool).await?.ok_or(Error::NotFound { what: "subsidy pool" })?;
         let rows = repo::log_page(&tx, tenant, pool, after_position, i64::from(page_size)).await?;
         tx.commit().await?;

@@ -26,8 +26,10 @@ use tokio::sync::watch;
 
 use self::cache::{Cache, SkuEntry};
 use super::Ctx;
+use crate::auth::Principal;
 use crate::error::Error;
 use crate::ids::TenantId;
+use crate::repo::audit::{Audit, Subject};
 use crate::repo::prices::{PolicyRecord, PriceRecord};
 use crate::repo::{self};
 
@@ -157,8 +159,9 @@ impl Pricing {
             }
         }
         let generation = self.cache.generation();
-        let client = self.ctx.db().await?;
-        let latest = repo::prices::latest(&client, tenant, sku, VERSIONS_CACHED_MAX as i64).await?;
+        let mut client = self.ctx.db().await?;
+        let tx = crate::db::begin_with(&mut client, tenant, crate::db::Access::ReadOnly).await?;
+        let latest = repo::prices::latest(&tx, tenant, sku, VERSIONS_CACHED_MAX as i64).await?;
         let entry = SkuEntry::new(latest, VERSIONS_CACHED_MAX);
         self.cache.put_sku(generation, tenant, sku.clone(), entry.clone());
         if entry.covers(at) {
@@ -166,7 +169,9 @@ impl Pricing {
         }
         // Older than every cached version: the one in force then, or (none) the newest ones,
         // which are not in force at `at` and say the SKU is known.
-        match repo::prices::in_force_at(&client, tenant, sku, at).await? {
+        let found = repo::prices::in_force_at(&tx, tenant, sku, at).await?;
+        tx.commit().await?;
+        match found {
             Some(version) => Ok(Arc::from(vec![version])),
             None => Ok(entry.versions),
         }
@@ -177,20 +182,24 @@ impl Pricing {
             return Ok(policy);
         }
         let generation = self.cache.generation();
-        let client = self.ctx.db().await?;
-        let policy = Arc::new(repo::prices::policy(&client, tenant).await?);
+        let mut client = self.ctx.db().await?;
+        let tx = crate::db::begin_with(&mut client, tenant, crate::db::Access::ReadOnly).await?;
+        let policy = Arc::new(repo::prices::policy(&tx, tenant).await?);
+        tx.commit().await?;
         self.cache.put_policy(generation, tenant, policy.clone());
         Ok(policy)
     }
 
     /// Writes a new price version (or nothing, when the latest open-ended version already has
     /// these prices) and returns the version in force from `effective_from`.
-    pub async fn upsert_price(&self, tenant: TenantId, cmd: UpsertPrice) -> Result<PriceRecord, Error> {
+    pub async fn upsert_price(&self, actor: &Principal, cmd: UpsertPrice) -> Result<PriceRecord, Error> {
+        let tenant = actor.tenant;
         validate_unit_prices(&cmd.unit_prices, false).map_err(|e| Error::invalid("unit_prices", e))?;
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         repo::prices::lock_sku(&tx, tenant, &cmd.sku).await?;
+        let audit = Audit::begin(&tx, actor, "UpsertPrice", Subject::Price(cmd.sku.as_str())).await?;
         let policy = repo::prices::policy(&tx, tenant).await?;
         check_price_bounds(&cmd.unit_prices, &policy.policy.bounds).map_err(|e| out_of_bounds("unit_prices", e))?;
         let latest = repo::prices::latest(&tx, tenant, &cmd.sku, 1).await?.into_iter().next();
@@ -209,6 +218,7 @@ impl Pricing {
             Err(e) => return Err(Error::FailedPrecondition(e.to_string())),
         };
         let record = repo::prices::get(&tx, tenant, &cmd.sku, version).await?.ok_or_else(|| Error::Internal("written price not found".into()))?;
+        audit.finish(&tx, now).await?;
         tx.commit().await?;
         self.cache.forget_sku(tenant, &cmd.sku);
         tracing::info!(tenant.id = %tenant, sku = %cmd.sku, price.version = version, "price written");
@@ -217,16 +227,18 @@ impl Pricing {
 
     /// Ends the SKU's price at `at` (default now); returns its latest version. Retiring what is
     /// already retired by then changes nothing.
-    pub async fn retire_price(&self, tenant: TenantId, sku: &Sku, at: Option<OffsetDateTime>) -> Result<PriceRecord, Error> {
+    pub async fn retire_price(&self, actor: &Principal, sku: &Sku, at: Option<OffsetDateTime>) -> Result<PriceRecord, Error> {
+        let tenant = actor.tenant;
         let now = self.ctx.clock.now();
         let at = at.unwrap_or(now);
         if at < now {
             return Err(Error::invalid("at", "must not be in the past"));
         }
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         repo::prices::lock_sku(&tx, tenant, sku).await?;
         let latest = repo::prices::latest(&tx, tenant, sku, 1).await?.into_iter().next().ok_or(Error::NotFound { what: "price" })?;
+        let audit = Audit::begin(&tx, actor, "RetirePrice", Subject::Price(sku.as_str())).await?;
         let ends = ends_at(&repo::prices::not_ended_by(&tx, tenant, sku, at).await?, at);
         for &(number, to) in &ends {
             repo::prices::set_end(&tx, tenant, sku, number, to).await?;
@@ -235,6 +247,7 @@ impl Pricing {
             repo::prices::notify(&tx, tenant, Some(sku)).await?;
         }
         let record = repo::prices::get(&tx, tenant, sku, latest.version).await?.ok_or_else(|| Error::Internal("retired price not found".into()))?;
+        audit.finish(&tx, now).await?;
         tx.commit().await?;
         self.cache.forget_sku(tenant, sku);
         Ok(record)
@@ -245,7 +258,7 @@ impl Pricing {
         let current_at = req.current_only.then(|| self.ctx.clock.now());
         let after = req.after.as_ref().map(|(sku, version)| (sku.as_str(), *version)).unwrap_or(("", 0));
         let mut client = self.ctx.db().await?;
-        let tx = client.build_transaction().read_only(true).start().await?;
+        let tx = crate::db::begin_with(&mut client, tenant, crate::db::Access::ReadOnly).await?;
         let mut prices = repo::prices::page(&tx, tenant, req.sku.as_ref(), current_at, after, i64::from(req.page_size) + 1).await?;
         tx.commit().await?;
         let page_size = usize::try_from(req.page_size).unwrap_or(usize::MAX);
@@ -259,13 +272,17 @@ impl Pricing {
 
     /// The tenant's policy, read through (not from the cache).
     pub async fn policy(&self, tenant: TenantId) -> Result<PolicyRecord, Error> {
-        let client = self.ctx.db().await?;
-        repo::prices::policy(&client, tenant).await
+        let mut client = self.ctx.db().await?;
+        let tx = crate::db::begin_with(&mut client, tenant, crate::db::Access::ReadOnly).await?;
+        let policy = repo::prices::policy(&tx, tenant).await?;
+        tx.commit().await?;
+        Ok(policy)
     }
 
     /// Replaces the tenant's policy. Prices already written are not re-checked against new bounds
     /// here; a rating outside them is refused as PRICE_ANOMALY.
-    pub async fn update_policy(&self, tenant: TenantId, policy: Policy) -> Result<PolicyRecord, Error> {
+    pub async fn update_policy(&self, actor: &Principal, policy: Policy) -> Result<PolicyRecord, Error> {
+        let tenant = actor.tenant;
         validate_policy(&policy).map_err(|e| match e {
             PriceError::OutOfBounds { .. } => out_of_bounds("policy.default_unit_prices", e),
             PriceError::BadBounds(d) => Error::invalid(format!("policy.bounds[{d}]"), e),
@@ -274,9 +291,11 @@ impl Pricing {
         })?;
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
+        let audit = Audit::begin(&tx, actor, "UpdatePricingPolicy", Subject::PricingPolicy).await?;
         let version = repo::prices::save_policy(&tx, tenant, &policy, now).await?;
         repo::prices::notify(&tx, tenant, None).await?;
+        audit.finish(&tx, now).await?;
         tx.commit().await?;
         self.cache.forget_policy(tenant);
         tracing::info!(tenant.id = %tenant, policy.version = version, "pricing policy written");

@@ -39,7 +39,7 @@ pub struct SubsidyAsk {
 impl SubsidyAsk {
     /// A stable text for request fingerprints.
     pub fn print(&self) -> String {
-        format!("{}/{}", self.pool, self.identity.as_ref().map_or("", Identity::as_str))
+        format!("{}\u{1f}{}", self.pool, self.identity.as_ref().map_or("", Identity::as_str))
     }
 }
 
@@ -141,8 +141,13 @@ pub async fn plan(
         let used = repo::lock_daily(tx, tenant, &ask.pool, &identity, day, &tier).await?;
         let left = subsidy::budget_left(daily_budget_credits, used.absorbed_credits, used.reserved_credits);
         let want = cost_credits.min(left);
-        let (taken, after) = repo::take(tx, tenant, &ask.pool, shard, want, take == Take::Reserve).await?;
-        (left, after + taken, taken)
+        if want == 0 {
+            // The day's budget is spent: the shard is not locked.
+            (left, repo::shard_balance(tx, tenant, &ask.pool, shard).await?, 0)
+        } else {
+            let (taken, after) = repo::take(tx, tenant, &ask.pool, shard, want, take == Take::Reserve).await?;
+            (left, after + taken, taken)
+        }
     };
     let split = subsidy::decide(cost_credits, budget_left, balance);
     if take != Take::DryRun {
@@ -351,7 +356,7 @@ pub struct RefundView {
     pub account_refunded_credits: i64,
 }
 
-/// Splits a refund of a subsidy (locked by the caller through `repo::subsidy_for`) into the
+/// Splits a refund of a subsidy (read under the account's meter lock) into the
 /// pool's part and the account's part.
 pub async fn refund_split(tx: &Tx<'_>, tenant: TenantId, original: &LogRow, amount_credits: i64) -> Result<Split, Error> {
     let (pool_refunded, account_refunded) = repo::refunded(tx, tenant, original.id).await?;
@@ -429,60 +434,91 @@ pub async fn credit_pool(
     key: Option<&str>,
     now: OffsetDateTime,
 ) -> Result<Option<i64>, Error> {
-    let row = LogRow {
-        id: Uuid::new_v4(),
-        pool_id: pool.to_owned(),
-        kind,
-        pool_delta_credits: amount_credits,
-        idempotency_key: key.map(str::to_owned),
-        ..LogRow::default()
-    };
-    if !repo::log(tx, tenant, &row, now).await? {
-        return Ok(None); // a top-up with this key was made before
+    // One credit of a pool at a time (its row, then its shards in ascending order).
+    repo::lock_pool(tx, tenant, pool).await?;
+    if let Some(key) = key {
+        if let Some(earlier) = repo::top_up_amount(tx, tenant, pool, key).await? {
+            return if earlier == amount_credits { Ok(None) } else { Err(Error::IdempotencyKeyReused) };
+        }
     }
     let mut balance = 0;
     for (shard, part) in subsidy::top_up_parts(amount_credits, shard_count).into_iter().enumerate() {
         let shard = u32::try_from(shard).map_err(|_| Error::Internal("shard out of range".into()))?;
         balance += repo::move_shard(tx, tenant, pool, shard, part, 0).await?;
     }
+    let row = LogRow {
+        id: Uuid::new_v4(),
+        pool_id: pool.to_owned(),
+        kind,
+        pool_delta_credits: amount_credits,
+        pool_balance_after_credits: Some(balance),
+        idempotency_key: key.map(str::to_owned),
+        ..LogRow::default()
+    };
+    if !repo::log(tx, tenant, &row, now).await? {
+        return Err(Error::Internal("a top-up key was used under the pool's lock".into()));
+    }
     Ok(Some(balance))
 }
 
 /// Moves pending funding into the shards, pool by pool; returns the credits moved.
 pub async fn settle_pending(ctx: &Ctx) -> Result<i64, Error> {
-    let client = ctx.db().await?;
-    let pools = repo::pools_with_pending(&client, 1_000).await?;
+    // Spans tenants: the documented background path (see `db::AllTenants`).
+    let mut client = ctx.pool.get().await?;
+    let tx = crate::db::begin_all_tenants(&mut client, crate::db::AllTenants::SubsidySweep).await?;
+    let pools = repo::pools_with_pending(&tx, 1_000).await?;
+    tx.commit().await?;
     drop(client);
     let mut moved = 0;
     for (tenant, pool_id) in pools {
-        let mut client = ctx.db().await?;
-        let tx = client.transaction().await?;
-        let Ok(pool) = PoolId::parse(&pool_id) else { continue };
-        let Some(settings) = repo::pool(&tx, tenant, &pool).await? else { continue };
-        let (amount, count) = repo::take_pending(&tx, tenant, &pool_id, SETTLE_BATCH_MAX).await?;
-        if count > 0 && amount > 0 {
-            credit_pool(&tx, tenant, &pool_id, settings.shard_count, amount, "fund", None, ctx.clock.now()).await?;
+        // One pool's failure does not hold up the others.
+        match settle_pool(ctx, tenant, &pool_id).await {
+            Ok(amount) => moved += amount,
+            Err(err) => tracing::warn!(error = %err, pool = %pool_id, "settling a pool's funding failed"),
         }
-        tx.commit().await?;
-        moved += amount;
     }
     Ok(moved)
+}
+
+async fn settle_pool(ctx: &Ctx, tenant: TenantId, pool_id: &str) -> Result<i64, Error> {
+    let mut client = ctx.pool.get().await?;
+    let tx = crate::db::begin(&mut client, tenant).await?;
+    let pool = PoolId::parse(pool_id).map_err(|e| Error::Internal(format!("stored pool id: {e}")))?;
+    let settings = repo::pool(&tx, tenant, &pool).await?.ok_or_else(|| Error::Internal("funding of a missing pool".into()))?;
+    let (amount, count) = repo::take_pending(&tx, tenant, pool_id, SETTLE_BATCH_MAX).await?;
+    if count > 0 && amount > 0 {
+        credit_pool(&tx, tenant, pool_id, settings.shard_count, amount, "fund", None, ctx.clock.now()).await?;
+    }
+    tx.commit().await?;
+    Ok(amount)
 }
 
 /// Returns the pool parts of expired holds; returns how many holds.
 pub async fn return_expired(ctx: &Ctx) -> Result<u64, Error> {
     let now = ctx.clock.now();
-    let client = ctx.db().await?;
-    let holds = repo::expired_holds(&client, now, RETURN_BATCH_MAX).await?;
+    let mut client = ctx.pool.get().await?;
+    let tx = crate::db::begin_all_tenants(&mut client, crate::db::AllTenants::SubsidySweep).await?;
+    let holds = repo::expired_holds(&tx, now, RETURN_BATCH_MAX).await?;
+    tx.commit().await?;
     drop(client);
     let mut returned = 0;
     for (tenant, hold_id) in holds {
-        let mut client = ctx.db().await?;
-        let tx = client.transaction().await?;
-        let parts: Vec<HoldPart> = repo::held_parts(&tx, tenant, hold_id).await?.into_iter().filter(|p| p.expires_at <= now).collect();
-        return_parts(&tx, tenant, &parts, "expired", now).await?;
-        tx.commit().await?;
-        returned += u64::from(!parts.is_empty());
+        match return_hold(ctx, tenant, hold_id, now).await {
+            Ok(done) => returned += u64::from(done),
+            Err(err) => tracing::warn!(error = %err, hold_id = %hold_id, "returning an expired hold's pool part failed"),
+        }
     }
     Ok(returned)
+}
+
+/// Returns one expired hold's pool parts. The hold's own rows are locked first (the lock order of
+/// commit and release), so a commit that is settling the hold finishes before its parts are looked at.
+async fn return_hold(ctx: &Ctx, tenant: TenantId, hold_id: Uuid, now: OffsetDateTime) -> Result<bool, Error> {
+    let mut client = ctx.pool.get().await?;
+    let tx = crate::db::begin(&mut client, tenant).await?;
+    crate::repo::holds::get(&tx, tenant, hold_id, true).await?;
+    let parts: Vec<HoldPart> = repo::held_parts(&tx, tenant, hold_id).await?.into_iter().filter(|p| p.expires_at <= now).collect();
+    return_parts(&tx, tenant, &parts, "expired", now).await?;
+    tx.commit().await?;
+    Ok(!parts.is_empty())
 }

@@ -40,8 +40,8 @@ pub struct Reports {
     ctx: Ctx,
 }
 
-async fn read_only(client: &mut deadpool_postgres::Client) -> Result<Tx<'_>, Error> {
-    Ok(client.build_transaction().read_only(true).isolation_level(tokio_postgres::IsolationLevel::RepeatableRead).start().await?)
+async fn read_only(client: &mut deadpool_postgres::Client, tenant: TenantId) -> Result<Tx<'_>, Error> {
+    Ok(crate::db::begin_with(client, tenant, crate::db::Access::Snapshot).await?)
 }
 
 impl Reports {
@@ -53,7 +53,7 @@ impl Reports {
     pub async fn summary(&self, tenant: TenantId, account: &AccountId) -> Result<Summary, Error> {
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = read_only(&mut client).await?;
+        let tx = read_only(&mut client, tenant).await?;
         let payer = in_force::resolve(&tx, tenant, account, now).await?;
         let mut meters = repo::balances::list_meters(&tx, tenant, &payer.payer).await?;
         if let Some(plan) = &payer.plan_id {
@@ -92,7 +92,7 @@ impl Reports {
     ) -> Result<(Period, Vec<Group>), Error> {
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = read_only(&mut client).await?;
+        let tx = read_only(&mut client, tenant).await?;
         let payer = in_force::resolve(&tx, tenant, account, now).await?;
         let period = match period_at {
             None => payer.period,

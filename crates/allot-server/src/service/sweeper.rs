@@ -41,12 +41,17 @@ pub async fn run(ctx: Ctx, interval: Duration, mut shutdown: tokio::sync::watch:
 #[tracing::instrument(name = "holds.sweep", level = "debug", skip_all, fields(holds.voided = tracing::field::Empty))]
 pub async fn sweep_once(ctx: &Ctx) -> Result<u64, crate::error::Error> {
     // Background work: not counted in `Ctx::db_checkouts`, which tracks request paths.
-    let client = ctx.pool.get().await?;
+    let mut client = ctx.pool.get().await?;
     let now = ctx.clock.now();
-    let lag = crate::repo::holds::oldest_expired(&client, now).await?.map_or(Duration::ZERO, |oldest| (now - oldest).unsigned_abs());
+    // Spans tenants: the documented background path (see `db::AllTenants`); one transaction per batch.
+    let tx = crate::db::begin_all_tenants(&mut client, crate::db::AllTenants::HoldSweep).await?;
+    let lag = crate::repo::holds::oldest_expired(&tx, now).await?.map_or(Duration::ZERO, |oldest| (now - oldest).unsigned_abs());
+    tx.commit().await?;
     let mut total = 0;
     loop {
-        let voided = crate::repo::holds::sweep_expired(&client, ctx.clock.now(), SWEEP_BATCH_MAX).await?;
+        let tx = crate::db::begin_all_tenants(&mut client, crate::db::AllTenants::HoldSweep).await?;
+        let voided = crate::repo::holds::sweep_expired(&tx, ctx.clock.now(), SWEEP_BATCH_MAX).await?;
+        tx.commit().await?;
         total += voided;
         if voided < SWEEP_BATCH_MAX as u64 {
             break;

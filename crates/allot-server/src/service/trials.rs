@@ -15,8 +15,10 @@ use super::admin::add_grant;
 use super::in_force;
 use super::meter_session::MeterSession;
 use super::Ctx;
+use crate::auth::Principal;
 use crate::error::Error;
 use crate::ids::{AccountId, PlanId, TenantId};
+use crate::repo::audit::{self, Subject};
 use crate::repo::subscriptions::SubscriptionRecord;
 use crate::repo::trials::{NewTrial, Taken};
 use crate::repo::{self, Tx};
@@ -57,10 +59,11 @@ impl Trials {
         Trials { ctx }
     }
 
-    pub async fn start(&self, tenant: TenantId, account: &AccountId, plan_id: &PlanId, fingerprint: &str) -> Result<TrialOutcome, Error> {
+    pub async fn start(&self, actor: &Principal, account: &AccountId, plan_id: &PlanId, fingerprint: &str) -> Result<TrialOutcome, Error> {
+        let tenant = actor.tenant;
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         let plan = repo::plans::get(&tx, tenant, plan_id.as_str()).await?.ok_or(Error::NotFound { what: "plan" })?;
         if plan.trial_days == 0 {
             return Err(Error::FailedPrecondition(format!("plan {plan_id} has no trial")));
@@ -98,6 +101,8 @@ impl Trials {
         repo::trials::set_grants(&tx, tenant, account, &grant_ids).await?;
         let payload = serde_json::json!({ "plan_id": plan_id.as_str(), "ends_at": ends_at.unix_timestamp() });
         repo::outbox::append(&tx, tenant, "trial_started", account, payload, now).await?;
+        let after = audit::snapshot(&tx, actor, Subject::Trial(account.as_str())).await?;
+        audit::append(&tx, actor, "StartTrial", Subject::Trial(account.as_str()), None, after, now).await?;
         tx.commit().await?;
         Ok(TrialOutcome::Started { subscription, ends_at, grant_ids })
     }
@@ -121,7 +126,8 @@ pub async fn end_by_conversion(tx: &Tx<'_>, tenant: TenantId, account: &AccountI
 /// Writes `trial_ending` and `trial_ended` events for trials that are due; returns how many.
 pub async fn sweep(ctx: &Ctx, now: OffsetDateTime) -> Result<usize, Error> {
     let mut client = ctx.pool.get().await?;
-    let tx = client.transaction().await?;
+    // Spans tenants: the documented background path (see `db::AllTenants`).
+    let tx = crate::db::begin_all_tenants(&mut client, crate::db::AllTenants::TrialSweep).await?;
     let mut due: Vec<(&str, repo::trials::Due)> = Vec::new();
     due.extend(repo::trials::announce_due(&tx, now, SWEEP_BATCH_MAX).await?.into_iter().map(|d| ("trial_ending", d)));
     due.extend(repo::trials::end_due(&tx, now, SWEEP_BATCH_MAX).await?.into_iter().map(|d| ("trial_ended", d)));

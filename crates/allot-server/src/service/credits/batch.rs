@@ -150,7 +150,7 @@ impl Credits {
         let first = &commands[0];
         let meter = first.lines[0].0.clone();
         let mut client = self.ctx.db().await?;
-        let tx = client.transaction().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
         let payer = in_force::resolve(&tx, tenant, &first.account, now).await?;
         if payer.pooled() {
             return Err(Error::Internal("not batched: a pooled payer".into()));
@@ -163,6 +163,12 @@ impl Credits {
         if standing.daily_budget(&meter).is_some() {
             return Err(Error::Internal("not batched: a restrict-stage daily budget".into()));
         }
+        if session.in_force.rate.is_some() {
+            // One Redis decision per debit would hold the row lock for as many round trips, and
+            // a rolled-back batch would count its debits twice.
+            return Err(Error::Internal("not batched: a per-minute rate cap".into()));
+        }
+        let funds = crate::service::subsidy::pays(&payer);
         let policy = session.in_force.policy;
         let mut results: Vec<Result<Decision, Error>> = Vec::with_capacity(commands.len());
         let mut fresh: HashMap<&str, (Vec<u8>, usize)> = HashMap::new();
@@ -186,24 +192,16 @@ impl Credits {
                 Amount::Credits(amount) => amount,
                 Amount::Rated { .. } => return Err(Error::Internal("not batched: rated usage".into())),
             };
-            let mut denial = if session.within_member_cap(amount) {
+            let denial = if session.within_member_cap(amount) {
                 charge::check(&session.state, &policy, amount, cmd.mode, now).err().map(|d| session.denial(d))
             } else {
                 Some(Denial::MemberCapReached)
             };
-            let mut retry_after_ms = 0;
-            if denial.is_none() {
-                let usage = vec![(meter.clone(), amount)];
-                if let Some((_, wait_ms)) = self.decide_rate(tenant, std::slice::from_mut(&mut session), &usage, standing.rate_percent(), now, true).await {
-                    denial = Some(Denial::RateLimited);
-                    retry_after_ms = wait_ms;
-                }
-            }
             let mut outcome = MeterOutcome {
                 denial,
                 entry_id: None,
                 breakdown: Vec::new(),
-                retry_after_ms,
+                retry_after_ms: 0,
                 meter: session.view(now),
                 rating: None,
                 subsidy: None,
@@ -212,7 +210,11 @@ impl Credits {
                 let effect = charge::debit(&mut session.state, &policy, amount, cmd.mode, EntryKind::Debit, now)
                     .map_err(|d| Error::Internal(format!("a checked debit was denied: {d:?}")))?;
                 outcome.breakdown = effect.breakdown.clone();
-                outcome.entry_id = Some(session.record(effect, refs(&payer, Some(&cmd.key), None, &cmd.attributes, None)));
+                let entry_id = session.record(effect, refs(&payer, Some(&cmd.key), None, &cmd.attributes, None));
+                outcome.entry_id = Some(entry_id);
+                if funds {
+                    crate::service::subsidy::fund(&tx, tenant, &meter, amount, entry_id, now).await?;
+                }
                 session.add_member_use(amount);
                 session.roll_up(session.state.period.start, cmd.attributes.clone(), amount, 1);
                 outcome.meter = session.view(now);

@@ -1,0 +1,120 @@
+//! Tenant-scoped transactions. Every request transaction starts with [`begin`] (or its
+//! read-only and snapshot variants), which sends `BEGIN` and sets `allot.tenant_id` for the
+//! transaction in one round trip, so PostgreSQL's row-level security (migration `V8__security`)
+//! shows the transaction only its tenant's rows, whatever a statement forgets. Background jobs
+//! that span tenants say so with [`begin_all_tenants`] and a reason; that opens only the tables
+//! the migration names for them.
+//!
+//! [`Tx`] is a small transaction guard over a pooled connection (tokio-postgres' own
+//! `Transaction` cannot carry extra statements in its `BEGIN`): statements go through the
+//! connection's statement cache, `commit` sends `COMMIT`, and a guard dropped without a commit
+//! queues a `ROLLBACK` before the connection can be reused, exactly as tokio-postgres does.
+
+use std::ops::Deref;
+
+use futures::FutureExt as _;
+
+use crate::ids::TenantId;
+
+/// A transaction on a pooled connection; rolled back unless committed.
+pub struct Tx<'a> {
+    client: &'a deadpool_postgres::ClientWrapper,
+    done: bool,
+}
+
+impl Deref for Tx<'_> {
+    type Target = deadpool_postgres::ClientWrapper;
+
+    fn deref(&self) -> &deadpool_postgres::ClientWrapper {
+        self.client
+    }
+}
+
+impl Tx<'_> {
+    /// Commits. The guard is spent first, so a `COMMIT` once sent is never followed by a
+    /// `ROLLBACK` (a commit future dropped before it ran still rolls back).
+    pub async fn commit(mut self) -> Result<(), tokio_postgres::Error> {
+        self.done = true;
+        self.client.batch_execute("COMMIT").await
+    }
+
+    /// Rolls back and waits for it.
+    pub async fn rollback(mut self) -> Result<(), tokio_postgres::Error> {
+        self.done = true;
+        self.client.batch_execute("ROLLBACK").await
+    }
+}
+
+impl Drop for Tx<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            // Polling once sends the message; the connection reads and discards the answer.
+            let _ = self.client.batch_execute("ROLLBACK").now_or_never();
+        }
+    }
+}
+
+/// How a transaction reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Read committed, read-write: every mutation.
+    ReadWrite,
+    /// Read committed, read-only.
+    ReadOnly,
+    /// Repeatable read, read-only: one snapshot for a whole answer (`Check`, summaries).
+    Snapshot,
+}
+
+impl Access {
+    fn begin(self) -> &'static str {
+        match self {
+            Access::ReadWrite => "BEGIN",
+            Access::ReadOnly => "BEGIN READ ONLY",
+            Access::Snapshot => "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY",
+        }
+    }
+}
+
+/// The background jobs (and the one request-path lookup) that may see every tenant's rows of
+/// the tables migration `V8__security` opens to them. Each is named so `grep AllTenants::`
+/// lists every such path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllTenants {
+    /// Finding an API key's tenant from its hash (`api_keys`).
+    KeyLookup,
+    /// Voiding expired holds of every tenant (`holds`).
+    HoldSweep,
+    /// Announcing and ending trials of every tenant (`trials`, outbox tables).
+    TrialSweep,
+    /// Finding subsidy pools with funding to settle and pool reservations of expired holds
+    /// (`subsidy_pending_funding`, `subsidy_holds`); each is then settled in its tenant's own
+    /// transaction.
+    SubsidySweep,
+}
+
+/// Starts a read-write transaction that sees only `tenant`'s rows.
+pub async fn begin(client: &mut deadpool_postgres::Client, tenant: TenantId) -> Result<Tx<'_>, tokio_postgres::Error> {
+    begin_with(client, tenant, Access::ReadWrite).await
+}
+
+/// Starts a transaction of `access` that sees only `tenant`'s rows: `BEGIN` and the tenant
+/// setting travel in one message (one round trip, like a plain `BEGIN`).
+pub async fn begin_with(client: &mut deadpool_postgres::Client, tenant: TenantId, access: Access) -> Result<Tx<'_>, tokio_postgres::Error> {
+    // A UUID's text form is hex digits and dashes only: nothing to quote.
+    let sql = format!("{}; SELECT set_config('allot.tenant_id', '{}', true)", access.begin(), tenant.0.hyphenated());
+    start(client, &sql).await
+}
+
+/// Starts a read-write transaction for a job that spans tenants (see [`AllTenants`]).
+pub async fn begin_all_tenants(client: &mut deadpool_postgres::Client, why: AllTenants) -> Result<Tx<'_>, tokio_postgres::Error> {
+    tracing::trace!(why = ?why, "transaction across tenants");
+    start(client, "BEGIN; SELECT set_config('allot.all_tenants', 'on', true)").await
+}
+
+async fn start<'a>(client: &'a mut deadpool_postgres::Client, sql: &str) -> Result<Tx<'a>, tokio_postgres::Error> {
+    let client: &'a deadpool_postgres::ClientWrapper = client;
+    // The guard is live before `BEGIN` is sent: a caller that gives up mid-way rolls back.
+    let tx = Tx { client, done: false };
+    client.batch_execute(sql).await?;
+    Ok(tx)
+}
