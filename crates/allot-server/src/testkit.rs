@@ -142,6 +142,9 @@ impl TestServer {
         // Likewise for races on one row: dozens of callers queue for a connection and the lock.
         config.db_pool_wait_ms = 10_000;
         config.db_lock_timeout_ms = 10_000;
+        // The statement timeout bounds a lock wait too: below the lock timeout it would cut the
+        // queue short first (seen on a loaded machine: 100 racing debits of one account).
+        config.db_statement_timeout_ms = 20_000;
         // Tests race hundreds of calls of one tenant; the fairness tests set their own limits.
         config.tenant_concurrency_max = 1_000;
         tweak(&mut config);
