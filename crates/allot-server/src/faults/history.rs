@@ -408,8 +408,7 @@ pub async fn check(history: &History, db: &tokio_postgres::Client, expect: &Expe
 
 /// Refunds of one charge add up to at most the charge.
 fn check_refunds(entries: &[Entry], anomalies: &mut Vec<String>) {
-    let charges: HashMap<&str, i64> =
-        entries.iter().filter(|e| e.kind == "debit" || e.kind == "commit").map(|e| (e.id.as_str(), -e.delta)).collect();
+    let charges: HashMap<&str, i64> = entries.iter().filter(|e| e.kind == "debit" || e.kind == "commit").map(|e| (e.id.as_str(), -e.delta)).collect();
     let mut refunded: HashMap<&str, i64> = HashMap::new();
     for e in entries.iter().filter(|e| e.kind == "refund") {
         match e.refunds.as_deref() {
@@ -433,7 +432,8 @@ fn check_floor(entries: &[Entry], expect: &Expect, anomalies: &mut Vec<String>) 
         let balance = running.entry((e.account.as_str(), e.meter.as_str())).or_insert(0);
         *balance += e.delta;
         if *balance < -expect.debt_limit_credits {
-            anomalies.push(format!("{}/{}: balance {} below the floor -{} after entry {}", e.account, e.meter, balance, expect.debt_limit_credits, e.id));
+            anomalies
+                .push(format!("{}/{}: balance {} below the floor -{} after entry {}", e.account, e.meter, balance, expect.debt_limit_credits, e.id));
         }
     }
 }

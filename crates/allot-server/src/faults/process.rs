@@ -126,12 +126,8 @@ impl AllotProcess {
     pub async fn until_serving(&mut self, client: &Client, account: &str, meter: &str, within: Duration) -> Option<Duration> {
         let started = Instant::now();
         loop {
-            let mut request = tonic::Request::new(pb::CheckRequest {
-                account_id: account.into(),
-                meter: meter.into(),
-                amount_credits: 1,
-                ..Default::default()
-            });
+            let mut request =
+                tonic::Request::new(pb::CheckRequest { account_id: account.into(), meter: meter.into(), amount_credits: 1, ..Default::default() });
             request.set_timeout(Duration::from_millis(500));
             if client.clone().check(request).await.is_ok() {
                 return Some(started.elapsed());

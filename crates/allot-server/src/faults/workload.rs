@@ -48,10 +48,7 @@ pub fn client(channel: Channel, api_key: &str) -> Client {
 
 /// A channel to `addr` that connects when first used and reconnects after the server restarts.
 pub fn lazy_channel(addr: std::net::SocketAddr) -> Channel {
-    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-        .expect("endpoint")
-        .connect_timeout(Duration::from_secs(1))
-        .connect_lazy()
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}")).expect("endpoint").connect_timeout(Duration::from_secs(1)).connect_lazy()
 }
 
 /// The free default plan the workload expects: `meter` with `allowance_credits` a period and
