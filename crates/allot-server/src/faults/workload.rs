@@ -170,8 +170,8 @@ struct Worker {
 }
 
 /// The request of one operation, kept for its retries.
-#[derive(Clone)]
-enum Call {
+#[derive(Debug, Clone)]
+pub enum Call {
     Debit(pb::DebitRequest),
     Reserve(pb::ReserveRequest),
     Commit(pb::CommitRequest),
@@ -253,7 +253,7 @@ impl Worker {
         };
         let mut op = Operation { kind, account, key, hold_id, refunds, amount_credits: amount, attempts: Vec::new() };
         for _ in 0..self.options.attempts_max.max(1) {
-            let attempt = self.attempt(&call).await;
+            let attempt = send(&mut self.client, &call, self.options.attempt_timeout, &self.history).await;
             let definite = !matches!(attempt.attempt, Attempt::Unknown { .. });
             op.attempts.push(attempt);
             if definite {
@@ -266,7 +266,7 @@ impl Worker {
             && matches!(op.attempts.last().map(|a| &a.attempt), Some(Attempt::Ok { .. }))
             && self.rng.random_range(0..100) < self.options.replay_percent
         {
-            let replay = self.attempt(&call).await;
+            let replay = send(&mut self.client, &call, self.options.attempt_timeout, &self.history).await;
             if !matches!(replay.attempt, Attempt::Unknown { .. }) {
                 op.attempts.push(replay);
             }
@@ -285,49 +285,47 @@ impl Worker {
         }
         self.history.record(op);
     }
+}
 
-    /// One RPC with the attempt deadline; how it ended.
-    async fn attempt(&mut self, call: &Call) -> AttemptRecord {
-        let timeout = self.options.attempt_timeout;
-        let started = Instant::now();
-        let allowed = pb::Decision::Allowed as i32;
-        let attempt = match call.clone() {
-            Call::Debit(r) => match self.client.debit(deadline(r, timeout)).await {
-                Ok(r) if r.get_ref().decision == allowed => Attempt::Ok { id: Some(r.into_inner().entry_id) },
-                Ok(r) => Attempt::Denied { reason: r.get_ref().reason },
-                Err(status) => self.failed(&status),
-            },
-            Call::Reserve(r) => match self.client.reserve(deadline(r, timeout)).await {
-                Ok(r) if r.get_ref().decision == allowed => Attempt::Ok { id: Some(r.into_inner().hold_id) },
-                Ok(r) => Attempt::Denied { reason: r.get_ref().reason },
-                Err(status) => self.failed(&status),
-            },
-            Call::Commit(r) => match self.client.commit(deadline(r, timeout)).await {
-                Ok(r) if r.get_ref().decision == allowed => Attempt::Ok { id: Some(r.into_inner().entry_id) },
-                Ok(r) => Attempt::Denied { reason: r.get_ref().reason },
-                Err(status) => self.failed(&status),
-            },
-            Call::Release(r) => match self.client.release(deadline(r, timeout)).await {
-                Ok(r) if r.get_ref().status == pb::HoldStatus::Released as i32 => Attempt::Ok { id: None },
-                Ok(r) => Attempt::Denied { reason: r.get_ref().status },
-                Err(status) => self.failed(&status),
-            },
-            Call::Refund(r) => match self.client.refund(deadline(r, timeout)).await {
-                Ok(r) => Attempt::Ok { id: Some(r.into_inner().entry_id) },
-                Err(status) => self.failed(&status),
-            },
-        };
-        AttemptRecord { attempt, elapsed: started.elapsed() }
-    }
-
-    /// Classifies an error; a server-side INTERNAL is also an anomaly.
-    fn failed(&self, status: &Status) -> Attempt {
+/// Sends `call` once with `timeout` as its deadline; how it ended. A server-side INTERNAL is also
+/// recorded in `history` as an anomaly.
+pub async fn send(client: &mut Client, call: &Call, timeout: Duration, history: &History) -> AttemptRecord {
+    let started = Instant::now();
+    let allowed = pb::Decision::Allowed as i32;
+    let failed = |status: &Status| {
         let reason = error_reason(status);
         if status.code() == Code::Internal && reason == "INTERNAL" {
-            self.history.anomaly(format!("server answered INTERNAL: {}", status.message()));
+            history.anomaly(format!("server answered INTERNAL: {}", status.message()));
         }
         classify(status.code(), reason)
-    }
+    };
+    let attempt = match call.clone() {
+        Call::Debit(r) => match client.debit(deadline(r, timeout)).await {
+            Ok(r) if r.get_ref().decision == allowed => Attempt::Ok { id: Some(r.into_inner().entry_id) },
+            Ok(r) => Attempt::Denied { reason: r.get_ref().reason },
+            Err(status) => failed(&status),
+        },
+        Call::Reserve(r) => match client.reserve(deadline(r, timeout)).await {
+            Ok(r) if r.get_ref().decision == allowed => Attempt::Ok { id: Some(r.into_inner().hold_id) },
+            Ok(r) => Attempt::Denied { reason: r.get_ref().reason },
+            Err(status) => failed(&status),
+        },
+        Call::Commit(r) => match client.commit(deadline(r, timeout)).await {
+            Ok(r) if r.get_ref().decision == allowed => Attempt::Ok { id: Some(r.into_inner().entry_id) },
+            Ok(r) => Attempt::Denied { reason: r.get_ref().reason },
+            Err(status) => failed(&status),
+        },
+        Call::Release(r) => match client.release(deadline(r, timeout)).await {
+            Ok(r) if r.get_ref().status == pb::HoldStatus::Released as i32 => Attempt::Ok { id: None },
+            Ok(r) => Attempt::Denied { reason: r.get_ref().status },
+            Err(status) => failed(&status),
+        },
+        Call::Refund(r) => match client.refund(deadline(r, timeout)).await {
+            Ok(r) => Attempt::Ok { id: Some(r.into_inner().entry_id) },
+            Err(status) => failed(&status),
+        },
+    };
+    AttemptRecord { attempt, elapsed: started.elapsed() }
 }
 
 fn deadline<T>(message: T, timeout: Duration) -> Request<T> {
