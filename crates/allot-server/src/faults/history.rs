@@ -67,11 +67,13 @@ impl Attempt {
         !matches!(self, Attempt::Unknown { .. })
     }
 
-    /// A short label for counting: `ok`, `denied`, or the gRPC code.
+    /// A short label for counting: `ok`, `denied`, or the gRPC code (`Internal(transport)` for
+    /// an INTERNAL that did not come from Allot's error mapping, e.g. a connection cut mid-call).
     pub fn label(&self) -> String {
         match self {
             Attempt::Ok { .. } => "ok".to_owned(),
             Attempt::Denied { .. } => "denied".to_owned(),
+            Attempt::Unknown { code: tonic::Code::Internal, reason } if reason.is_empty() => "Internal(transport)".to_owned(),
             Attempt::Refused { code, .. } | Attempt::Unknown { code, .. } => format!("{code:?}"),
         }
     }
