@@ -23,7 +23,7 @@ use allot_server::testkit::TestServer;
 
 const DEADLINE: Duration = Duration::from_millis(300);
 /// Scheduling slack on a loaded 2-core machine.
-const SLACK: Duration = Duration::from_millis(700);
+const SLACK: Duration = Duration::from_millis(1_000);
 
 struct Setup {
     server: TestServer,
