@@ -6,6 +6,7 @@
 //! | fault | how |
 //! | --- | --- |
 //! | `kill-9` | `SIGKILL` to the allot PID, restarted at once (serving again must take ≤ 3 s) |
+//! | `crash-after-commit` | restarted with the failpoint armed for one mutation: the process kills itself right after such a call commits, before replying; restarted at once |
 //! | `sigterm` | `SIGTERM` to the allot PID, restarted once it has drained and exited 0 |
 //! | `postgres-stop` | PostgreSQL stopped by its PID for 5 s, started again on the same port |
 //! | `postgres-slow` | every packet to and from PostgreSQL delayed 50 ms for 3 s |
@@ -36,7 +37,9 @@ use support::*;
 const METER: &str = "tokens";
 const DEBT_LIMIT_CREDITS: i64 = 2_000;
 const SERVING_WITHIN: Duration = Duration::from_secs(3);
-const FAULTS: [&str; 7] = ["kill-9", "sigterm", "postgres-stop", "postgres-slow", "redis-reject", "redis-blackhole", "redis-sigstop"];
+const FAULTS: [&str; 8] =
+    ["kill-9", "crash-after-commit", "sigterm", "postgres-stop", "postgres-slow", "redis-reject", "redis-blackhole", "redis-sigstop"];
+const MUTATIONS: [&str; 5] = ["debit", "reserve", "commit", "release", "refund"];
 
 fn setting(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -107,6 +110,21 @@ async fn soak() {
                 served.process.kill9();
                 served.process.restart(&[]);
                 served.process.until_serving(&served.client, "probe", METER, PATIENCE).await.expect("serving after kill -9")
+            }
+            "crash-after-commit" => {
+                let rpc = MUTATIONS[rng.random_range(0..MUTATIONS.len())];
+                served.process.kill9();
+                served.process.restart(&[("ALLOT_FAILPOINT_CRASH_AFTER_COMMIT", rpc)]);
+                let status = served.process.wait_exit(PATIENCE).await.expect("the failpoint fired under load");
+                assert!(
+                    served.process.stderr().contains("failpoint"),
+                    "died without the failpoint ({status}): {}",
+                    served.process.stderr_path().display()
+                );
+                let crashed_at = Instant::now();
+                served.process.restart(&[]);
+                served.process.until_serving(&served.client, "probe", METER, PATIENCE).await.expect("serving after the crash");
+                crashed_at.elapsed()
             }
             "sigterm" => {
                 served.process.sigterm();
@@ -180,7 +198,7 @@ async fn soak() {
 
     report.assert_clean();
     assert_eq!(stuck, 0, "sessions idle inside a transaction");
-    for fault in ["kill-9", "sigterm"] {
+    for fault in ["kill-9", "crash-after-commit", "sigterm"] {
         if let Some((_, slowest)) = injected.get(fault) {
             assert!(*slowest <= SERVING_WITHIN, "{fault}: serving again only after {slowest:?}");
         }
