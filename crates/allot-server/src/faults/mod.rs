@@ -2,9 +2,10 @@
 //!
 //! # Layout
 //! - [`history`]: every operation a client attempted and how each attempt ended (ok, denied,
-//!   refused, unknown), and the checker that holds that history against the database afterwards:
-//!   acknowledged → exactly one ledger entry, refused → none, unknown → at most one, balances
-//!   explained by the ledger, never below the floor, refunds within their charges, `seq` gapless.
+//!   refused, unknown).
+//! - [`check`]: holds a history against the database afterwards: acknowledged → exactly one
+//!   ledger entry, refused → none, unknown → at most one, balances explained by the ledger, never
+//!   below the floor, refunds within their charges, `seq` gapless.
 //! - [`workload`]: many concurrent clients issuing debit, reserve, commit, release and refund,
 //!   retrying unknown outcomes with the same idempotency key (or the same hold), recording into a
 //!   history.
@@ -16,6 +17,7 @@
 //! Nothing here is used by the server itself; it only talks to it over gRPC and to its database
 //! over SQL.
 
+pub mod check;
 pub mod history;
 pub mod process;
 pub mod proxy;
