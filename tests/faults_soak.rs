@@ -76,9 +76,9 @@ async fn soak() {
     let database_url = postgres.dsn("allot").replace(&format!(":{}/", postgres.port()), &format!(":{}/", pg_proxy.addr().port()));
     let redis_url = format!("redis://{}", redis_proxy.addr());
     let env = [("ALLOT_REDIS_URL", redis_url.as_str()), ("ALLOT_DB_POOL_WAIT_MS", "1000"), ("ALLOT_REDIS_TIMEOUT_MS", "100")];
-    let mut served = serve_on("soak", database_url.clone(), &env, METER, 50_000, DEBT_LIMIT_CREDITS).await;
+    let mut served = serve_on("soak", database_url.clone(), &env, METER, 20_000, DEBT_LIMIT_CREDITS).await;
     // The workload's meter also has a per-minute cap that fails open, so Redis is on the path.
-    let mut plan = workload::plan_request(METER, 50_000, DEBT_LIMIT_CREDITS);
+    let mut plan = workload::plan_request(METER, 20_000, DEBT_LIMIT_CREDITS);
     if let Some(p) = plan.plan.as_mut() {
         p.meters[0].rate_limit_per_minute = Some(10_000_000);
         p.meters[0].rate_failure_policy = pb::RateFailurePolicy::FailOpen as i32;
