@@ -144,7 +144,7 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
     };
     let server = tonic::transport::Server::builder()
         .layer(crate::telemetry::rpc::RpcLayer)
-        .timeout(Duration::from_millis(config.request_timeout_ms))
+        .layer(crate::grpc::deadline::DeadlineLayer::new(Duration::from_millis(config.request_timeout_ms)))
         .concurrency_limit_per_connection(1_024)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)
