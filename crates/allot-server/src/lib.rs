@@ -11,6 +11,9 @@
 //! - [`server`]: assembles services, health, reflection and limits; `serve(app, listener, …)`.
 //! - [`db`]: pool and migrations. [`config`]: the one configuration struct.
 //! - [`localstack`], [`dev`], [`seed`]: throwaway PostgreSQL/Redis, `allot dev`, demo data.
+//! - `faults` (feature `testkit`): the fault suite's history checker, workload, TCP fault proxy
+//!   and child-process handle; [`failpoint`]: crash points, inert unless built with
+//!   the `failpoints` feature (tests only).
 
 pub mod auth;
 pub mod bench;
@@ -19,6 +22,9 @@ pub mod config;
 pub mod db;
 pub mod dev;
 pub mod error;
+pub mod failpoint;
+#[cfg(feature = "testkit")]
+pub mod faults;
 pub mod grpc;
 pub mod ids;
 pub mod localstack;

@@ -187,8 +187,8 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
     let tls_task = app.tls.clone().map(|tls| tokio::spawn(tls.watch(Duration::from_millis(config.tls_reload_interval_ms), stop_rx.clone())));
     let router = tonic::transport::Server::builder()
         .layer(crate::telemetry::rpc::RpcLayer)
+        .layer(crate::grpc::deadline::DeadlineLayer::new(Duration::from_millis(config.request_timeout_ms)))
         .layer(AuthLayer(app.gate.clone()))
-        .timeout(Duration::from_millis(config.request_timeout_ms))
         .concurrency_limit_per_connection(1_024)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .add_service(health_service)

@@ -26,6 +26,7 @@ impl pb::entitlements_server::Entitlements for EntitlementsApi {
         let cmd = from_proto::debit(request.into_inner())?;
         let credits = self.credits.clone();
         let outcome = detached(async move { credits.debit(tenant, cmd).await }).await?;
+        crate::failpoint::after_commit("debit");
         Ok(Response::new(to_proto::debit(outcome)))
     }
 
@@ -34,6 +35,7 @@ impl pb::entitlements_server::Entitlements for EntitlementsApi {
         let cmd = from_proto::reserve(request.into_inner())?;
         let credits = self.credits.clone();
         let outcome = detached(async move { credits.reserve(tenant, cmd).await }).await?;
+        crate::failpoint::after_commit("reserve");
         Ok(Response::new(to_proto::reserve(outcome)))
     }
 
@@ -42,6 +44,7 @@ impl pb::entitlements_server::Entitlements for EntitlementsApi {
         let cmd = from_proto::commit(request.into_inner())?;
         let credits = self.credits.clone();
         let outcome = detached(async move { credits.commit(tenant, cmd).await }).await?;
+        crate::failpoint::after_commit("commit");
         Ok(Response::new(to_proto::commit(outcome)))
     }
 
@@ -50,6 +53,7 @@ impl pb::entitlements_server::Entitlements for EntitlementsApi {
         let hold_id = from_proto::release(request.into_inner())?;
         let credits = self.credits.clone();
         let outcome = detached(async move { credits.release(tenant, hold_id).await }).await?;
+        crate::failpoint::after_commit("release");
         Ok(Response::new(to_proto::release(outcome)))
     }
 
@@ -58,6 +62,7 @@ impl pb::entitlements_server::Entitlements for EntitlementsApi {
         let cmd = from_proto::refund(request.into_inner())?;
         let credits = self.credits.clone();
         let outcome = detached(async move { credits.refund(tenant, cmd).await }).await?;
+        crate::failpoint::after_commit("refund");
         Ok(Response::new(to_proto::refund(outcome)))
     }
 

@@ -2,6 +2,7 @@
 //! INVALID_ARGUMENT), call the service, `to_proto`. Errors become `tonic::Status` in `status`.
 
 pub mod admin;
+pub mod deadline;
 pub mod entitlements;
 pub mod fair_use;
 pub mod from_proto;

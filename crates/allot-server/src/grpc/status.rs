@@ -65,6 +65,15 @@ impl From<Error> for Status {
     }
 }
 
+/// The answer to a call that ran past the server's `request_timeout_ms` (see `grpc::deadline`):
+/// DEADLINE_EXCEEDED, with `RetryInfo` (the outcome is unknown; a retry with the same key is safe).
+pub fn request_timeout(timeout: Duration) -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info("DEADLINE_EXCEEDED", ERROR_DOMAIN, HashMap::<String, String>::new());
+    details.set_retry_info(Some(Duration::from_millis(50)));
+    Status::with_error_details(Code::DeadlineExceeded, format!("the call took longer than the server allows ({} ms)", timeout.as_millis()), details)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,5 +102,15 @@ mod tests {
         assert_eq!(violations[0].field, "amount_credits");
         assert!(Status::from(Error::Unavailable("database")).get_error_details().retry_info().is_some());
         assert!(Status::from(Error::TenantBusy { retry_after: Duration::from_millis(20) }).get_error_details().retry_info().is_some());
+    }
+
+    #[test]
+    fn the_servers_own_timeout_is_deadline_exceeded_with_retry_info() {
+        let status = request_timeout(Duration::from_millis(1_500));
+        assert_eq!(status.code(), Code::DeadlineExceeded);
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().map(|i| i.reason.as_str()), Some("DEADLINE_EXCEEDED"));
+        assert!(details.retry_info().is_some());
+        assert!(status.message().contains("1500 ms"));
     }
 }
