@@ -196,6 +196,9 @@ async fn sigterm_with_hundreds_of_calls_in_flight_completes_them_all() {
         ("ALLOT_DB_LOCK_TIMEOUT_MS", "60000"),
         ("ALLOT_DB_STATEMENT_TIMEOUT_MS", "60000"),
         ("ALLOT_REQUEST_TIMEOUT_MS", "60000"),
+        // One tenant sends all of them: no per-tenant limit may refuse any.
+        ("ALLOT_TENANT_CONCURRENCY_MAX", "1000"),
+        ("ALLOT_TENANT_QUEUE_WAIT_MS", "60000"),
     ];
     let mut served = serve("sigterm", &env, METER, 1_000_000, 0).await;
     let mut client = served.client.clone();

@@ -41,7 +41,8 @@ pub async fn serve(label: &str, env: &[(&str, &str)], meter: &str, allowance: i6
 
 /// Like [`serve`], on an existing migrated database.
 pub async fn serve_on(label: &str, database_url: String, env: &[(&str, &str)], meter: &str, allowance: i64, debt_limit: i64) -> Served {
-    let pool = allot_server::db::pool(&Config::with_database(database_url.clone(), None)).expect("pool");
+    // As the login role (not held to row-level security): the checks read every tenant's rows.
+    let pool = allot_server::db::pool(&Config { db_role: String::new(), ..Config::with_database(database_url.clone(), None) }).expect("pool");
     let api_key = allot_server::seed::tenant(&pool, "faults").await.expect("tenant").api_key;
     let listen = std::net::SocketAddr::from(([127, 0, 0, 1], allot_server::localstack::free_port().expect("free port")));
     let redis = allot_server::testkit::stack().redis.url();

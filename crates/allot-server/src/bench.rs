@@ -102,6 +102,8 @@ async fn measure(options: &Options, postgres: &LocalPostgres, redis: &LocalRedis
     let mut config = Config::with_database(postgres.dsn("allot"), Some(redis.url()));
     config.migrate = true;
     config.db_pool_size_max = 32;
+    // One tenant drives every scenario: the fairness limit between tenants must not throttle it.
+    config.tenant_concurrency_max = 100_000;
     let app = App::connect(config, Arc::new(SystemClock)).await?;
     let key = crate::seed::tenant(&app.ctx.pool, "bench").await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
