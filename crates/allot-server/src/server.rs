@@ -134,8 +134,10 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let (draining_tx, draining_rx) = tokio::sync::watch::channel(false);
     let (reporter, health_service) = tonic_health::server::health_reporter();
-    let health_task =
-        tokio::spawn(health::run(app.ctx.pool.clone(), reporter, Duration::from_millis(config.health_interval_ms), draining_rx.clone()));
+    // The probe's own connection: a queue of requests behind a hot row must not fail readiness.
+    let probe_pool = crate::db::pool(&Config { db_pool_size_max: 1, ..config.clone() })?;
+    let health_interval = Duration::from_millis(config.health_interval_ms);
+    let health_task = tokio::spawn(health::run(app.ctx.pool.clone(), probe_pool, reporter, health_interval, draining_rx.clone()));
     let pricing = Pricing::new(app.ctx.clone());
     let pricing_task = tokio::spawn(crate::service::pricing::listen(pricing.clone(), config.database_url.clone(), stop_rx.clone()));
     let sweeper_task = tokio::spawn(sweeper::run(app.ctx.clone(), Duration::from_millis(config.hold_sweep_interval_ms), stop_rx.clone()));

@@ -9,7 +9,11 @@
 //! Bounds: a probe runs every interval and gives up after min(interval, 800 ms), so with the
 //! default 1 s interval an outage shows within 2 s and a recovery within 1 s of PostgreSQL
 //! accepting connections again (no restart: the pool reconnects on its own). Each probe also
-//! samples the pool's gauges.
+//! samples the request pool's gauges.
+//!
+//! The probe has a connection of its own (`probe_pool`, one connection): when every request
+//! connection is queued behind a hot row lock, PostgreSQL is still healthy, and a probe that
+//! waited in that queue would take the replica out of the load balancer for nothing.
 
 use std::time::Duration;
 
@@ -23,7 +27,13 @@ pub const SERVICES: [&str; 3] = ["allot.v1.Entitlements", "allot.v1.Admin", "all
 pub const PROBE_TIMEOUT_MAX: Duration = Duration::from_millis(800);
 
 /// Probes PostgreSQL every `interval` and updates `reporter` on each change until `shutdown`.
-pub async fn run(pool: deadpool_postgres::Pool, reporter: HealthReporter, interval: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+pub async fn run(
+    pool: deadpool_postgres::Pool,
+    probe_pool: deadpool_postgres::Pool,
+    reporter: HealthReporter,
+    interval: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
     let mut last = None;
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -37,7 +47,7 @@ pub async fn run(pool: deadpool_postgres::Pool, reporter: HealthReporter, interv
                 return;
             }
         }
-        let probed = probe(&pool, interval.min(PROBE_TIMEOUT_MAX)).await;
+        let probed = probe(&probe_pool, interval.min(PROBE_TIMEOUT_MAX)).await;
         let healthy = probed.is_ok();
         crate::telemetry::record_pool(pool.status(), healthy);
         if last != Some(healthy) {
