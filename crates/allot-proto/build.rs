@@ -7,7 +7,14 @@ use prost::Message as _;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
-    let files = ["allot/v1/common.proto", "allot/v1/entitlements.proto", "allot/v1/admin.proto", "allot/v1/fair_use.proto", "allot/v1/pricing.proto", "allot/v1/subsidy.proto"];
+    let files = [
+        "allot/v1/common.proto",
+        "allot/v1/entitlements.proto",
+        "allot/v1/admin.proto",
+        "allot/v1/fair_use.proto",
+        "allot/v1/pricing.proto",
+        "allot/v1/subsidy.proto",
+    ];
     println!("cargo:rerun-if-changed={}", proto_root.display());
 
     let fds = protox::compile(files, [&proto_root])?;

@@ -84,6 +84,13 @@ pub async fn fresh_database() -> String {
 #[derive(Clone)]
 pub struct Bearer(MetadataValue<Ascii>);
 
+impl Bearer {
+    /// Sends `api_key` as a bearer credential.
+    pub fn new(api_key: &str) -> Bearer {
+        Bearer(format!("Bearer {api_key}").parse().expect("ascii key"))
+    }
+}
+
 impl tonic::service::Interceptor for Bearer {
     fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         request.metadata_mut().insert("authorization", self.0.clone());
@@ -207,6 +214,11 @@ impl TestServer {
     }
 
     /// Clients authenticated with `api_key`.
+    /// An authenticated channel for any Allot client: `XClient::with_interceptor(channel, bearer)`.
+    pub async fn channel_for(&self, api_key: &str) -> (Channel, Bearer) {
+        (self.channel().await, Bearer::new(api_key))
+    }
+
     pub async fn clients_for(&self, api_key: &str) -> (Entitlements, Admin) {
         let channel = self.channel().await;
         let bearer = Bearer(format!("Bearer {api_key}").parse().expect("ascii key"));

@@ -30,7 +30,8 @@ fn seeds() -> Vec<Vec<u8>> {
     let attributes = [("model".to_owned(), "big".to_owned())].into_iter().collect();
     let usage = vec![pb::MeterAmount { meter: "tokens".into(), amount_credits: 5, ..Default::default() }];
     vec![
-        pb::CheckRequest { account_id: "acct".into(), meter: "tokens".into(), amount_credits: 5, usage: usage.clone(), subsidy: None }.encode_to_vec(),
+        pb::CheckRequest { account_id: "acct".into(), meter: "tokens".into(), amount_credits: 5, usage: usage.clone(), subsidy: None }
+            .encode_to_vec(),
         pb::DebitRequest {
             account_id: "acct".into(),
             meter: "tokens".into(),

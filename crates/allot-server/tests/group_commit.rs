@@ -15,10 +15,7 @@ async fn debits_and_transactions(server: &TestServer, account: &str) -> (i64, i6
     let row = server
         .sql()
         .await
-        .query_one(
-            "SELECT COUNT(*), COUNT(DISTINCT xmin::text) FROM ledger_entries WHERE account_id = $1 AND kind = 'debit'",
-            &[&account],
-        )
+        .query_one("SELECT COUNT(*), COUNT(DISTINCT xmin::text) FROM ledger_entries WHERE account_id = $1 AND kind = 'debit'", &[&account])
         .await
         .expect("count");
     (row.get(0), row.get(1))

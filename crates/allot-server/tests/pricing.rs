@@ -18,7 +18,7 @@ use allot_server::grpc::to_proto::timestamp;
 use allot_server::server::{serve, App};
 use allot_server::service::pricing::{self, Pricing, Quantities, Sku, UpsertPrice, PRICE_CACHE_TTL_DEFAULT};
 use allot_server::service::Ctx;
-use allot_server::testkit::{stack, TestServer};
+use allot_server::testkit::{stack, Bearer, TestServer};
 use common::reason;
 use time::macros::datetime;
 use time::OffsetDateTime;
@@ -28,20 +28,10 @@ use tonic::Code;
 
 const T0: OffsetDateTime = datetime!(2026-03-01 00:00 UTC);
 
-#[derive(Clone)]
-struct Key(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for Key {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-type Client = PricingClient<InterceptedService<Channel, Key>>;
+type Client = PricingClient<InterceptedService<Channel, Bearer>>;
 
 fn client(channel: Channel, api_key: &str) -> Client {
-    PricingClient::with_interceptor(channel, Key(format!("Bearer {api_key}").parse().expect("ascii key")))
+    PricingClient::with_interceptor(channel, Bearer::new(api_key))
 }
 
 async fn pricing_client(server: &TestServer) -> Client {

@@ -8,7 +8,7 @@ mod common;
 use allot_proto::v1 as pb;
 use allot_proto::v1::subsidy_client::SubsidyClient;
 use allot_server::service::{subsidy, Ctx};
-use allot_server::testkit::{Admin, Entitlements, TestServer};
+use allot_server::testkit::{Admin, Bearer, Entitlements, TestServer};
 use common::*;
 use time::macros::datetime;
 use time::OffsetDateTime;
@@ -18,22 +18,13 @@ use tonic::Code;
 
 const T0: OffsetDateTime = datetime!(2026-06-10 12:00 UTC);
 
-#[derive(Clone)]
-struct Key(tonic::metadata::MetadataValue<tonic::metadata::Ascii>);
-
-impl tonic::service::Interceptor for Key {
-    fn call(&mut self, mut request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
-        request.metadata_mut().insert("authorization", self.0.clone());
-        Ok(request)
-    }
-}
-
-type Pools = SubsidyClient<InterceptedService<Channel, Key>>;
+type Pools = SubsidyClient<InterceptedService<Channel, Bearer>>;
 
 async fn start() -> (TestServer, Entitlements, Admin, Pools) {
     let server = TestServer::start_with(T0, |c| c.hold_sweep_interval_ms = 3_600_000).await;
     let (entitlements, mut admin) = server.clients().await;
-    let pools = SubsidyClient::with_interceptor(server.channel().await, Key(format!("Bearer {}", server.tenant.api_key).parse().expect("ascii")));
+    let (channel, bearer) = server.channel_for(&server.tenant.api_key).await;
+    let pools = SubsidyClient::with_interceptor(channel, bearer);
     free_plan(&mut admin, "tokens", Some(1_000), 0, 0).await;
     (server, entitlements, admin, pools)
 }
@@ -72,7 +63,13 @@ async fn debit_subsidised(entitlements: &mut Entitlements, account: &str, amount
 
 async fn check_subsidised(entitlements: &mut Entitlements, account: &str, amount: i64) -> pb::CheckResponse {
     entitlements
-        .check(pb::CheckRequest { account_id: account.into(), meter: "tokens".into(), amount_credits: amount, subsidy: ask("gen"), ..Default::default() })
+        .check(pb::CheckRequest {
+            account_id: account.into(),
+            meter: "tokens".into(),
+            amount_credits: amount,
+            subsidy: ask("gen"),
+            ..Default::default()
+        })
         .await
         .expect("check")
         .into_inner()
@@ -114,7 +111,8 @@ async fn assert_pool_conserved(server: &TestServer) {
         .await
         .expect("balance query");
     for row in rows {
-        let (pool, balance, reserved, logged, logged_reserved): (String, i64, i64, i64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let (pool, balance, reserved, logged, logged_reserved): (String, i64, i64, i64, i64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
         assert_eq!(balance, logged, "pool {pool}: balance is the sum of the log's movements");
         assert_eq!(reserved, logged_reserved, "pool {pool}: reservations are the log's reserves less returns and settlements");
         assert!(balance >= 0 && reserved >= 0);
@@ -167,7 +165,11 @@ async fn free_partial_and_gate_follow_tier_budget_and_pool_and_dry_runs_agree() 
     assert_eq!(remaining, Some(1_000 - 40));
     assert_pool_conserved(&server).await;
 
-    let grants = pools.list_pool_grants(pb::ListPoolGrantsRequest { pool_id: "gen".into(), page_size: 3, ..Default::default() }).await.expect("log").into_inner();
+    let grants = pools
+        .list_pool_grants(pb::ListPoolGrantsRequest { pool_id: "gen".into(), page_size: 3, ..Default::default() })
+        .await
+        .expect("log")
+        .into_inner();
     assert_eq!(grants.grants.len(), 3);
     assert_eq!(grants.grants[0].kind, "top_up");
     assert!(!grants.next_page_token.is_empty());
@@ -248,7 +250,11 @@ async fn reservations_settle_on_the_actual_cost_and_return_the_rest() {
     assert_eq!(split(&hold.subsidy), (pb::SubsidyServe::Free, 80, 0));
     let st = status(&mut pools, "gen").await;
     assert_eq!((st.balance_credits, st.reserved_credits), (920, 80));
-    let commit = entitlements.commit(pb::CommitRequest { hold_id: hold.hold_id.clone(), actual_credits: 50, ..Default::default() }).await.expect("commit").into_inner();
+    let commit = entitlements
+        .commit(pb::CommitRequest { hold_id: hold.hold_id.clone(), actual_credits: 50, ..Default::default() })
+        .await
+        .expect("commit")
+        .into_inner();
     assert!(allowed(commit.decision));
     let line = commit.meters[0].subsidy.clone().expect("settled subsidy");
     assert_eq!((line.absorbed_credits, line.account_credits), (50, 0));
@@ -260,7 +266,11 @@ async fn reservations_settle_on_the_actual_cost_and_return_the_rest() {
     let hold = reserve_subsidised(&mut entitlements, "u", 80, 60_000, "r2").await;
     assert_eq!(split(&hold.subsidy), (pb::SubsidyServe::Partial, 50, 30));
     assert_eq!(hold.meter.as_ref().expect("meter").held_credits, 30);
-    let commit = entitlements.commit(pb::CommitRequest { hold_id: hold.hold_id.clone(), actual_credits: 100, ..Default::default() }).await.expect("commit").into_inner();
+    let commit = entitlements
+        .commit(pb::CommitRequest { hold_id: hold.hold_id.clone(), actual_credits: 100, ..Default::default() })
+        .await
+        .expect("commit")
+        .into_inner();
     let line = commit.meters[0].subsidy.clone().expect("settled subsidy");
     assert_eq!((line.absorbed_credits, line.account_credits), (50, 50), "never more than reserved");
     assert_eq!(commit.meter.expect("meter").remaining_credits, Some(1_000 - 50));
@@ -391,11 +401,17 @@ async fn paid_usage_funds_the_pool_and_bad_asks_are_refused() {
     assert_eq!(err.code(), Code::InvalidArgument);
     assert!(err.message().contains("subsidy.identity"), "{}", err.message());
     let err = pools
-        .upsert_pool(pb::UpsertPoolRequest { pool: Some(pb::Pool { pool_id: "x".into(), share_bps: 10_001, meters: vec!["tokens".into()], ..Default::default() }) })
+        .upsert_pool(pb::UpsertPoolRequest {
+            pool: Some(pb::Pool { pool_id: "x".into(), share_bps: 10_001, meters: vec!["tokens".into()], ..Default::default() }),
+        })
         .await
         .expect_err("share above 100%");
     assert_eq!(err.code(), Code::InvalidArgument);
-    let err = pools.upsert_pool(pb::UpsertPoolRequest { pool: Some(pb::Pool { pool_id: "gen".into(), share_bps: 0, meters: vec!["tokens".into()], shard_count: 1, ..Default::default() }) }).await;
+    let err = pools
+        .upsert_pool(pb::UpsertPoolRequest {
+            pool: Some(pb::Pool { pool_id: "gen".into(), share_bps: 0, meters: vec!["tokens".into()], shard_count: 1, ..Default::default() }),
+        })
+        .await;
     assert_eq!(err.expect_err("shards only grow").code(), Code::FailedPrecondition);
     let written: i64 = server.sql().await.query_one("SELECT COUNT(*) FROM ledger_entries WHERE account_id = 'u'", &[]).await.expect("count").get(0);
     assert_eq!(written, 0);

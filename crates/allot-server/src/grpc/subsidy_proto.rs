@@ -76,7 +76,13 @@ pub fn list_grants(req: pb::ListPoolGrantsRequest) -> Result<(PoolId, i64, u32),
 }
 
 pub fn pool(row: PoolRow) -> pb::Pool {
-    pb::Pool { pool_id: row.id, share_bps: row.share_bps, meters: row.meters, shard_count: row.shard_count, updated_at: Some(timestamp(row.updated_at)) }
+    pb::Pool {
+        pool_id: row.id,
+        share_bps: row.share_bps,
+        meters: row.meters,
+        shard_count: row.shard_count,
+        updated_at: Some(timestamp(row.updated_at)),
+    }
 }
 
 pub fn status(status: PoolStatus) -> pb::GetPoolStatusResponse {

@@ -38,9 +38,8 @@ pub fn is_conflict(err: &tokio_postgres::Error) -> bool {
 
 /// The records of several keys at once (a batch of debits), by key.
 pub async fn find_many(tx: &Tx<'_>, tenant: TenantId, keys: &[&str]) -> Result<std::collections::HashMap<String, Record>, Error> {
-    let stmt = tx
-        .prepare_cached("SELECT key, operation, request_sha256, response FROM idempotency_records WHERE tenant_id = $1 AND key = ANY ($2)")
-        .await?;
+    let stmt =
+        tx.prepare_cached("SELECT key, operation, request_sha256, response FROM idempotency_records WHERE tenant_id = $1 AND key = ANY ($2)").await?;
     Ok(tx
         .query(&stmt, &[&tenant.0, &keys])
         .await?

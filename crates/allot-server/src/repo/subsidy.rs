@@ -37,14 +37,25 @@ pub async fn pool(tx: &Tx<'_>, tenant: TenantId, id: &PoolId) -> Result<Option<P
 }
 
 pub async fn pools(tx: &Tx<'_>, tenant: TenantId) -> Result<Vec<PoolRow>, Error> {
-    let stmt =
-        tx.prepare_cached("SELECT id, share_bps, meters, shard_count, updated_at FROM subsidy_pools WHERE tenant_id = $1 ORDER BY id COLLATE \"C\" LIMIT 1000").await?;
+    let stmt = tx
+        .prepare_cached(
+            "SELECT id, share_bps, meters, shard_count, updated_at FROM subsidy_pools WHERE tenant_id = $1 ORDER BY id COLLATE \"C\" LIMIT 1000",
+        )
+        .await?;
     Ok(tx.query(&stmt, &[&tenant.0]).await?.iter().map(pool_from).collect())
 }
 
 /// Creates or changes a pool and makes sure each of its shards has a row. Shards are never
 /// removed, so `shard_count` may only grow (the caller checks).
-pub async fn upsert_pool(tx: &Tx<'_>, tenant: TenantId, id: &PoolId, share_bps: u32, meters: &[String], shard_count: u32, now: OffsetDateTime) -> Result<PoolRow, Error> {
+pub async fn upsert_pool(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    id: &PoolId,
+    share_bps: u32,
+    meters: &[String],
+    shard_count: u32,
+    now: OffsetDateTime,
+) -> Result<PoolRow, Error> {
     let stmt = tx
         .prepare_cached(
             "INSERT INTO subsidy_pools (tenant_id, id, share_bps, meters, shard_count, created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6) \
@@ -80,7 +91,9 @@ pub async fn lock_pool(tx: &Tx<'_>, tenant: TenantId, pool: &str) -> Result<(), 
 /// The amount of the top-up made with `key`, if there was one.
 pub async fn top_up_amount(tx: &Tx<'_>, tenant: TenantId, pool: &str, key: &str) -> Result<Option<i64>, Error> {
     let stmt = tx
-        .prepare_cached("SELECT pool_delta_credits FROM subsidy_grants WHERE tenant_id = $1 AND pool_id = $2 AND idempotency_key = $3 AND kind = 'top_up'")
+        .prepare_cached(
+            "SELECT pool_delta_credits FROM subsidy_grants WHERE tenant_id = $1 AND pool_id = $2 AND idempotency_key = $3 AND kind = 'top_up'",
+        )
         .await?;
     Ok(tx.query_opt(&stmt, &[&tenant.0, &pool, &key]).await?.map(|r| r.get(0)))
 }
@@ -88,7 +101,9 @@ pub async fn top_up_amount(tx: &Tx<'_>, tenant: TenantId, pool: &str, key: &str)
 /// Pools funded by paid charges on `meter` (with a share above zero).
 pub async fn funded_by(tx: &Tx<'_>, tenant: TenantId, meter: &Meter) -> Result<Vec<(PoolId, u32)>, Error> {
     let stmt = tx
-        .prepare_cached("SELECT id, share_bps FROM subsidy_pools WHERE tenant_id = $1 AND $2 = ANY (meters) AND share_bps > 0 ORDER BY id COLLATE \"C\"")
+        .prepare_cached(
+            "SELECT id, share_bps FROM subsidy_pools WHERE tenant_id = $1 AND $2 = ANY (meters) AND share_bps > 0 ORDER BY id COLLATE \"C\"",
+        )
         .await?;
     tx.query(&stmt, &[&tenant.0, &meter.as_str()])
         .await?
@@ -126,7 +141,8 @@ pub async fn upsert_tier(tx: &Tx<'_>, tenant: TenantId, tier: &TrustTier, daily_
 
 /// The tenant's tiers and budgets, by name.
 pub async fn tiers(tx: &Tx<'_>, tenant: TenantId) -> Result<Vec<(String, i64)>, Error> {
-    let stmt = tx.prepare_cached("SELECT tier, daily_budget_credits FROM trust_tiers WHERE tenant_id = $1 ORDER BY tier COLLATE \"C\" LIMIT 1000").await?;
+    let stmt =
+        tx.prepare_cached("SELECT tier, daily_budget_credits FROM trust_tiers WHERE tenant_id = $1 ORDER BY tier COLLATE \"C\" LIMIT 1000").await?;
     Ok(tx.query(&stmt, &[&tenant.0]).await?.iter().map(|r| (r.get(0), r.get(1))).collect())
 }
 
@@ -175,7 +191,15 @@ pub async fn read_daily(tx: &Tx<'_>, tenant: TenantId, pool: &PoolId, identity: 
 }
 
 /// Moves what the identity absorbed and reserved on `day` (the row is locked by `lock_daily`).
-pub async fn add_daily(tx: &Tx<'_>, tenant: TenantId, pool: &str, identity: &str, day: Date, absorbed_delta: i64, reserved_delta: i64) -> Result<(), Error> {
+pub async fn add_daily(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    pool: &str,
+    identity: &str,
+    day: Date,
+    absorbed_delta: i64,
+    reserved_delta: i64,
+) -> Result<(), Error> {
     let stmt = tx
         .prepare_cached(
             "UPDATE subsidy_daily SET absorbed_credits = absorbed_credits + $5, reserved_credits = reserved_credits + $6 \
@@ -202,11 +226,13 @@ pub async fn take(tx: &Tx<'_>, tenant: TenantId, pool: &PoolId, shard: u32, want
     assert!(want_credits >= 0, "takes are not negative");
     // RETURNING cannot show the balance before the update, so lock and read it first.
     let shard_i = i32::try_from(shard).map_err(|_| Error::Internal("shard out of range".into()))?;
-    let lock = tx
-        .prepare_cached("SELECT balance_credits FROM subsidy_pool_shards WHERE tenant_id = $1 AND pool_id = $2 AND shard = $3 FOR UPDATE")
-        .await?;
-    let before: i64 =
-        tx.query_opt(&lock, &[&tenant.0, &pool.as_str(), &shard_i]).await?.ok_or_else(|| Error::Internal(format!("shard {shard} of pool {pool} missing")))?.get(0);
+    let lock =
+        tx.prepare_cached("SELECT balance_credits FROM subsidy_pool_shards WHERE tenant_id = $1 AND pool_id = $2 AND shard = $3 FOR UPDATE").await?;
+    let before: i64 = tx
+        .query_opt(&lock, &[&tenant.0, &pool.as_str(), &shard_i])
+        .await?
+        .ok_or_else(|| Error::Internal(format!("shard {shard} of pool {pool} missing")))?
+        .get(0);
     let taken = before.min(want_credits);
     let after = move_shard(tx, tenant, pool.as_str(), shard, -taken, if reserve { taken } else { 0 }).await?;
     Ok((taken, after))
@@ -420,7 +446,8 @@ pub async fn held_parts(tx: &Tx<'_>, tenant: TenantId, hold_id: Uuid) -> Result<
 }
 
 pub async fn set_hold_status(tx: &Tx<'_>, tenant: TenantId, hold_id: Uuid, meter: &str, status: &str) -> Result<(), Error> {
-    let stmt = tx.prepare_cached("UPDATE subsidy_holds SET status = $4 WHERE tenant_id = $1 AND hold_id = $2 AND meter = $3 AND status = 'held'").await?;
+    let stmt =
+        tx.prepare_cached("UPDATE subsidy_holds SET status = $4 WHERE tenant_id = $1 AND hold_id = $2 AND meter = $3 AND status = 'held'").await?;
     tx.execute(&stmt, &[&tenant.0, &hold_id, &meter, &status]).await?;
     Ok(())
 }
@@ -428,14 +455,19 @@ pub async fn set_hold_status(tx: &Tx<'_>, tenant: TenantId, hold_id: Uuid, meter
 /// Up to `limit` holds whose pool part is still reserved past its expiry, across tenants (a
 /// system job).
 pub async fn expired_holds(tx: &Tx<'_>, now: OffsetDateTime, limit: i64) -> Result<Vec<(TenantId, Uuid)>, Error> {
-    let stmt = tx
-        .prepare_cached("SELECT DISTINCT tenant_id, hold_id FROM subsidy_holds WHERE status = 'held' AND expires_at <= $1 LIMIT $2")
-        .await?;
+    let stmt = tx.prepare_cached("SELECT DISTINCT tenant_id, hold_id FROM subsidy_holds WHERE status = 'held' AND expires_at <= $1 LIMIT $2").await?;
     Ok(tx.query(&stmt, &[&now, &limit]).await?.iter().map(|r| (TenantId(r.get(0)), r.get(1))).collect())
 }
 
 /// Records funding from a paid charge, to be settled into the shards by `settle_pending`.
-pub async fn add_pending(tx: &Tx<'_>, tenant: TenantId, pool: &PoolId, amount_credits: i64, entry_id: Uuid, now: OffsetDateTime) -> Result<(), Error> {
+pub async fn add_pending(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    pool: &PoolId,
+    amount_credits: i64,
+    entry_id: Uuid,
+    now: OffsetDateTime,
+) -> Result<(), Error> {
     let stmt = tx
         .prepare_cached("INSERT INTO subsidy_pending_funding (tenant_id, pool_id, amount_credits, entry_id, created_at) VALUES ($1, $2, $3, $4, $5)")
         .await?;
@@ -482,12 +514,7 @@ pub async fn balances(tx: &Tx<'_>, tenant: TenantId, pool: &PoolId) -> Result<Ba
         .prepare_cached("SELECT COALESCE(SUM(amount_credits), 0)::bigint FROM subsidy_pending_funding WHERE tenant_id = $1 AND pool_id = $2")
         .await?;
     let pending_credits = tx.query_one(&stmt, &[&tenant.0, &pool.as_str()]).await?.get(0);
-    Ok(Balances {
-        balance_credits: shards.iter().map(|s| s.0).sum(),
-        reserved_credits: shards.iter().map(|s| s.1).sum(),
-        pending_credits,
-        shards,
-    })
+    Ok(Balances { balance_credits: shards.iter().map(|s| s.0).sum(), reserved_credits: shards.iter().map(|s| s.1).sum(), pending_credits, shards })
 }
 
 /// Per tier, what identities absorbed and have reserved on `day`, and how many drew on the pool.
@@ -502,7 +529,13 @@ pub async fn day_by_tier(tx: &Tx<'_>, tenant: TenantId, pool: &PoolId, day: Date
 }
 
 /// A page of a pool's grant log, oldest first, after `after_position`.
-pub async fn log_page(tx: &Tx<'_>, tenant: TenantId, pool: &PoolId, after_position: i64, limit: i64) -> Result<Vec<(i64, LogRow, OffsetDateTime)>, Error> {
+pub async fn log_page(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    pool: &PoolId,
+    after_position: i64,
+    limit: i64,
+) -> Result<Vec<(i64, LogRow, OffsetDateTime)>, Error> {
     let sql = format!(
         "SELECT {LOG_COLUMNS}, position, created_at FROM subsidy_grants WHERE tenant_id = $1 AND pool_id = $2 AND position > $3 ORDER BY position LIMIT $4"
     );

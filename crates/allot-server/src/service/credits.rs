@@ -484,8 +484,7 @@ impl Credits {
                 });
             }
         }
-        let decision =
-            Decision { meters, fair_use: Some(standing.view(caps)), trial: payer.trial(now), subsidy: plan.map(|p| p.view) };
+        let decision = Decision { meters, fair_use: Some(standing.view(caps)), trial: payer.trial(now), subsidy: plan.map(|p| p.view) };
         count("check", &decision);
         Ok(decision)
     }
@@ -531,10 +530,8 @@ impl Credits {
                                 let effect = charge::debit(&mut session.state, &policy, amount, cmd.mode, EntryKind::Debit, now)
                                     .map_err(|d| Error::Internal(format!("a checked debit was denied: {d:?}")))?;
                                 meters[i].breakdown = effect.breakdown.clone();
-                                meters[i].entry_id = Some(session.record(
-                                    effect,
-                                    refs(&payer, Some(&cmd.key), None, &cmd.attributes, priced.ratings[i].as_ref()),
-                                ));
+                                meters[i].entry_id =
+                                    Some(session.record(effect, refs(&payer, Some(&cmd.key), None, &cmd.attributes, priced.ratings[i].as_ref())));
                                 session.add_member_use(amount);
                                 session.roll_up(session.state.period.start, cmd.attributes.clone(), amount, 1);
                                 meters[i].meter = session.view(now);
@@ -569,8 +566,7 @@ impl Credits {
                             subsidy::undo(tx, tenant, plan).await?;
                         }
                     }
-                    let decision =
-                        Decision { meters, fair_use: Some(standing.view(caps)), trial: payer.trial(now), subsidy: plan.map(|p| p.view) };
+                    let decision = Decision { meters, fair_use: Some(standing.view(caps)), trial: payer.trial(now), subsidy: plan.map(|p| p.view) };
                     Ok(if decision.is_transient() { Keyed::Transient(decision) } else { Keyed::Decided(decision) })
                 })
             })
@@ -647,8 +643,7 @@ impl Credits {
                             _ => subsidy::undo(tx, tenant, plan).await?,
                         }
                     }
-                    let decision =
-                        Decision { meters, fair_use: Some(standing.view(caps)), trial: payer.trial(now), subsidy: plan.map(|p| p.view) };
+                    let decision = Decision { meters, fair_use: Some(standing.view(caps)), trial: payer.trial(now), subsidy: plan.map(|p| p.view) };
                     for session in sessions {
                         session.save(tx, now).await?;
                     }
@@ -867,7 +862,8 @@ impl Credits {
                         let found = repo::subsidy::subsidy_for(tx, tenant, cmd.entry_id).await?.ok_or(Error::NotFound { what: "ledger entry" })?;
                         let acting = stored_id(found.account_id.as_deref().unwrap_or_default())?;
                         let payer = in_force::resolve(tx, tenant, &acting, now).await?;
-                        let session = MeterSession::lock(tx, tenant, &payer, &stored_meter(found.meter.as_deref().unwrap_or_default())?, now, &[]).await?;
+                        let session =
+                            MeterSession::lock(tx, tenant, &payer, &stored_meter(found.meter.as_deref().unwrap_or_default())?, now, &[]).await?;
                         (payer, session)
                     }
                 };

@@ -126,8 +126,7 @@ impl Pools {
         let tiers = budgets
             .into_iter()
             .map(|(tier, budget)| {
-                let (absorbed, reserved, identities) =
-                    today.iter().find(|(t, ..)| *t == tier).map_or((0, 0, 0), |(_, a, r, n)| (*a, *r, *n));
+                let (absorbed, reserved, identities) = today.iter().find(|(t, ..)| *t == tier).map_or((0, 0, 0), |(_, a, r, n)| (*a, *r, *n));
                 (tier, budget, absorbed, reserved, identities)
             })
             .collect();
@@ -136,7 +135,13 @@ impl Pools {
     }
 
     /// A page of the grant log after `after_position`; the next page's position when there may be more.
-    pub async fn grants(&self, tenant: TenantId, pool: &PoolId, after_position: i64, page_size: u32) -> Result<(Vec<(LogRow, OffsetDateTime)>, Option<i64>), Error> {
+    pub async fn grants(
+        &self,
+        tenant: TenantId,
+        pool: &PoolId,
+        after_position: i64,
+        page_size: u32,
+    ) -> Result<(Vec<(LogRow, OffsetDateTime)>, Option<i64>), Error> {
         let mut client = self.ctx.db().await?;
         let tx = crate::db::begin_with(&mut client, tenant, crate::db::Access::ReadOnly).await?;
         repo::pool(&tx, tenant, pool).await?.ok_or(Error::NotFound { what: "subsidy pool" })?;

@@ -104,6 +104,7 @@ pub enum Take {
 
 /// Splits `usage` between the pool and the account. Lines on meters the pool does not cover, and
 /// lines already refused (`refused[i]`), cost the pool nothing.
+#[allow(clippy::too_many_arguments)] // one transaction's context, passed through
 pub async fn plan(
     tx: &Tx<'_>,
     tenant: TenantId,
@@ -186,6 +187,7 @@ pub async fn undo(tx: &Tx<'_>, tenant: TenantId, plan: &Plan) -> Result<(), Erro
 
 /// Books an allowed debit's subsidy: the identity's day, and a grant-log row per subsidised line
 /// (with the line's ledger entry when the account paid part). Returns each line's subsidy.
+#[allow(clippy::too_many_arguments)] // one transaction's context, passed through
 pub async fn absorbed(
     tx: &Tx<'_>,
     tenant: TenantId,
@@ -291,7 +293,14 @@ pub async fn reserved(
 
 /// Settles a hold's pool part for one meter whose actual cost is `actual_credits`: the pool
 /// absorbs up to what it reserved, the rest of the reservation returns to the shard and the day.
-pub async fn settle_part(tx: &Tx<'_>, tenant: TenantId, part: &HoldPart, actual_credits: i64, entry_id: Option<Uuid>, now: OffsetDateTime) -> Result<LineSubsidy, Error> {
+pub async fn settle_part(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    part: &HoldPart,
+    actual_credits: i64,
+    entry_id: Option<Uuid>,
+    now: OffsetDateTime,
+) -> Result<LineSubsidy, Error> {
     let split = subsidy::settle(actual_credits, part.reserved_credits);
     let back = part.reserved_credits - split.absorbed_credits;
     repo::add_daily(tx, tenant, &part.pool_id, &part.identity, part.day, split.absorbed_credits, -part.reserved_credits).await?;
@@ -366,12 +375,21 @@ pub async fn refund_split(tx: &Tx<'_>, tenant: TenantId, original: &LogRow, amou
         refunded_credits: pool_refunded + account_refunded,
         pool_refunded_credits: pool_refunded,
     };
-    subsidy::refund_split(paid, amount_credits).map_err(|subsidy::RefundError::ExceedsRefundable { refundable_credits }| Error::RefundExceedsCharge { refundable_credits })
+    subsidy::refund_split(paid, amount_credits)
+        .map_err(|subsidy::RefundError::ExceedsRefundable { refundable_credits }| Error::RefundExceedsCharge { refundable_credits })
 }
 
 /// Books a refund's pool part: back to the shard the subsidy came from, and a `refund` row.
 /// Returns the total refunded so far (both sides).
-pub async fn refunded(tx: &Tx<'_>, tenant: TenantId, original: &LogRow, split: Split, entry_id: Option<Uuid>, key: &str, now: OffsetDateTime) -> Result<RefundView, Error> {
+pub async fn refunded(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    original: &LogRow,
+    split: Split,
+    entry_id: Option<Uuid>,
+    key: &str,
+    now: OffsetDateTime,
+) -> Result<RefundView, Error> {
     let shard = original.shard.ok_or_else(|| Error::Internal("a subsidy without a shard".into()))?;
     let balance_after = repo::move_shard(tx, tenant, &original.pool_id, shard, split.absorbed_credits, 0).await?;
     let row = LogRow {
@@ -424,6 +442,7 @@ pub async fn fund(tx: &Tx<'_>, tenant: TenantId, meter: &Meter, paid_credits: i6
 
 /// Spreads `amount_credits` over a pool's shards (ascending, the lock order between shards) and
 /// logs it. Returns the pool's balance after.
+#[allow(clippy::too_many_arguments)] // one transaction's context, passed through
 pub async fn credit_pool(
     tx: &Tx<'_>,
     tenant: TenantId,
