@@ -54,9 +54,10 @@ async fn each_charge_lands_in_one_period_across_the_boundary() {
     // No charge is booked into a period that had ended by its time.
     let late = count("SELECT COUNT(*) FROM ledger_entries WHERE created_at >= period_end AND $1::timestamptz IS NOT NULL").await;
     assert_eq!(late, 0, "an entry booked into a period that had already ended");
-    // Known (docs/reliability.md): a request reads its time before it waits for the row lock, so
-    // one stamped just before the boundary can be applied after a later one rolled the period,
-    // and is booked (once) into the new period.
+    // A request reads its time before it waits for the row lock. A debit or reserve stamped just
+    // before the boundary that finds the meter already rolled by a later one is decided again at
+    // a fresh time (credits::lock_or_replay); commits, releases and refunds are not yet, so an
+    // entry stamped before the period it is booked in stays possible (docs/reliability.md).
     let early = count("SELECT COUNT(*) FROM ledger_entries WHERE created_at < period_start AND $1::timestamptz IS NOT NULL").await;
     let on_the_boundary = count("SELECT COUNT(*) FROM ledger_entries WHERE created_at = $1 AND kind IN ('debit', 'commit')").await;
     let wrong_side = count("SELECT COUNT(*) FROM ledger_entries WHERE created_at = $1 AND period_start <> $1").await;

@@ -225,14 +225,30 @@ async fn lock_or_replay<T: DeserializeOwned>(
     operation: &str,
     print: &[u8],
     now: OffsetDateTime,
+    clock: &dyn crate::clock::Clock,
 ) -> Result<Locked<T>, Error> {
     let payer = in_force::resolve(tx, tenant, account, now).await?;
     let meters: Vec<&Meter> = usage.iter().map(|(m, _)| m).collect();
     let sessions = lock_all(tx, tenant, &payer, &meters, now).await?;
+    // Decided again at a fresh time, once the clock has reached the period the meter moved on
+    // to (a clock still behind it — skew between replicas — books into it as before).
+    if moved_on(&payer, &sessions) && sessions.iter().all(|s| clock.now() >= s.state.period.start) {
+        return Err(Error::Aborted);
+    }
     Ok(match idempotent::replay(tx, tenant, key, operation, print).await? {
         Some(replayed) => Locked::Replay(replayed),
         None => Locked::Fresh(payer, sessions),
     })
+}
+
+/// Attempts of a keyed operation whose meter moved on to a later period while it waited for the
+/// lock (the first attempt's time is then before that period: it is decided again, at a fresh time).
+const KEYED_ATTEMPTS_MAX: u32 = 3;
+
+/// Whether a locked meter is already in a period after the one `now` falls in: another request,
+/// stamped later, rolled it while this one waited for the lock.
+fn moved_on(payer: &Payer, sessions: &[MeterSession]) -> bool {
+    sessions.iter().any(|s| s.state.period.start >= payer.period.end)
 }
 
 /// Locks the payer's meters in meter order (the lock order) and returns them in request order.
@@ -509,10 +525,11 @@ impl Credits {
                 let this = self.clone();
                 let mut priced = priced.clone();
                 Box::pin(async move {
-                    let (payer, mut sessions) = match lock_or_replay(tx, tenant, &cmd.account, &priced.usage, &cmd.key, "debit", &print, now).await? {
-                        Locked::Replay(replayed) => return Ok(Keyed::Replayed(replayed)),
-                        Locked::Fresh(payer, sessions) => (payer, sessions),
-                    };
+                    let (payer, mut sessions) =
+                        match lock_or_replay(tx, tenant, &cmd.account, &priced.usage, &cmd.key, "debit", &print, now, &*this.ctx.clock).await? {
+                            Locked::Replay(replayed) => return Ok(Keyed::Replayed(replayed)),
+                            Locked::Fresh(payer, sessions) => (payer, sessions),
+                        };
                     let plan = Self::subsidise(tx, tenant, cmd.subsidy.as_ref(), &payer.acting, &mut priced, now, Take::Absorb).await?;
                     let Admission { standing, denials, retry, budgeted } =
                         this.admit(tx, tenant, &payer, &mut sessions, &priced, cmd.mode, now).await?;
@@ -586,7 +603,7 @@ impl Credits {
                 let mut priced = priced.clone();
                 Box::pin(async move {
                     let (payer, mut sessions) =
-                        match lock_or_replay(tx, tenant, &cmd.account, &priced.usage, &cmd.key, "reserve", &print, now).await? {
+                        match lock_or_replay(tx, tenant, &cmd.account, &priced.usage, &cmd.key, "reserve", &print, now, &*this.ctx.clock).await? {
                             Locked::Replay(replayed) => return Ok(Keyed::Replayed(replayed)),
                             Locked::Fresh(payer, sessions) => (payer, sessions),
                         };
@@ -941,11 +958,21 @@ impl Credits {
         T: Serialize + DeserializeOwned,
         F: for<'a> Fn(&'a Tx<'a>, OffsetDateTime) -> futures::future::BoxFuture<'a, Result<Keyed<T>, Error>>,
     {
-        let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        {
+        let mut attempt = 0;
+        loop {
+            // The time is read for each attempt: a retry after the period moved on (see
+            // `lock_or_replay`) is decided at a time inside the period it is booked in.
+            let now = self.ctx.clock.now();
             let tx = crate::db::begin(&mut client, tenant).await?;
-            match decide(&tx, now).await? {
+            let decided = match decide(&tx, now).await {
+                Err(Error::Aborted) if attempt < KEYED_ATTEMPTS_MAX - 1 => {
+                    attempt += 1;
+                    continue; // rolled back when `tx` drops
+                }
+                decided => decided?,
+            };
+            match decided {
                 Keyed::Replayed(outcome) => return Ok(outcome),
                 Keyed::Transient(outcome) => {
                     tx.commit().await?;
@@ -958,6 +985,7 @@ impl Credits {
                     }
                 }
             }
+            break;
         }
         let tx = crate::db::begin(&mut client, tenant).await?;
         let replayed = idempotent::replay(&tx, tenant, key, operation, &print).await?;

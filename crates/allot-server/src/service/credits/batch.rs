@@ -156,6 +156,9 @@ impl Credits {
             return Err(Error::Internal("not batched: a pooled payer".into()));
         }
         let mut session = MeterSession::lock(&tx, tenant, &payer, &meter, now, &[]).await?;
+        if super::moved_on(&payer, std::slice::from_ref(&session)) {
+            return Err(Error::Internal("not batched: the meter moved on to a later period".into()));
+        }
         let keys: Vec<&str> = commands.iter().map(|c| c.key.as_str()).collect();
         let mut stored = idempotency::find_many(&tx, tenant, &keys).await?;
         let mut standing = Standing::load(&tx, tenant, &payer.acting, now).await?;
