@@ -54,10 +54,10 @@ async fn each_charge_lands_in_one_period_across_the_boundary() {
     // No charge is booked into a period that had ended by its time.
     let late = count("SELECT COUNT(*) FROM ledger_entries WHERE created_at >= period_end AND $1::timestamptz IS NOT NULL").await;
     assert_eq!(late, 0, "an entry booked into a period that had already ended");
-    // A request reads its time before it waits for the row lock. A debit or reserve stamped just
-    // before the boundary that finds the meter already rolled by a later one is decided again at
-    // a fresh time (credits::lock_or_replay); commits, releases and refunds are not yet, so an
-    // entry stamped before the period it is booked in stays possible (docs/reliability.md).
+    // A request reads its time before it waits for the row lock. One stamped just before the
+    // boundary that finds the meter already rolled by a later one is decided again at a fresh
+    // time (debit, reserve, commit and refund: credits::moved_on), so no entry is stamped before
+    // the period it is booked in.
     let early = count("SELECT COUNT(*) FROM ledger_entries WHERE created_at < period_start AND $1::timestamptz IS NOT NULL").await;
     let on_the_boundary = count("SELECT COUNT(*) FROM ledger_entries WHERE created_at = $1 AND kind IN ('debit', 'commit')").await;
     let wrong_side = count("SELECT COUNT(*) FROM ledger_entries WHERE created_at = $1 AND period_start <> $1").await;
@@ -65,6 +65,7 @@ async fn each_charge_lands_in_one_period_across_the_boundary() {
     let after = count("SELECT COUNT(*) FROM ledger_entries WHERE created_at > $1 AND kind IN ('debit', 'commit') AND period_start = $1").await;
     println!("charges: {before} before the boundary, {on_the_boundary} exactly on it, {after} after; {early} stamped before the new period but booked in it");
     assert!(on_the_boundary > 0 && before > 0 && after > 0, "load on both sides and on the instant itself");
+    assert_eq!(early, 0, "an entry stamped before the period it was booked in");
     assert_eq!(wrong_side, 0, "an entry at the boundary instant belongs to the new period");
     let rolls = db
         .query(

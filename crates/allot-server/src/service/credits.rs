@@ -676,7 +676,18 @@ impl Credits {
     /// Settles a hold with the actual amounts, at most once. A retry of the same commit gets the
     /// original answer; a denied commit (floor) leaves the hold in place.
     pub async fn commit(&self, tenant: TenantId, cmd: CommitCommand) -> Result<Decision, Error> {
-        let now = self.ctx.clock.now();
+        let mut attempt = 0;
+        loop {
+            // As in `keyed`: a commit whose meter moved on to a later period while it waited for
+            // the lock is decided again at a fresh time.
+            match self.commit_at(tenant, &cmd, self.ctx.clock.now()).await {
+                Err(Error::Aborted) if attempt < KEYED_ATTEMPTS_MAX - 1 => attempt += 1,
+                decided => return decided,
+            }
+        }
+    }
+
+    async fn commit_at(&self, tenant: TenantId, cmd: &CommitCommand, now: OffsetDateTime) -> Result<Decision, Error> {
         let actual_print = match &cmd.actual {
             Actual::Single(a) => a.to_string(),
             Actual::PerMeter(lines) => lines_print(lines),
@@ -699,6 +710,9 @@ impl Credits {
         let mut client = self.ctx.db().await?;
         let tx = crate::db::begin(&mut client, tenant).await?;
         let (payer, mut sessions, holds) = lock_hold(&tx, tenant, cmd.hold_id, now).await?;
+        if moved_on(&payer, &sessions) && sessions.iter().all(|s| self.ctx.clock.now() >= s.state.period.start) {
+            return Err(Error::Aborted);
+        }
         match holds[0].status {
             HoldStatus::Committed if holds[0].settlement_request_sha256.as_deref() == Some(print.as_slice()) => return stored(&holds[0]),
             HoldStatus::Committed | HoldStatus::Released => return Err(Error::HoldSettled { status: holds[0].status.as_str() }),
@@ -835,6 +849,7 @@ impl Credits {
         self.keyed(tenant, &cmd.key, "refund", print.clone(), |tx, now| {
             let cmd = cmd.clone();
             let print = print.clone();
+            let clock = self.ctx.clock.clone();
             Box::pin(async move {
                 let stored_id = |raw: &str| AccountId::parse(raw).map_err(|e| Error::Internal(format!("stored account: {e}")));
                 let stored_meter = |raw: &str| Meter::parse(raw).map_err(|e| Error::Internal(format!("stored meter: {e}")));
@@ -886,6 +901,9 @@ impl Credits {
                 };
                 // Read under the meter's lock, which serialises refunds of one charge (the grant
                 // log is append-only: not even the server's role may lock its rows).
+                if moved_on(&payer, std::slice::from_ref(&session)) && clock.now() >= session.state.period.start {
+                    return Err(Error::Aborted); // decided again at a fresh time (see `keyed`)
+                }
                 let subsidised = match (subsidy_id, &original) {
                     (Some(id), _) => repo::subsidy::subsidy_for(tx, tenant, id).await?,
                     (None, Some(original)) => repo::subsidy::subsidy_for(tx, tenant, original.id).await?,
