@@ -13,6 +13,7 @@ use allot_proto::v1 as pb;
 use allot_proto::v1::admin_client::AdminClient;
 use allot_proto::v1::entitlements_client::EntitlementsClient;
 use allot_proto::v1::fair_use_client::FairUseClient;
+use allot_proto::v1::pricing_client::PricingClient;
 use allot_proto::v1::subsidy_client::SubsidyClient;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
@@ -53,11 +54,13 @@ pub struct Row {
 }
 
 /// Scenario → the baseline row it is compared with.
-const SCENARIOS: [(&str, &str); 6] = [
+const SCENARIOS: [(&str, &str); 7] = [
     ("check", "check"),
     ("debit-uniform", "debit"),
     // The same debits over the same accounts, paid by a subsidy pool (16 shards).
     ("debit-subsidised", "debit"),
+    // The same debits given as token usage of a priced model, rated at the price in force.
+    ("debit-rated", "debit"),
     ("debit-hot", "debit-hot"),
     ("reserve-commit", "reserve-commit"),
     ("classify-cooldown", "cooldown-held"),
@@ -158,6 +161,15 @@ async fn seed_plan(clients: &Clients) -> anyhow::Result<()> {
         ..Default::default()
     };
     clients.admin.clone().upsert_plan(clients.request(pb::UpsertPlanRequest { plan: Some(plan) })).await?;
+    // A priced model for the rated scenario: 250 credits per million input tokens, 1,000 per
+    // million output tokens.
+    let unit = |dimension: pb::UsageDimension, credits: i64| pb::UnitPrice { dimension: dimension as i32, credits, per_units: 1_000_000 };
+    let price = pb::UpsertPriceRequest {
+        sku: "bench/model".into(),
+        unit_prices: vec![unit(pb::UsageDimension::InputTokens, 250), unit(pb::UsageDimension::OutputTokens, 1_000)],
+        effective_from: None,
+    };
+    PricingClient::new(clients.channel.clone()).upsert_price(clients.request(price)).await?;
     // A pool that pays every account's debits in full (the default tier gets a budget here).
     let mut pools = SubsidyClient::new(clients.channel.clone());
     let pool = pb::Pool { pool_id: "bench".into(), share_bps: 0, meters: vec!["tokens".into()], shard_count: 16, ..Default::default() };
@@ -182,20 +194,31 @@ async fn operation(clients: &Clients, scenario: &str, c: usize, worker: usize, n
             .check(clients.request(pb::CheckRequest { account_id: account, meter: "tokens".into(), amount_credits: 1, ..Default::default() }))
             .await
             .is_ok(),
-        "debit-uniform" | "debit-hot" | "debit-subsidised" => {
+        "debit-uniform" | "debit-hot" | "debit-subsidised" | "debit-rated" => {
             let account = if scenario == "debit-hot" { "hot".to_owned() } else { account };
             let subsidy = (scenario == "debit-subsidised").then(|| pb::SubsidyRequest { pool_id: "bench".into(), identity: String::new() });
+            // 1,000 input and 500 output tokens: 1 credit once rounded up.
+            let quantities = pb::UsageQuantities { input_tokens: 1_000, output_tokens: 500, ..Default::default() };
+            let usage = match scenario {
+                "debit-rated" => {
+                    vec![pb::MeterAmount { meter: "tokens".into(), sku: "bench/model".into(), quantities: Some(quantities), ..Default::default() }]
+                }
+                _ => Vec::new(),
+            };
+            let (meter, amount_credits) = if usage.is_empty() { ("tokens".to_owned(), 1) } else { (String::new(), 0) };
             entitlements
                 .debit(clients.request(pb::DebitRequest {
                     account_id: account,
-                    meter: "tokens".into(),
-                    amount_credits: 1,
+                    meter,
+                    amount_credits,
+                    usage,
                     idempotency_key: key,
                     subsidy,
                     ..Default::default()
                 }))
                 .await
-                .is_ok()
+                // A rated debit that is not allowed means the price was not found: count it as an error.
+                .is_ok_and(|r| scenario != "debit-rated" || r.get_ref().decision == pb::Decision::Allowed as i32)
         }
         "reserve-commit" => {
             let reserved = entitlements
