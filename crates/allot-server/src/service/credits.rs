@@ -230,9 +230,7 @@ async fn lock_or_replay<T: DeserializeOwned>(
     let payer = in_force::resolve(tx, tenant, account, now).await?;
     let meters: Vec<&Meter> = usage.iter().map(|(m, _)| m).collect();
     let sessions = lock_all(tx, tenant, &payer, &meters, now).await?;
-    // Decided again at a fresh time, once the clock has reached the period the meter moved on
-    // to (a clock still behind it — skew between replicas — books into it as before).
-    if moved_on(&payer, &sessions) && sessions.iter().all(|s| clock.now() >= s.state.period.start) {
+    if stale_time(&payer, &sessions, clock) {
         return Err(Error::Aborted);
     }
     Ok(match idempotent::replay(tx, tenant, key, operation, print).await? {
@@ -249,6 +247,13 @@ const KEYED_ATTEMPTS_MAX: u32 = 3;
 /// stamped later, rolled it while this one waited for the lock.
 fn moved_on(payer: &Payer, sessions: &[MeterSession]) -> bool {
     sessions.iter().any(|s| s.state.period.start >= payer.period.end)
+}
+
+/// Whether an operation must be decided again at a fresh time (answered with `Error::Aborted`,
+/// which its caller retries): its meter moved on, and the clock has reached the period the meter
+/// moved on to (a clock still behind it — skew between replicas — books into it as before).
+fn stale_time(payer: &Payer, sessions: &[MeterSession], clock: &dyn crate::clock::Clock) -> bool {
+    moved_on(payer, sessions) && sessions.iter().all(|s| clock.now() >= s.state.period.start)
 }
 
 /// Locks the payer's meters in meter order (the lock order) and returns them in request order.
@@ -710,7 +715,7 @@ impl Credits {
         let mut client = self.ctx.db().await?;
         let tx = crate::db::begin(&mut client, tenant).await?;
         let (payer, mut sessions, holds) = lock_hold(&tx, tenant, cmd.hold_id, now).await?;
-        if moved_on(&payer, &sessions) && sessions.iter().all(|s| self.ctx.clock.now() >= s.state.period.start) {
+        if stale_time(&payer, &sessions, &*self.ctx.clock) {
             return Err(Error::Aborted);
         }
         match holds[0].status {
@@ -901,7 +906,7 @@ impl Credits {
                 };
                 // Read under the meter's lock, which serialises refunds of one charge (the grant
                 // log is append-only: not even the server's role may lock its rows).
-                if moved_on(&payer, std::slice::from_ref(&session)) && clock.now() >= session.state.period.start {
+                if stale_time(&payer, std::slice::from_ref(&session), &*clock) {
                     return Err(Error::Aborted); // decided again at a fresh time (see `keyed`)
                 }
                 let subsidised = match (subsidy_id, &original) {

@@ -309,25 +309,32 @@ pub async fn settle_part(
     let id = Uuid::new_v4();
     let row = LogRow {
         id,
-        pool_id: part.pool_id.clone(),
-        shard: Some(part.shard),
         kind: "settle",
-        account_id: Some(part.account_id.clone()),
-        identity: Some(part.identity.clone()),
-        tier: Some(part.tier.clone()),
-        meter: Some(part.meter.clone()),
         cost_credits: actual_credits,
-        reserved_credits: part.reserved_credits,
         absorbed_credits: split.absorbed_credits,
         account_credits: split.account_credits,
         pool_delta_credits: back,
         pool_balance_after_credits: Some(balance_after),
         entry_id,
-        hold_id: Some(part.hold_id),
-        ..LogRow::default()
+        ..of_part(part)
     };
     repo::log(tx, tenant, &row, now).await?;
     Ok(LineSubsidy { subsidy_id: Some(id), absorbed_credits: split.absorbed_credits, account_credits: split.account_credits })
+}
+
+/// The grant-log fields a hold's pool part names: who, where, which hold and what it reserved.
+fn of_part(part: &HoldPart) -> LogRow {
+    LogRow {
+        pool_id: part.pool_id.clone(),
+        shard: Some(part.shard),
+        account_id: Some(part.account_id.clone()),
+        identity: Some(part.identity.clone()),
+        tier: Some(part.tier.clone()),
+        meter: Some(part.meter.clone()),
+        reserved_credits: part.reserved_credits,
+        hold_id: Some(part.hold_id),
+        ..LogRow::default()
+    }
 }
 
 /// Returns a hold's pool parts whole (release or expiry).
@@ -338,18 +345,10 @@ pub async fn return_parts(tx: &Tx<'_>, tenant: TenantId, parts: &[HoldPart], sta
         repo::set_hold_status(tx, tenant, part.hold_id, &part.meter, status).await?;
         let row = LogRow {
             id: Uuid::new_v4(),
-            pool_id: part.pool_id.clone(),
-            shard: Some(part.shard),
             kind: "return",
-            account_id: Some(part.account_id.clone()),
-            identity: Some(part.identity.clone()),
-            tier: Some(part.tier.clone()),
-            meter: Some(part.meter.clone()),
-            reserved_credits: part.reserved_credits,
             pool_delta_credits: part.reserved_credits,
             pool_balance_after_credits: Some(balance_after),
-            hold_id: Some(part.hold_id),
-            ..LogRow::default()
+            ..of_part(part)
         };
         repo::log(tx, tenant, &row, now).await?;
     }
