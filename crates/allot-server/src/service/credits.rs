@@ -23,6 +23,7 @@ use super::rate::{RateLimiter, RateRequest};
 use super::subsidy::{self, SubsidyAsk, Take};
 
 mod batch;
+mod check;
 use super::Ctx;
 use crate::error::Error;
 use crate::ids::{AccountId, IdempotencyKey, Meter, TenantId};
@@ -464,50 +465,6 @@ impl Credits {
         let plan = subsidy::plan(tx, tenant, ask, acting, &priced.usage, &priced.refused(), now, take).await?;
         priced.charged = plan.account_amounts();
         Ok(Some(plan))
-    }
-
-    /// Would the usage be allowed now, as a gate? Reads a consistent snapshot, writes nothing, and
-    /// only looks at the rate caps.
-    pub async fn check(&self, tenant: TenantId, cmd: CheckCommand) -> Result<Decision, Error> {
-        let now = self.ctx.clock.now();
-        let mut priced = self.price(tenant, &cmd.lines, now).await?;
-        let mut client = self.ctx.db().await?;
-        let tx = crate::db::begin_with(&mut client, tenant, crate::db::Access::Snapshot).await?;
-        let payer = in_force::resolve(&tx, tenant, &cmd.account, now).await?;
-        let plan = Self::subsidise(&tx, tenant, cmd.subsidy.as_ref(), &payer.acting, &mut priced, now, Take::DryRun).await?;
-        let usage = &priced.usage;
-        let charged = priced.charged_usage();
-        // The meters and the standing are read in one pipelined burst.
-        let snapshots = futures::future::try_join_all(usage.iter().map(|(meter, _)| MeterSession::snapshot(&tx, tenant, &payer, meter, now)));
-        let (mut sessions, standing) = futures::try_join!(snapshots, Standing::load(&tx, tenant, &payer.acting, now))?;
-        let mut denials = credit_denials(&sessions, &charged, Mode::Gate, now);
-        overlay(&mut denials, &priced.denials);
-        budget_denials(&tx, tenant, &standing, &payer.acting, &charged, &mut denials, now).await?;
-        let mut caps = Vec::new();
-        for (meter, _) in usage {
-            caps.extend(fair_use::triggered_caps(&tx, tenant, &payer.acting, payer.plan_id.as_deref(), Some(meter), now).await?);
-        }
-        tx.commit().await?;
-        let mut retry = vec![0; sessions.len()];
-        if let Some((i, wait_ms)) = self.decide_rate(tenant, &mut sessions, usage, standing.rate_percent(), now, false).await {
-            if denials.iter().all(Option::is_none) {
-                denials[i] = Some(Denial::RateLimited);
-                retry[i] = wait_ms;
-            }
-        }
-        let mut meters = outcomes(&sessions, &denials, &retry, &priced.ratings, now);
-        if let Some(plan) = &plan {
-            for (meter, split) in meters.iter_mut().zip(&plan.splits) {
-                meter.subsidy = (split.absorbed_credits > 0).then_some(subsidy::LineSubsidy {
-                    subsidy_id: None,
-                    absorbed_credits: split.absorbed_credits,
-                    account_credits: split.account_credits,
-                });
-            }
-        }
-        let decision = Decision { meters, fair_use: Some(standing.view(caps)), trial: payer.trial(now), subsidy: plan.map(|p| p.view) };
-        count("check", &decision);
-        Ok(decision)
     }
 
     /// Charges usage. Single-meter debits of one account that arrive together are decided in one
