@@ -326,3 +326,91 @@ pub async fn audit(
     tx.execute(&stmt, &[&tenant.0, &action, &before, &after, &now]).await?;
     Ok(())
 }
+
+/// [`standing`] of several accounts at once (a batch of debits), by account.
+pub async fn standings(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    accounts: &[&str],
+    since: OffsetDateTime,
+) -> Result<std::collections::HashMap<String, (bool, i64, Option<Stage>)>, Error> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT a.id, EXISTS (SELECT 1 FROM escalation_exempt x WHERE x.tenant_id = $1 AND x.account_id = a.id), \
+             (SELECT COUNT(*) FROM classifications c WHERE c.tenant_id = $1 AND c.account_id = a.id AND c.violation AND c.created_at > $3), \
+             (SELECT s.stage FROM escalation_state s WHERE s.tenant_id = $1 AND s.account_id = a.id) \
+             FROM unnest($2::text[]) AS a(id)",
+        )
+        .await?;
+    let rows = tx.query(&stmt, &[&tenant.0, &accounts, &since]).await?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let stage: Option<String> = row.get(3);
+            (row.get(0), (row.get(1), row.get(2), stage.and_then(|s| Stage::parse(&s))))
+        })
+        .collect())
+}
+
+/// [`add_hourly`] for several meters at once, `(account, meter, credits)`; one meter may appear
+/// more than once (its amounts are summed first).
+pub async fn add_hourly_many(tx: &Tx<'_>, tenant: TenantId, usage: &[(&str, &str, i64)], at: OffsetDateTime) -> Result<(), Error> {
+    let mut merged: BTreeMap<(&str, &str), i64> = BTreeMap::new();
+    for (account, meter, credits) in usage {
+        *merged.entry((account, meter)).or_default() += credits;
+    }
+    if merged.is_empty() {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO usage_hourly (tenant_id, account_id, meter, hour, used_credits) \
+             SELECT $1, account_id, meter, $2, used_credits FROM unnest($3::text[], $4::text[], $5::bigint[]) AS u(account_id, meter, used_credits) \
+             ON CONFLICT (tenant_id, account_id, meter, hour) DO UPDATE SET used_credits = usage_hourly.used_credits + EXCLUDED.used_credits",
+        )
+        .await?;
+    let accounts: Vec<&str> = merged.keys().map(|k| k.0).collect();
+    let meters: Vec<&str> = merged.keys().map(|k| k.1).collect();
+    let credits: Vec<i64> = merged.values().copied().collect();
+    tx.execute(&stmt, &[&tenant.0, &hour_of(at), &accounts, &meters, &credits]).await?;
+    Ok(())
+}
+
+/// Hourly usage of several meters since `since` (hour granularity), by `(account, meter)`, as
+/// `(hour, credits)` rows: a batch sums them per soft-cap window.
+pub async fn hourly_since(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    keys: &[(&str, &str)],
+    since: OffsetDateTime,
+) -> Result<std::collections::HashMap<(String, String), Vec<(OffsetDateTime, i64)>>, Error> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT account_id, meter, hour, used_credits FROM usage_hourly WHERE tenant_id = $1 \
+             AND (account_id, meter) IN (SELECT * FROM unnest($2::text[], $3::text[])) AND hour >= $4",
+        )
+        .await?;
+    let (accounts, meters): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+    let mut by_meter: std::collections::HashMap<(String, String), Vec<(OffsetDateTime, i64)>> = std::collections::HashMap::new();
+    for row in tx.query(&stmt, &[&tenant.0, &accounts, &meters, &hour_of(since)]).await? {
+        by_meter.entry((row.get(0), row.get(1))).or_default().push((row.get(2), row.get(3)));
+    }
+    Ok(by_meter)
+}
+
+/// The first instant of the hour `since` falls in: usage in hours from there on counts.
+pub fn counted_from(since: OffsetDateTime) -> OffsetDateTime {
+    hour_of(since)
+}
+
+/// Soft caps of several plans at once, as `(plan, meter, cap)`.
+pub async fn soft_caps_of(tx: &Tx<'_>, tenant: TenantId, plan_ids: &[&str]) -> Result<Vec<(String, String, SoftCap)>, Error> {
+    let stmt = tx
+        .prepare_cached(
+            "SELECT plan_id, meter, window_ms, threshold_credits FROM soft_caps WHERE tenant_id = $1 AND plan_id = ANY ($2) \
+             ORDER BY plan_id, meter, window_ms",
+        )
+        .await?;
+    let rows = tx.query(&stmt, &[&tenant.0, &plan_ids]).await?;
+    Ok(rows.iter().map(|r| (r.get(0), r.get(1), SoftCap { window_ms: r.get(2), threshold_credits: r.get(3) })).collect())
+}

@@ -166,3 +166,94 @@ pub async fn page(
     let rows = tx.query(&stmt, &[&tenant.0, &account.as_str(), &meter.map(Meter::as_str), &after_position, &limit]).await?;
     rows.iter().map(from_row).collect()
 }
+
+/// The entries of one meter to append after its last `seq` (see [`append_many`]).
+pub struct MeterEntries<'a> {
+    pub account: &'a AccountId,
+    pub meter: &'a Meter,
+    pub last_seq: i64,
+    pub entries: &'a [NewEntry],
+}
+
+/// [`append`] for several meters (a batch of debits) in one statement.
+pub async fn append_many(tx: &Tx<'_>, tenant: TenantId, meters: &[MeterEntries<'_>], now: OffsetDateTime) -> Result<(), Error> {
+    let count: usize = meters.iter().map(|m| m.entries.len()).sum();
+    if count == 0 {
+        return Ok(());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO ledger_entries (tenant_id, id, account_id, meter, seq, kind, delta_credits, breakdown, period_start, period_end, \
+             refunds_entry_id, hold_id, idempotency_key, created_at, acting_account_id, attributes, rating) \
+             SELECT $1, id, account_id, meter, seq, kind, delta_credits, breakdown, period_start, period_end, refunds_entry_id, hold_id, \
+             idempotency_key, $2, acting_account_id, attributes, rating \
+             FROM unnest($3::uuid[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::jsonb[], $10::timestamptz[], \
+             $11::timestamptz[], $12::uuid[], $13::uuid[], $14::text[], $15::text[], $16::jsonb[], $17::jsonb[]) \
+             AS e(id, account_id, meter, seq, kind, delta_credits, breakdown, period_start, period_end, refunds_entry_id, hold_id, \
+             idempotency_key, acting_account_id, attributes, rating)",
+        )
+        .await?;
+    let no_attributes = serde_json::Value::Object(serde_json::Map::new());
+    let (mut ids, mut accounts, mut meter_names, mut seqs, mut kinds, mut deltas, mut breakdowns) = (
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+    );
+    let (mut starts, mut ends, mut refunds, mut holds, mut keys, mut acting, mut attributes, mut ratings) = (
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+        Vec::with_capacity(count),
+    );
+    for meter in meters {
+        for (i, entry) in meter.entries.iter().enumerate() {
+            ids.push(entry.id);
+            accounts.push(meter.account.as_str());
+            meter_names.push(meter.meter.as_str());
+            seqs.push(meter.last_seq + 1 + i as i64);
+            kinds.push(entry.effect.kind.as_str());
+            deltas.push(entry.effect.delta_credits);
+            breakdowns.push(serde_json::to_value(&entry.effect.breakdown).map_err(|e| Error::Internal(format!("breakdown: {e}")))?);
+            starts.push(entry.period.start);
+            ends.push(entry.period.end);
+            refunds.push(entry.refs.refunds_entry_id);
+            holds.push(entry.refs.hold_id);
+            keys.push(entry.refs.idempotency_key.as_deref());
+            acting.push(entry.refs.acting_account_id.as_deref());
+            attributes.push(entry.refs.attributes.as_ref().unwrap_or(&no_attributes));
+            ratings.push(entry.refs.rating.as_ref());
+        }
+    }
+    tx.execute(
+        &stmt,
+        &[
+            &tenant.0,
+            &now,
+            &ids,
+            &accounts,
+            &meter_names,
+            &seqs,
+            &kinds,
+            &deltas,
+            &breakdowns,
+            &starts,
+            &ends,
+            &refunds,
+            &holds,
+            &keys,
+            &acting,
+            &attributes,
+            &ratings,
+        ],
+    )
+    .await?;
+    Ok(())
+}

@@ -212,3 +212,25 @@ pub async fn meter_terms(tx: &Tx<'_>, tenant: TenantId, plan_id: &str, meter: &M
     let stmt = tx.prepare_cached(&sql).await?;
     Ok(tx.query_opt(&stmt, &[&tenant.0, &plan_id, &meter.as_str()]).await?.map(|row| terms(&row, 0)))
 }
+
+/// The headers of several plans at once (a batch of debits).
+pub async fn headers(tx: &Tx<'_>, tenant: TenantId, ids: &[&str]) -> Result<Vec<PlanHeader>, Error> {
+    let stmt = tx.prepare_cached("SELECT id, tier, scope FROM plans WHERE tenant_id = $1 AND id = ANY ($2)").await?;
+    tx.query(&stmt, &[&tenant.0, &ids]).await?.iter().map(header_of).collect()
+}
+
+/// The terms of several `(plan, meter)` pairs at once; pairs the plan does not list are absent.
+pub async fn meter_terms_many(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    pairs: &[(&str, &str)],
+) -> Result<std::collections::HashMap<(String, String), MeterTerms>, Error> {
+    let sql = format!(
+        "SELECT plan_id, meter, {TERMS} FROM plan_meters WHERE tenant_id = $1 \
+         AND (plan_id, meter) IN (SELECT * FROM unnest($2::text[], $3::text[]))"
+    );
+    let stmt = tx.prepare_cached(&sql).await?;
+    let (plans, meters): (Vec<&str>, Vec<&str>) = pairs.iter().copied().unzip();
+    let rows = tx.query(&stmt, &[&tenant.0, &plans, &meters]).await?;
+    Ok(rows.iter().map(|row| ((row.get(0), row.get(1)), terms(row, 2))).collect())
+}

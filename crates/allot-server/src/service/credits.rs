@@ -132,7 +132,7 @@ pub struct Credits {
     ctx: Ctx,
     rate: RateLimiter,
     pricing: Pricing,
-    /// Debits queued per hot meter (group commit, see `batch`).
+    /// Debits queued per tenant (group commit, see `batch`).
     batches: std::sync::Arc<batch::Batches>,
 }
 
@@ -470,9 +470,9 @@ impl Credits {
     /// Charges usage. Single-meter debits of one account that arrive together are decided in one
     /// transaction (group commit, see `batch`); others alone.
     pub async fn debit(&self, tenant: TenantId, cmd: DebitCommand) -> Result<Decision, Error> {
-        match batch::key_of(tenant, &cmd) {
-            Some(key) => self.debit_queued(key, cmd).await,
-            None => self.debit_alone(tenant, cmd).await,
+        match batch::batchable(&cmd) {
+            true => self.debit_queued(tenant, cmd).await,
+            false => self.debit_alone(tenant, cmd).await,
         }
     }
 

@@ -11,7 +11,9 @@ use time::OffsetDateTime;
 
 use crate::error::Error;
 use crate::ids::{AccountId, Meter, TenantId};
-use crate::repo::plans::{MeterTerms, RateCap};
+use std::collections::HashMap;
+
+use crate::repo::plans::{MeterTerms, PlanHeader, RateCap};
 use crate::repo::subscriptions::SubscriptionRecord;
 use crate::repo::{self, Tx};
 
@@ -59,7 +61,6 @@ pub async fn resolve(tx: &Tx<'_>, tenant: TenantId, acting: &AccountId, now: Off
         repo::subscriptions::get(tx, tenant, acting),
         repo::plans::free_default(tx, tenant),
     )?;
-    let governing = org.as_ref().unwrap_or(acting);
     let subscription = match &org {
         Some(org) => repo::subscriptions::get(tx, tenant, org).await?,
         None => own_subscription,
@@ -69,17 +70,74 @@ pub async fn resolve(tx: &Tx<'_>, tenant: TenantId, acting: &AccountId, now: Off
         (Some(sub), true) => repo::plans::header(tx, tenant, sub.plan_id.as_str()).await?,
         _ => free_plan,
     };
+    let trial_ends_at = match trialing(subscription.as_ref(), entitled) {
+        true => repo::trials::active_end(tx, tenant, org.as_ref().unwrap_or(acting)).await?,
+        false => None,
+    };
+    Ok(payer_of(acting, org, subscription, entitled, plan, trial_ends_at, now))
+}
+
+/// Resolves several accounts at once (a batch of debits): the payers of those that belong to no
+/// org, by account (members of an org are absent: their payer is decided on its own). The same
+/// rules as [`resolve`], in two round trips for the whole batch.
+pub async fn resolve_many(tx: &Tx<'_>, tenant: TenantId, accounts: &[&str], now: OffsetDateTime) -> Result<HashMap<String, Payer>, Error> {
+    let (members, mut subscriptions, free_plan) = futures::try_join!(
+        repo::accounts::members_among(tx, tenant, accounts),
+        repo::subscriptions::get_many(tx, tenant, accounts),
+        repo::plans::free_default(tx, tenant),
+    )?;
+    let entitled_plans: Vec<&str> = subscriptions
+        .values()
+        .filter(|s| s.entitled_at(now))
+        .map(|s| s.plan_id.as_str())
+        .collect::<std::collections::BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    let headers = if entitled_plans.is_empty() { Vec::new() } else { repo::plans::headers(tx, tenant, &entitled_plans).await? };
+    let mut payers = HashMap::with_capacity(accounts.len());
+    for account in accounts.iter().filter(|a| !members.contains(**a)) {
+        let acting = AccountId::parse(account).map_err(|e| Error::Internal(format!("batched account id: {e}")))?;
+        let subscription = subscriptions.remove(*account);
+        let entitled = subscription.as_ref().is_some_and(|s| s.entitled_at(now));
+        let plan = match (&subscription, entitled) {
+            (Some(sub), true) => headers.iter().find(|h| h.id == sub.plan_id.as_str()).cloned(),
+            _ => free_plan.clone(),
+        };
+        // Trials are few: their ends are read one by one.
+        let trial_ends_at = match trialing(subscription.as_ref(), entitled) {
+            true => repo::trials::active_end(tx, tenant, &acting).await?,
+            false => None,
+        };
+        payers.insert((*account).to_owned(), payer_of(&acting, None, subscription, entitled, plan, trial_ends_at, now));
+    }
+    Ok(payers)
+}
+
+/// Whether the governing subscription is an entitled trial.
+fn trialing(subscription: Option<&SubscriptionRecord>, entitled: bool) -> bool {
+    entitled && subscription.is_some_and(|s| s.status == allot_domain::plan::SubscriptionStatus::Trialing)
+}
+
+/// The payer, from what was read: the acting account's org, the governing subscription and
+/// whether it entitles, the plan in force and the trial's end.
+fn payer_of(
+    acting: &AccountId,
+    org: Option<AccountId>,
+    subscription: Option<SubscriptionRecord>,
+    entitled: bool,
+    plan: Option<PlanHeader>,
+    trial_ends_at: Option<OffsetDateTime>,
+    now: OffsetDateTime,
+) -> Payer {
     let (anchor, period) = match (&subscription, entitled) {
         (Some(sub), true) => (sub.current_period_start, subscription_period(sub.current_period_start, sub.current_period_end, now)),
         _ => (CALENDAR_ANCHOR, period_containing(CALENDAR_ANCHOR, now)),
     };
-    let trialing = entitled && subscription.as_ref().is_some_and(|s| s.status == allot_domain::plan::SubscriptionStatus::Trialing);
-    let trial_ends_at = if trialing { repo::trials::active_end(tx, tenant, governing).await? } else { None };
     let payer = match (&org, plan.as_ref().map(|p| p.scope)) {
         (Some(org), Some(Scope::Org)) => org.clone(),
         _ => acting.clone(),
     };
-    Ok(Payer {
+    Payer {
         acting: acting.clone(),
         payer,
         subscription,
@@ -89,7 +147,7 @@ pub async fn resolve(tx: &Tx<'_>, tenant: TenantId, acting: &AccountId, now: Off
         anchor,
         period,
         trial_ends_at,
-    })
+    }
 }
 
 /// Resolves for a stored hold or entry: the plan and period of the account that was charged

@@ -112,6 +112,51 @@ impl MeterSession {
             repo::grants::for_meter(tx, tenant, account, meter, also_grants),
             repo::holds::held_total(tx, tenant, account, meter, now),
         )?;
+        let (mut member_used_credits, mut member_held_credits) = (0, 0);
+        if in_force.member_cap_credits.is_some() {
+            let member = &in_force.payer.acting;
+            member_used_credits = repo::usage::member_used(tx, tenant, account, meter, in_force.payer.period.start, member).await?;
+            member_held_credits = repo::usage::member_held(tx, tenant, account, meter, member, now).await?;
+        }
+        let mut session = Self::assemble(tenant, account, meter, in_force, row, grants, held_credits);
+        session.member_used_credits = member_used_credits;
+        session.member_held_credits = member_held_credits;
+        Ok(session)
+    }
+
+    /// A locked meter from rows a batch already read (its row, live grants and held total),
+    /// brought up to `now`; `opening` is the entry of a row the batch just created. Only for
+    /// meters without a member cap (the caller checks).
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_locked_rows(
+        tenant: TenantId,
+        account: &AccountId,
+        meter: &Meter,
+        now: OffsetDateTime,
+        in_force: InForce,
+        row: BalanceRow,
+        grants: Vec<Grant>,
+        held_credits: i64,
+        opening: Option<Effect>,
+    ) -> MeterSession {
+        assert!(in_force.member_cap_credits.is_none(), "a batch loads no member usage");
+        let mut session = Self::assemble(tenant, account, meter, in_force, row, grants, held_credits);
+        if let Some(effect) = opening {
+            session.record(effect, EntryRefs::default());
+        }
+        session.advance(now);
+        session
+    }
+
+    fn assemble(
+        tenant: TenantId,
+        account: &AccountId,
+        meter: &Meter,
+        in_force: InForce,
+        row: BalanceRow,
+        grants: Vec<Grant>,
+        held_credits: i64,
+    ) -> MeterSession {
         let grants_before = grants.iter().map(|g| (g.id, g.remaining_credits)).collect();
         let state = MeterState {
             period: row.period,
@@ -123,20 +168,14 @@ impl MeterSession {
             held_credits,
         };
         state.assert_invariants();
-        let (mut member_used_credits, mut member_held_credits) = (0, 0);
-        if in_force.member_cap_credits.is_some() {
-            let member = &in_force.payer.acting;
-            member_used_credits = repo::usage::member_used(tx, tenant, account, meter, in_force.payer.period.start, member).await?;
-            member_held_credits = repo::usage::member_held(tx, tenant, account, meter, member, now).await?;
-        }
-        Ok(MeterSession {
+        MeterSession {
             tenant,
             account: account.clone(),
             meter: meter.clone(),
             in_force,
             state,
-            member_used_credits,
-            member_held_credits,
+            member_used_credits: 0,
+            member_held_credits: 0,
             rate: None,
             last_seq: row.seq,
             grants_before,
@@ -144,7 +183,7 @@ impl MeterSession {
             entries: Vec::new(),
             member_delta_credits: 0,
             rollups: Vec::new(),
-        })
+        }
     }
 
     fn advance(&mut self, now: OffsetDateTime) {
@@ -220,49 +259,98 @@ impl MeterSession {
     }
 
     /// Writes the ledger entries, the meter's row and changed grants. Only for locked sessions.
-    pub async fn save(self, tx: &Tx<'_>, now: OffsetDateTime) -> Result<(), Error> {
-        self.state.assert_invariants();
+    pub async fn save(mut self, tx: &Tx<'_>, now: OffsetDateTime) -> Result<(), Error> {
+        let (tenant, account, meter) = (self.tenant, self.account.clone(), self.meter.clone());
+        let new_grants = self.take_new_grants();
+        let member = (self.member_delta_credits != 0)
+            .then(|| (self.in_force.payer.period.start, self.in_force.payer.acting.clone(), self.member_delta_credits));
+        let changes = self.take_changes()?;
         // The entries and the row in one pipelined round trip (the row's `seq` is known before).
+        futures::try_join!(
+            repo::ledger::append(tx, tenant, &account, &meter, changes.last_seq, &changes.entries, now),
+            repo::balances::save(tx, tenant, &account, &meter, &changes.row, now),
+        )?;
+        for (stored, amount_credits) in &new_grants {
+            repo::grants::insert(tx, tenant, &account, &meter, stored, *amount_credits).await?;
+        }
+        repo::grants::set_remaining(tx, tenant, &changes.grants_remaining).await?;
+        if let Some((period_start, acting, delta_credits)) = member {
+            repo::usage::add_member_used(tx, tenant, &account, &meter, period_start, &acting, delta_credits).await?;
+        }
+        for rollup in &changes.rollups {
+            repo::usage::roll_up(tx, tenant, &account, &meter, rollup).await?;
+        }
+        Ok(())
+    }
+
+    /// New grants as they are to be stored (with what is left of them now), taken out of the session.
+    fn take_new_grants(&mut self) -> Vec<(Grant, i64)> {
+        let state = &self.state;
+        std::mem::take(&mut self.new_grants)
+            .into_iter()
+            .map(|(mut stored, amount_credits)| {
+                stored.remaining_credits = state.grants.iter().find(|g| g.id == stored.id).map_or(0, |g| g.remaining_credits);
+                (stored, amount_credits)
+            })
+            .collect()
+    }
+
+    /// What saving this session writes, for a batch that writes many sessions with one statement
+    /// per table. Refused for sessions with new grants or pooled-member usage (a batch has none).
+    pub fn into_changes(self) -> Result<SessionChanges, Error> {
+        if !self.new_grants.is_empty() || self.member_delta_credits != 0 {
+            return Err(Error::Internal("a session with new grants or member usage is saved on its own".into()));
+        }
+        self.take_changes()
+    }
+
+    /// The entries, row, grant changes and roll-ups to write (new grants and member usage are
+    /// the caller's to take first).
+    fn take_changes(self) -> Result<SessionChanges, Error> {
+        self.state.assert_invariants();
         let seq = self.last_seq + i64::try_from(self.entries.len()).map_err(|_| Error::Internal("entry count".into()))?;
         let row = row_of(&self.state, seq);
-        futures::try_join!(
-            repo::ledger::append(tx, self.tenant, &self.account, &self.meter, self.last_seq, &self.entries, now),
-            repo::balances::save(tx, self.tenant, &self.account, &self.meter, &row, now),
-        )?;
-        for (grant, amount_credits) in &self.new_grants {
-            let mut stored = grant.clone();
-            stored.remaining_credits = self.state.grants.iter().find(|g| g.id == grant.id).map_or(0, |g| g.remaining_credits);
-            repo::grants::insert(tx, self.tenant, &self.account, &self.meter, &stored, *amount_credits).await?;
-        }
-        let changed: Vec<(Uuid, i64)> = self
+        let grants_remaining: Vec<(Uuid, i64)> = self
             .state
             .grants
             .iter()
             .filter(|g| self.grants_before.get(&g.id).is_some_and(|before| *before != g.remaining_credits))
             .map(|g| (g.id, g.remaining_credits))
             .collect();
-        repo::grants::set_remaining(tx, self.tenant, &changed).await?;
-        if self.member_delta_credits != 0 {
-            let payer = &self.in_force.payer;
-            repo::usage::add_member_used(tx, self.tenant, &self.account, &self.meter, payer.period.start, &payer.acting, self.member_delta_credits)
-                .await?;
-        }
         // Charges with the same period and attributes (a batch) are one upsert.
-        let mut merged: Vec<Rollup> = Vec::with_capacity(self.rollups.len());
+        let mut rollups: Vec<Rollup> = Vec::with_capacity(self.rollups.len());
         for rollup in self.rollups {
-            match merged.iter_mut().find(|m| m.period_start == rollup.period_start && m.attributes == rollup.attributes) {
+            match rollups.iter_mut().find(|m| m.period_start == rollup.period_start && m.attributes == rollup.attributes) {
                 Some(m) => {
                     m.total_credits += rollup.total_credits;
                     m.charges += rollup.charges;
                 }
-                None => merged.push(rollup),
+                None => rollups.push(rollup),
             }
         }
-        for rollup in &merged {
-            repo::usage::roll_up(tx, self.tenant, &self.account, &self.meter, rollup).await?;
-        }
-        Ok(())
+        Ok(SessionChanges {
+            account: self.account,
+            meter: self.meter,
+            last_seq: self.last_seq,
+            entries: self.entries,
+            row,
+            grants_remaining,
+            rollups,
+        })
     }
+}
+
+/// Everything a locked session writes when saved (see [`MeterSession::into_changes`]).
+pub struct SessionChanges {
+    pub account: AccountId,
+    pub meter: Meter,
+    /// The `seq` of the meter's last entry before this session's.
+    pub last_seq: i64,
+    pub entries: Vec<NewEntry>,
+    pub row: BalanceRow,
+    /// Grants whose remaining credit changed: `(id, remaining)`.
+    pub grants_remaining: Vec<(Uuid, i64)>,
+    pub rollups: Vec<Rollup>,
 }
 
 fn row_of(state: &MeterState, seq: i64) -> BalanceRow {

@@ -1,0 +1,298 @@
+//! One transaction for a batch of single-line debits over any accounts of one tenant: who pays
+//! for every account, every meter's row lock (one statement, `(account, meter)` order), the
+//! grants, holds, idempotency records and fair-use standings of all of them, then each debit
+//! decided on its own in arrival order, then one statement per table to write it all, one commit.
+//!
+//! Debits it leaves to be decided alone (their result is `None`): a member of an org (pooled
+//! meters, member caps), a meter with a per-minute rate cap (one Redis decision per debit would
+//! hold every lock for as many round trips), a meter already in a later
+//! period (decided again at a fresh time on the ordinary path) and a meter under a restrict-stage
+//! daily budget.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use allot_domain::ledger::EntryKind;
+use allot_domain::{advance, charge};
+use time::OffsetDateTime;
+
+use crate::error::Error;
+use crate::repo::fair_use::counted_from;
+use crate::repo::idempotency::Record;
+use crate::repo::ledger::MeterEntries;
+use crate::repo::plans::MeterTerms;
+use crate::repo::{self, Tx};
+use crate::service::credits::{count, debit_print, refs, Amount, Credits, DebitCommand};
+use crate::service::fair_use::Standing;
+use crate::service::idempotent;
+use crate::service::in_force::{self, InForce};
+use crate::service::meter_session::MeterSession;
+use crate::service::outcome::{Decision, MeterOutcome};
+
+/// A meter's key: `(account, meter)`.
+type Key = (String, String);
+
+/// Per debit: its decision or the error it alone gets (a reused key), or `None` when it is to be
+/// decided alone.
+pub type Results = Vec<Option<Result<Decision, Error>>>;
+
+/// The amount of a batchable debit.
+fn credits_of(cmd: &DebitCommand) -> i64 {
+    match cmd.lines.first() {
+        Some((_, Amount::Credits(amount))) => *amount,
+        _ => 0,
+    }
+}
+
+fn key_of(cmd: &DebitCommand) -> Key {
+    (cmd.account.as_str().to_owned(), cmd.lines[0].0.as_str().to_owned())
+}
+
+impl Credits {
+    /// Decides `commands` in one transaction. `Err` means nothing was written and every debit
+    /// must be decided alone.
+    pub(super) async fn debit_group(&self, tenant: crate::ids::TenantId, commands: &[DebitCommand]) -> Result<Results, Error> {
+        assert!(commands.iter().all(super::batchable), "only batchable debits are grouped");
+        let now = self.ctx.clock.now();
+        let mut client = self.ctx.db().await?;
+        let tx = crate::db::begin(&mut client, tenant).await?;
+        let accounts: Vec<&str> = commands.iter().map(|c| c.account.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
+        let (payers, settings) = futures::try_join!(in_force::resolve_many(&tx, tenant, &accounts, now), repo::fair_use::settings(&tx, tenant))?;
+
+        // Who pays is known: lock every meter, with the plans' terms and soft caps.
+        let keys: BTreeSet<(&str, &str)> =
+            commands.iter().filter(|c| payers.contains_key(c.account.as_str())).map(|c| (c.account.as_str(), c.lines[0].0.as_str())).collect();
+        let plan_of = |account: &str| payers.get(account).and_then(|p| p.plan_id.as_deref());
+        let plan_meters: Vec<(&str, &str)> =
+            keys.iter().filter_map(|(account, meter)| plan_of(account).map(|plan| (plan, *meter))).collect::<BTreeSet<_>>().into_iter().collect();
+        let plan_ids: Vec<&str> = plan_meters.iter().map(|(plan, _)| *plan).collect::<BTreeSet<_>>().into_iter().collect();
+        let keys: Vec<(&str, &str)> = keys.into_iter().collect();
+        let (terms, mut rows, soft_caps) = futures::try_join!(
+            repo::plans::meter_terms_many(&tx, tenant, &plan_meters),
+            repo::balances::lock_many(&tx, tenant, &keys),
+            repo::fair_use::soft_caps_of(&tx, tenant, &plan_ids),
+        )?;
+        let terms_of = |account: &str, meter: &str| {
+            plan_of(account).and_then(|plan| terms.get(&(plan.to_owned(), meter.to_owned()))).copied().unwrap_or(MeterTerms::UNLISTED)
+        };
+        // Meters used for the first time get their opening row, then are locked like the others.
+        let mut openings = HashMap::new();
+        let missing: Vec<(&str, &str)> = keys.iter().copied().filter(|(a, m)| !rows.contains_key(&((*a).to_owned(), (*m).to_owned()))).collect();
+        if !missing.is_empty() {
+            for (account, meter) in &missing {
+                let payer = &payers[*account];
+                let (state, effect) = advance::open(&terms_of(account, meter).policy, payer.period);
+                let meter_id = crate::ids::Meter::parse(meter).map_err(|e| Error::Internal(format!("meter: {e}")))?;
+                if repo::balances::insert_opening(&tx, tenant, &payer.acting, &meter_id, state.period, state.allowance_credits, now).await? {
+                    openings.insert(((*account).to_owned(), (*meter).to_owned()), effect);
+                }
+            }
+            rows.extend(repo::balances::lock_many(&tx, tenant, &missing).await?);
+        }
+        let locked: Vec<(&str, &str)> =
+            keys.iter().copied().filter(|(a, m)| rows.contains_key(&((*a).to_owned(), (*m).to_owned())) && terms_of(a, m).rate.is_none()).collect();
+        let caps_of = |account: &str, meter: &str| {
+            let plan = plan_of(account);
+            soft_caps.iter().filter(|(p, m, _)| Some(p.as_str()) == plan && m == meter).map(|(_, _, cap)| *cap).collect::<Vec<_>>()
+        };
+        let capped: Vec<(&str, &str)> = locked.iter().copied().filter(|(a, m)| !caps_of(a, m).is_empty()).collect();
+        let widest_window_ms = soft_caps.iter().map(|(_, _, cap)| cap.window_ms).max().unwrap_or(0);
+
+        // Everything else about the locked meters, read after the locks in one round trip.
+        let locked_accounts: Vec<&str> = locked.iter().map(|(a, _)| *a).collect::<BTreeSet<_>>().into_iter().collect();
+        let command_keys: Vec<&str> = commands.iter().map(|c| c.key.as_str()).collect();
+        let since = now - time::Duration::milliseconds(settings.violation_window_ms);
+        let hourly = async {
+            match capped.is_empty() {
+                true => Ok(HashMap::new()),
+                false => repo::fair_use::hourly_since(&tx, tenant, &capped, now - time::Duration::milliseconds(widest_window_ms)).await,
+            }
+        };
+        let (mut grants, held, stored, standings, hourly) = futures::try_join!(
+            repo::grants::for_meters(&tx, tenant, &locked),
+            repo::holds::held_totals(&tx, tenant, &locked, now),
+            repo::idempotency::find_many(&tx, tenant, &command_keys),
+            repo::fair_use::standings(&tx, tenant, &locked_accounts, since),
+            hourly,
+        )?;
+
+        let mut standing_of: HashMap<&str, Standing> = HashMap::new();
+        for account in &locked_accounts {
+            let (exempt, violations, stored) = standings.get(*account).cloned().unwrap_or((false, 0, None));
+            standing_of.insert(account, Standing { settings: settings.clone(), exempt, violations, stored });
+        }
+        let mut sessions: BTreeMap<Key, MeterSession> = BTreeMap::new();
+        for (account, meter) in &locked {
+            let key: Key = ((*account).to_owned(), (*meter).to_owned());
+            let payer = &payers[*account];
+            let row = rows.remove(&key).expect("a locked row");
+            let in_force = InForce { payer: payer.clone(), policy: terms_of(account, meter).policy, rate: None, member_cap_credits: None };
+            let (account_id, meter_id) = (payer.acting.clone(), crate::ids::Meter::parse(meter).map_err(|e| Error::Internal(format!("meter: {e}")))?);
+            let session = MeterSession::from_locked_rows(
+                tenant,
+                &account_id,
+                &meter_id,
+                now,
+                in_force,
+                row,
+                grants.remove(&key).unwrap_or_default(),
+                held.get(&key).copied().unwrap_or(0),
+                openings.remove(&key).flatten(),
+            );
+            let budgeted = standing_of[account].daily_budget(&meter_id).is_some();
+            if !super::super::moved_on(payer, std::slice::from_ref(&session)) && !budgeted {
+                sessions.insert(key, session);
+            }
+        }
+        // A stage that moved is stored with its event, as on the ordinary path.
+        for (account, standing) in standing_of.iter_mut() {
+            if sessions.keys().any(|(a, _)| a == account) {
+                standing.sync(&tx, tenant, &payers[*account].acting, "", now).await?;
+            }
+        }
+
+        let mut results: Results = commands.iter().map(|_| None).collect();
+        let mut fresh: HashMap<&str, (Vec<u8>, usize)> = HashMap::new();
+        let mut used: BTreeMap<Key, i64> = BTreeMap::new();
+        let mut funded = Vec::new();
+        for (i, cmd) in commands.iter().enumerate() {
+            let key = key_of(cmd);
+            let Some(session) = sessions.get_mut(&key) else { continue };
+            let print = debit_print(cmd);
+            if let Some(record) = stored.get(cmd.key.as_str()) {
+                results[i] = Some(idempotent::replay_record(record.clone(), "debit", &print));
+                continue;
+            }
+            if let Some((first_print, index)) = fresh.get(cmd.key.as_str()) {
+                // A retry that arrived while its first try was queued: the same answer (copied
+                // again below, once the first has its fair-use figures).
+                results[i] = Some(match &results[*index] {
+                    Some(Ok(decision)) if *first_print == print => Ok(decision.clone()),
+                    _ => Err(Error::IdempotencyKeyReused),
+                });
+                continue;
+            }
+            let payer = &payers[cmd.account.as_str()];
+            let amount = credits_of(cmd);
+            let policy = session.in_force.policy;
+            let denial = charge::check(&session.state, &policy, amount, cmd.mode, now).err().map(|d| session.denial(d));
+            let mut outcome = MeterOutcome {
+                denial,
+                entry_id: None,
+                breakdown: Vec::new(),
+                retry_after_ms: 0,
+                meter: session.view(now),
+                rating: None,
+                subsidy: None,
+            };
+            if denial.is_none() {
+                let effect = charge::debit(&mut session.state, &policy, amount, cmd.mode, EntryKind::Debit, now)
+                    .map_err(|d| Error::Internal(format!("a checked debit was denied: {d:?}")))?;
+                outcome.breakdown = effect.breakdown.clone();
+                let entry_id = session.record(effect, refs(payer, Some(&cmd.key), None, &cmd.attributes, None));
+                outcome.entry_id = Some(entry_id);
+                if crate::service::subsidy::pays(payer) {
+                    funded.push((session.meter.clone(), amount, entry_id));
+                }
+                session.roll_up(session.state.period.start, cmd.attributes.clone(), amount, 1);
+                outcome.meter = session.view(now);
+                *used.entry(key).or_default() += amount;
+            }
+            fresh.insert(cmd.key.as_str(), (print, i));
+            results[i] = Some(Ok(Decision { meters: vec![outcome], fair_use: None, trial: payer.trial(now), subsidy: None }));
+        }
+
+        // Soft caps: usage before this batch plus what it charged, with an event for each cap it
+        // pushes over its threshold.
+        let mut triggered: HashMap<&Key, Vec<String>> = HashMap::new();
+        for (key, used_credits) in &used {
+            for cap in caps_of(&key.0, &key.1) {
+                let from = counted_from(now - time::Duration::milliseconds(cap.window_ms));
+                let before: i64 = hourly.get(key).map_or(0, |hours| hours.iter().filter(|(hour, _)| *hour >= from).map(|(_, c)| c).sum());
+                let after = before + used_credits;
+                if cap.newly_triggered(before, after) {
+                    let payload = serde_json::json!({ "meter": key.1, "window_ms": cap.window_ms, "threshold_credits": cap.threshold_credits, "used_credits": after });
+                    repo::outbox::append(&tx, tenant, "soft_cap_triggered", &payers[key.0.as_str()].acting, payload, now).await?;
+                }
+                if cap.is_triggered(after) {
+                    triggered.entry(key).or_default().push(format!("{}/{}", key.1, cap.window_ms));
+                }
+            }
+        }
+        for (i, cmd) in commands.iter().enumerate() {
+            if let Some(Ok(decision)) = &mut results[i] {
+                if decision.fair_use.is_none() && fresh.get(cmd.key.as_str()).is_some_and(|(_, first)| *first == i) {
+                    let allowed = decision.denial().is_none();
+                    let key = key_of(cmd);
+                    let caps = if allowed { triggered.get(&key).cloned().unwrap_or_default() } else { Vec::new() };
+                    decision.fair_use = Some(standing_of[cmd.account.as_str()].view(caps));
+                }
+            }
+        }
+        // Retries inside the batch got a copy before the fair-use figures were filled in.
+        for (i, cmd) in commands.iter().enumerate() {
+            if let Some((_, first)) = fresh.get(cmd.key.as_str()).filter(|(_, first)| *first != i) {
+                if let (Some(Ok(_)), Some(Ok(decision))) = (&results[i], &results[*first]) {
+                    results[i] = Some(Ok(decision.clone()));
+                }
+            }
+        }
+
+        self.write_group(&tx, tenant, sessions, &used, &fresh, &results, &funded, now).await?;
+        tx.commit().await?;
+        for decision in results.iter().flatten().flatten() {
+            count("debit", decision);
+        }
+        Ok(results)
+    }
+
+    /// Writes a decided batch: one statement per table, sent together.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_group(
+        &self,
+        tx: &Tx<'_>,
+        tenant: crate::ids::TenantId,
+        sessions: BTreeMap<Key, MeterSession>,
+        used: &BTreeMap<Key, i64>,
+        fresh: &HashMap<&str, (Vec<u8>, usize)>,
+        results: &Results,
+        funded: &[(crate::ids::Meter, i64, uuid::Uuid)],
+        now: OffsetDateTime,
+    ) -> Result<(), Error> {
+        let changes = sessions.into_values().map(MeterSession::into_changes).collect::<Result<Vec<_>, _>>()?;
+        let entries: Vec<MeterEntries> =
+            changes.iter().map(|c| MeterEntries { account: &c.account, meter: &c.meter, last_seq: c.last_seq, entries: &c.entries }).collect();
+        let rows: Vec<_> = changes.iter().map(|c| (&c.account, &c.meter, c.row.clone())).collect();
+        let grants_remaining: Vec<(uuid::Uuid, i64)> = changes.iter().flat_map(|c| c.grants_remaining.iter().copied()).collect();
+        let rollups: Vec<_> = changes.iter().flat_map(|c| c.rollups.iter().map(move |r| (&c.account, &c.meter, r.clone()))).collect();
+        let hourly: Vec<(&str, &str, i64)> = used.iter().map(|((a, m), credits)| (a.as_str(), m.as_str(), *credits)).collect();
+        // Every new outcome under its key (all of them: a batch decides no rate cap, so none is
+        // transient).
+        let mut records = Vec::with_capacity(fresh.len());
+        for (key, (print, index)) in fresh {
+            if let Some(Ok(decision)) = &results[*index] {
+                assert!(!decision.is_transient(), "a batched decision is never rate limited");
+                let response = serde_json::to_value(decision).map_err(|e| Error::Internal(format!("outcome: {e}")))?;
+                records.push((*key, Record { operation: "debit".to_owned(), request_sha256: print.clone(), response }));
+            }
+        }
+        let funding = async {
+            for (meter, amount, entry_id) in funded {
+                crate::service::subsidy::fund(tx, tenant, meter, *amount, *entry_id, now).await?;
+            }
+            Ok::<_, Error>(())
+        };
+        let (_, _, _, _, _, stored, _) = futures::try_join!(
+            repo::ledger::append_many(tx, tenant, &entries, now),
+            repo::balances::save_many(tx, tenant, &rows, now),
+            repo::grants::set_remaining(tx, tenant, &grants_remaining),
+            repo::usage::roll_up_many(tx, tenant, &rollups),
+            repo::fair_use::add_hourly_many(tx, tenant, &hourly, now),
+            repo::idempotency::insert_many(tx, tenant, &records),
+            funding,
+        )?;
+        if stored != records.len() {
+            return Err(Error::Internal("not batched: a key was stored concurrently".into()));
+        }
+        Ok(())
+    }
+}
