@@ -1,7 +1,9 @@
-//! Group commit: concurrent debits of one hot meter are decided together in shared transactions
-//! (visible as shared `xmin`s of their ledger entries) and stay exact — the same admissions,
-//! one entry and one idempotency record per debit — and a debit that fails inside a batch (a key
-//! reused for another request) fails alone without failing or duplicating its neighbours.
+//! Group commit: concurrent debits — of one hot meter or of many accounts — are decided together
+//! in shared transactions (visible as shared `xmin`s of their ledger entries) and stay exact: the
+//! same admissions, one entry and one idempotency record per debit, grants consumed in the
+//! waterfall, one soft-cap event per crossing. A debit that fails inside a batch (a key reused
+//! for another request) fails alone without failing or duplicating its neighbours, and debits a
+//! batch does not cover (an org member) are decided alone beside it.
 
 mod common;
 
@@ -118,4 +120,133 @@ async fn a_debit_that_fails_in_a_batch_fails_alone() {
         .get(0);
     assert!(charged == 43 * 10 + 11 + 13 || charged == 43 * 10 + 11 + 17, "charged {charged}");
     assert_ledger_explains_balances(&server).await;
+}
+
+/// The most accounts whose debit entries one transaction wrote.
+async fn most_accounts_in_one_transaction(server: &TestServer) -> i64 {
+    let sql = "SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(DISTINCT account_id) AS n FROM ledger_entries WHERE kind = 'debit' GROUP BY xmin::text) t";
+    server.sql().await.query_one(sql, &[]).await.expect("count").get(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_debits_of_many_accounts_share_transactions_and_stay_exact() {
+    let server = TestServer::start().await;
+    let (entitlements, mut admin) = server.clients().await;
+    free_plan(&mut admin, "tokens", Some(100), 0, 0).await;
+    // Half the accounts also hold a purchased grant of 50: the waterfall takes the allowance first.
+    for a in (0..32).step_by(2) {
+        admin
+            .grant_credits(pb::GrantCreditsRequest {
+                account_id: format!("acct-{a}"),
+                meter: "tokens".into(),
+                amount_credits: 50,
+                kind: pb::GrantKind::Purchased as i32,
+                priority: 0,
+                expires_at: None,
+                idempotency_key: format!("grant-{a}"),
+            })
+            .await
+            .expect("grant");
+    }
+
+    // 32 accounts x 7 debits of 30: 3 fit in 100, 5 in 150.
+    let mut tasks = Vec::new();
+    for i in 0..7 {
+        for a in 0..32 {
+            let mut client = entitlements.clone();
+            tasks.push(tokio::spawn(async move { (a, debit(&mut client, &format!("acct-{a}"), "tokens", 30, &format!("k{a}-{i}")).await) }));
+        }
+    }
+    let mut admitted = [0; 32];
+    for task in tasks {
+        let (a, response) = task.await.expect("task");
+        if allowed(response.decision) {
+            admitted[a] += 1;
+            assert!(!response.entry_id.is_empty());
+        } else {
+            let credit = [pb::DenialReason::InsufficientCredit as i32, pb::DenialReason::QuotaExhausted as i32];
+            assert!(credit.contains(&response.reason), "acct-{a}: {:?}", response.reason);
+        }
+    }
+    for (a, n) in admitted.iter().enumerate() {
+        assert_eq!(*n, if a % 2 == 0 { 5 } else { 3 }, "acct-{a}");
+    }
+    let db = server.sql().await;
+    let left: i64 = db.query_one("SELECT COALESCE(SUM(remaining_credits), 0)::bigint FROM grants", &[]).await.expect("sum").get(0);
+    assert_eq!(left, 0, "each grant of 50 paid 20 of the 4th debit and 30 of the 5th");
+    let records: i64 = db.query_one("SELECT COUNT(*) FROM idempotency_records WHERE operation = 'debit'", &[]).await.expect("count").get(0);
+    assert_eq!(records, 32 * 7, "each debit keeps its own idempotency record, denials too");
+    let entries: i64 = db.query_one("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'debit'", &[]).await.expect("count").get(0);
+    assert_eq!(entries, 16 * 5 + 16 * 3);
+    assert!(most_accounts_in_one_transaction(&server).await >= 2, "no transaction decided debits of more than one account");
+    assert_eq!(assert_ledger_explains_balances(&server).await, 32);
+
+    // Retries replay their own answers and charge nothing more.
+    let mut client = entitlements.clone();
+    for (a, i) in [(0, 0), (5, 6), (31, 3)] {
+        let key = format!("k{a}-{i}");
+        let stored: serde_json::Value = db.query_one("SELECT response FROM idempotency_records WHERE key = $1", &[&key]).await.expect("record").get(0);
+        let replay = debit(&mut client, &format!("acct-{a}"), "tokens", 30, &key).await;
+        assert_eq!(allowed(replay.decision), stored["meters"][0]["denial"].is_null(), "{key}");
+    }
+    let after: i64 = db.query_one("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'debit'", &[]).await.expect("count").get(0);
+    assert_eq!(after, entries);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_crosses_soft_caps_once_and_leaves_org_members_to_the_ordinary_path() {
+    let server = TestServer::start().await;
+    let (entitlements, mut admin) = server.clients().await;
+    free_plan(&mut admin, "tokens", None, 0, 1_000_000).await;
+    let mut fair = server.fair_use_for(&server.tenant.api_key).await;
+    fair.set_soft_caps(pb::SetSoftCapsRequest {
+        plan_id: "free".into(),
+        caps: vec![pb::SoftCap { meter: "tokens".into(), window_ms: 3_600_000, threshold_credits: 50 }],
+    })
+    .await
+    .expect("caps");
+    // Two members of an org (a USER-scoped free plan: each counts its own meter).
+    for member in ["member-1", "member-2"] {
+        admin.upsert_account(pb::Account { account_id: member.into(), org_id: "org".into() }).await.expect("member");
+    }
+
+    // 16 accounts (2 of them org members) x 4 debits of 20 in record mode: each crosses 50 once.
+    let accounts: Vec<String> = (0..14).map(|a| format!("acct-{a}")).chain(["member-1".into(), "member-2".into()]).collect();
+    let mut tasks = Vec::new();
+    for i in 0..4 {
+        for account in &accounts {
+            let mut client = entitlements.clone();
+            let (account, key) = (account.clone(), format!("{account}-{i}"));
+            tasks.push(tokio::spawn(async move {
+                let response = client.debit(debit_req(&account, "tokens", 20, &key, pb::DebitMode::Record)).await.expect("debit").into_inner();
+                (account, response)
+            }));
+        }
+    }
+    let mut over = std::collections::BTreeMap::<String, usize>::new();
+    for task in tasks {
+        let (account, response) = task.await.expect("task");
+        assert!(allowed(response.decision), "{account}");
+        let fair_use = response.fair_use.expect("fair use");
+        if fair_use.soft_caps_triggered == vec!["tokens/3600000".to_owned()] {
+            *over.entry(account).or_default() += 1;
+        }
+    }
+    // After 20, 40, 60, 80 the cap (50) is over for the last two of each account's four.
+    assert_eq!(over.len(), 16, "{over:?}");
+    assert!(over.values().all(|n| *n == 2), "{over:?}");
+    let db = server.sql().await;
+    let events: Vec<String> = db
+        .query("SELECT account_id FROM outbox_events WHERE kind = 'soft_cap_triggered' ORDER BY account_id", &[])
+        .await
+        .expect("events")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut expected = accounts.clone();
+    expected.sort();
+    assert_eq!(events, expected, "one event per account that crossed the cap");
+    let hourly: i64 = db.query_one("SELECT SUM(used_credits)::bigint FROM usage_hourly", &[]).await.expect("sum").get(0);
+    assert_eq!(hourly, 16 * 4 * 20);
+    assert_eq!(assert_ledger_explains_balances(&server).await, 16);
 }

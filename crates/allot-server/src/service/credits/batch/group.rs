@@ -201,32 +201,34 @@ impl Credits {
             results[i] = Some(Ok(Decision { meters: vec![outcome], fair_use: None, trial: payer.trial(now), subsidy: None }));
         }
 
-        // Soft caps: usage before this batch plus what it charged, with an event for each cap it
-        // pushes over its threshold.
-        let mut triggered: HashMap<&Key, Vec<String>> = HashMap::new();
-        for (key, used_credits) in &used {
-            for cap in caps_of(&key.0, &key.1) {
-                let from = counted_from(now - time::Duration::milliseconds(cap.window_ms));
-                let before: i64 = hourly.get(key).map_or(0, |hours| hours.iter().filter(|(hour, _)| *hour >= from).map(|(_, c)| c).sum());
-                let after = before + used_credits;
-                if cap.newly_triggered(before, after) {
-                    let payload = serde_json::json!({ "meter": key.1, "window_ms": cap.window_ms, "threshold_credits": cap.threshold_credits, "used_credits": after });
-                    repo::outbox::append(&tx, tenant, "soft_cap_triggered", &payers[key.0.as_str()].acting, payload, now).await?;
-                }
-                if cap.is_triggered(after) {
-                    triggered.entry(key).or_default().push(format!("{}/{}", key.1, cap.window_ms));
-                }
-            }
-        }
+        // Soft caps: each allowed debit sees the usage before this batch plus what the batch
+        // charged up to and including it; crossing a threshold writes one event.
+        let mut charged_so_far: HashMap<Key, i64> = HashMap::new();
         for (i, cmd) in commands.iter().enumerate() {
-            if let Some(Ok(decision)) = &mut results[i] {
-                if decision.fair_use.is_none() && fresh.get(cmd.key.as_str()).is_some_and(|(_, first)| *first == i) {
-                    let allowed = decision.denial().is_none();
-                    let key = key_of(cmd);
-                    let caps = if allowed { triggered.get(&key).cloned().unwrap_or_default() } else { Vec::new() };
-                    decision.fair_use = Some(standing_of[cmd.account.as_str()].view(caps));
-                }
+            let Some(Ok(decision)) = &mut results[i] else { continue };
+            if decision.fair_use.is_some() || fresh.get(cmd.key.as_str()).is_none_or(|(_, first)| *first != i) {
+                continue; // a replay, or a retry copied below
             }
+            let key = key_of(cmd);
+            let mut triggered = Vec::new();
+            if decision.denial().is_none() {
+                let so_far = charged_so_far.entry(key.clone()).or_default();
+                let amount = credits_of(cmd);
+                for cap in caps_of(&key.0, &key.1) {
+                    let from = counted_from(now - time::Duration::milliseconds(cap.window_ms));
+                    let before: i64 = hourly.get(&key).map_or(0, |hours| hours.iter().filter(|(hour, _)| *hour >= from).map(|(_, c)| c).sum());
+                    let after = before + *so_far + amount;
+                    if cap.newly_triggered(after - amount, after) {
+                        let payload = serde_json::json!({ "meter": key.1, "window_ms": cap.window_ms, "threshold_credits": cap.threshold_credits, "used_credits": after });
+                        repo::outbox::append(&tx, tenant, "soft_cap_triggered", &cmd.account, payload, now).await?;
+                    }
+                    if cap.is_triggered(after) {
+                        triggered.push(format!("{}/{}", key.1, cap.window_ms));
+                    }
+                }
+                *so_far += amount;
+            }
+            decision.fair_use = Some(standing_of[cmd.account.as_str()].view(triggered));
         }
         // Retries inside the batch got a copy before the fair-use figures were filled in.
         for (i, cmd) in commands.iter().enumerate() {
