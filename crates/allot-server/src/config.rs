@@ -82,6 +82,10 @@ pub struct Config {
     /// it below `db_pool_size_max`).
     #[arg(long, env = "ALLOT_TENANT_CONCURRENCY_MAX", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub tenant_concurrency_max: u32,
+    /// Group-commit transactions one tenant runs at once on this server: each decides every
+    /// debit queued when it starts. Fewer make bigger batches; more overlap PostgreSQL round trips.
+    #[arg(long, env = "ALLOT_DEBIT_BATCH_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub debit_batch_workers: u32,
     /// Most calls of one tenant waiting for a slot; more are refused at once (RESOURCE_EXHAUSTED).
     #[arg(long, env = "ALLOT_TENANT_QUEUE_MAX", default_value_t = 256, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub tenant_queue_max: u32,
@@ -162,6 +166,7 @@ impl Config {
             db_role: "allot_app".into(),
             auth_api_keys: true,
             tenant_concurrency_max: 8,
+            debit_batch_workers: 2,
             tenant_queue_max: 256,
             tenant_queue_wait_ms: 1_000,
             tls_cert_file: None,

@@ -147,7 +147,7 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
     let max_message_bytes = usize::try_from(config.max_message_bytes)?;
     let rate = RateLimiter::new(app.redis.clone(), Duration::from_millis(config.redis_timeout_ms));
     let entitlements = EntitlementsServer::new(EntitlementsApi {
-        credits: Credits::new(app.ctx.clone(), rate, pricing.clone()),
+        credits: Credits::new(app.ctx.clone(), rate, pricing.clone(), usize::try_from(config.debit_batch_workers)?),
         reports: Reports::new(app.ctx.clone()),
     })
     .max_decoding_message_size(max_message_bytes)

@@ -359,8 +359,9 @@ fn overlay(denials: &mut [Option<Denial>], price_denials: &[Option<Denial>]) {
 }
 
 impl Credits {
-    pub fn new(ctx: Ctx, rate: RateLimiter, pricing: Pricing) -> Credits {
-        Credits { ctx, rate, pricing, batches: Default::default() }
+    /// `batch_workers`: group-commit transactions one tenant runs at once (see `batch`).
+    pub fn new(ctx: Ctx, rate: RateLimiter, pricing: Pricing, batch_workers: usize) -> Credits {
+        Credits { ctx, rate, pricing, batches: std::sync::Arc::new(batch::Batches::new(batch_workers)) }
     }
 
     /// Rates SKU usage into credits at `now` (before any lock: prices are cached). A SKU that

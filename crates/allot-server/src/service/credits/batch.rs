@@ -28,10 +28,11 @@ use crate::service::outcome::Decision;
 /// Most debits decided in one transaction.
 pub const BATCH_MAX: usize = 256;
 
-/// Batch transactions one tenant runs at once on one server. More than one keeps PostgreSQL busy
-/// while a batch waits for its commit; batches lock their meters in one order, so they never
-/// deadlock each other (two batches with a debit of one meter take turns).
-pub const WORKERS_PER_TENANT: usize = 3;
+/// Most batch transactions one tenant may run at once on one server (`debit_batch_workers`).
+/// More than one keeps PostgreSQL busy while a batch waits for its commit; batches lock their
+/// meters in one order, so they never deadlock each other (two batches with a debit of one meter
+/// take turns).
+pub const WORKERS_MAX: usize = 64;
 
 /// Debits left out of a batch, decided alone at once at most.
 const ALONE_CONCURRENCY: usize = 8;
@@ -50,12 +51,17 @@ struct Queue {
 }
 
 /// The queues of tenants that have workers.
-#[derive(Default)]
 pub struct Batches {
     queues: Mutex<HashMap<TenantId, Queue>>,
+    workers_per_tenant: usize,
 }
 
 impl Batches {
+    pub fn new(workers_per_tenant: usize) -> Batches {
+        assert!((1..=WORKERS_MAX).contains(&workers_per_tenant), "batch workers per tenant: 1 to {WORKERS_MAX}");
+        Batches { queues: Mutex::new(HashMap::new()), workers_per_tenant }
+    }
+
     fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Queue>> {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -91,14 +97,14 @@ impl Drop for Worker {
 
 impl Credits {
     /// Queues a debit for its tenant's workers (starting one if fewer than
-    /// [`WORKERS_PER_TENANT`] run) and waits for its decision.
+    /// the tenant's share of workers run) and waits for its decision.
     pub(super) async fn debit_queued(&self, tenant: TenantId, cmd: DebitCommand) -> Result<Decision, Error> {
         let (reply, decided) = oneshot::channel();
         let start_worker = {
             let mut queues = self.batches.queues();
             let queue = queues.entry(tenant).or_default();
             queue.pending.push_back(Pending { cmd, reply, span: tracing::Span::current() });
-            let start = queue.workers < WORKERS_PER_TENANT;
+            let start = queue.workers < self.batches.workers_per_tenant;
             if start {
                 queue.workers += 1;
             }
