@@ -3,7 +3,8 @@
 //! same admissions, one entry and one idempotency record per debit, grants consumed in the
 //! waterfall, one soft-cap event per crossing. A debit that fails inside a batch (a key reused
 //! for another request) fails alone without failing or duplicating its neighbours, and debits a
-//! batch does not cover (an org member) are decided alone beside it.
+//! batch does not cover (an org member, a rate-capped meter) are decided alone beside it, and a
+//! meter a batch opened keeps its opening entry whoever decides its debit.
 
 mod common;
 
@@ -249,4 +250,62 @@ async fn a_batch_crosses_soft_caps_once_and_leaves_org_members_to_the_ordinary_p
     let hourly: i64 = db.query_one("SELECT SUM(used_credits)::bigint FROM usage_hourly", &[]).await.expect("sum").get(0);
     assert_eq!(hourly, 16 * 4 * 20);
     assert_eq!(assert_ledger_explains_balances(&server).await, 16);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_meter_first_used_beside_a_batch_keeps_its_opening_entry() {
+    let server = TestServer::start().await;
+    let (entitlements, mut admin) = server.clients().await;
+    // `tokens` is batched; `capped` has a per-minute rate cap, so its debits are decided alone —
+    // even when they are queued beside a batch that locks (and may open) their rows.
+    let meter = |name: &str, rate: Option<i64>| pb::MeterAllowance {
+        meter: name.into(),
+        allowance_credits: Some(1_000),
+        rate_limit_per_minute: rate,
+        ..Default::default()
+    };
+    let plan = pb::Plan {
+        plan_id: "free".into(),
+        tier: "free".into(),
+        name: "Free".into(),
+        meters: vec![meter("tokens", None), meter("capped", Some(1_000_000))],
+        is_free_default: true,
+        ..Default::default()
+    };
+    admin.upsert_plan(pb::UpsertPlanRequest { plan: Some(plan) }).await.expect("plan");
+    // acct-0 is in the restrict stage with a daily budget on `tokens`: decided alone too.
+    let mut fair = server.fair_use_for(&server.tenant.api_key).await;
+    let mut settings = fair.get_settings(pb::GetSettingsRequest {}).await.expect("settings").into_inner();
+    (settings.warning_after, settings.throttle_after, settings.restrict_after) = (1, 1, 1);
+    settings.restrict_daily_budgets.insert("tokens".into(), 1_000);
+    fair.update_settings(settings).await.expect("update settings");
+    let run = fair.request_classification(pb::RequestClassificationRequest { account_id: "acct-0".into() }).await.expect("request").into_inner();
+    assert_eq!(run.verdict, pb::ClassificationVerdict::Run as i32);
+    let classified = fair
+        .submit_classification(pb::SubmitClassificationRequest { ticket: run.ticket, score: 1.0, labels: vec!["test".into()] })
+        .await
+        .expect("submit")
+        .into_inner();
+    assert_eq!(classified.stage, pb::EscalationStage::Restrict as i32);
+
+    // 24 accounts use both meters for the first time, all at once.
+    let mut tasks = Vec::new();
+    for i in 0..3 {
+        for a in 0..24 {
+            for meter in ["tokens", "capped"] {
+                let mut client = entitlements.clone();
+                let key = format!("{meter}-{a}-{i}");
+                tasks.push(tokio::spawn(async move { debit(&mut client, &format!("acct-{a}"), meter, 10, &key).await }));
+            }
+        }
+    }
+    for task in tasks {
+        assert!(allowed(task.await.expect("task").decision));
+    }
+    let db = server.sql().await;
+    let openings: i64 = db.query_one("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'period_roll'", &[]).await.expect("count").get(0);
+    assert_eq!(openings, 48, "one opening entry (the period's allowance) per meter row");
+    assert_eq!(assert_ledger_explains_balances(&server).await, 48);
+    let budget_used: i64 = db.query_one("SELECT COALESCE(SUM(used_credits), 0)::bigint FROM restrict_usage", &[]).await.expect("used").get(0);
+    assert_eq!(budget_used, 30, "acct-0's tokens debits were counted against its daily budget");
 }

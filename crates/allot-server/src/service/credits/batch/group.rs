@@ -75,8 +75,14 @@ impl Credits {
             plan_of(account).and_then(|plan| terms.get(&(plan.to_owned(), meter.to_owned()))).copied().unwrap_or(MeterTerms::UNLISTED)
         };
         // Meters used for the first time get their opening row, then are locked like the others.
+        // Not those with a rate cap: they are decided (and opened) alone. A row created here is
+        // saved with its opening entry even when its debit is then left to the ordinary path.
         let mut openings = HashMap::new();
-        let missing: Vec<(&str, &str)> = keys.iter().copied().filter(|(a, m)| !rows.contains_key(&((*a).to_owned(), (*m).to_owned()))).collect();
+        let missing: Vec<(&str, &str)> = keys
+            .iter()
+            .copied()
+            .filter(|(a, m)| !rows.contains_key(&((*a).to_owned(), (*m).to_owned())) && terms_of(a, m).rate.is_none())
+            .collect();
         if !missing.is_empty() {
             for (account, meter) in &missing {
                 let payer = &payers[*account];
@@ -121,12 +127,16 @@ impl Credits {
             standing_of.insert(account, Standing { settings: settings.clone(), exempt, violations, stored });
         }
         let mut sessions: BTreeMap<Key, MeterSession> = BTreeMap::new();
+        // Meters this batch opened but does not decide: saved (row and opening entry) only.
+        let mut opened_only: BTreeMap<Key, MeterSession> = BTreeMap::new();
         for (account, meter) in &locked {
             let key: Key = ((*account).to_owned(), (*meter).to_owned());
             let payer = &payers[*account];
             let row = rows.remove(&key).expect("a locked row");
             let in_force = InForce { payer: payer.clone(), policy: terms_of(account, meter).policy, rate: None, member_cap_credits: None };
             let (account_id, meter_id) = (payer.acting.clone(), crate::ids::Meter::parse(meter).map_err(|e| Error::Internal(format!("meter: {e}")))?);
+            let opening = openings.remove(&key);
+            let opened = opening.is_some();
             let session = MeterSession::from_locked_rows(
                 tenant,
                 &account_id,
@@ -136,13 +146,16 @@ impl Credits {
                 row,
                 grants.remove(&key).unwrap_or_default(),
                 held.get(&key).copied().unwrap_or(0),
-                openings.remove(&key).flatten(),
+                opening.flatten(),
             );
             let budgeted = standing_of[account].daily_budget(&meter_id).is_some();
             if !super::super::moved_on(payer, std::slice::from_ref(&session)) && !budgeted {
                 sessions.insert(key, session);
+            } else if opened {
+                opened_only.insert(key, session);
             }
         }
+        assert!(openings.is_empty(), "every row this batch opened is saved");
         // A stage that moved is stored with its event, as on the ordinary path.
         for (account, standing) in standing_of.iter_mut() {
             if sessions.keys().any(|(a, _)| a == account) {
@@ -239,6 +252,7 @@ impl Credits {
             }
         }
 
+        sessions.append(&mut opened_only);
         self.write_group(&tx, tenant, sessions, &used, &fresh, &results, &funded, now).await?;
         tx.commit().await?;
         for decision in results.iter().flatten().flatten() {
