@@ -125,7 +125,8 @@ async fn a_debit_that_fails_in_a_batch_fails_alone() {
 
 /// The most accounts whose debit entries one transaction wrote.
 async fn most_accounts_in_one_transaction(server: &TestServer) -> i64 {
-    let sql = "SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(DISTINCT account_id) AS n FROM ledger_entries WHERE kind = 'debit' GROUP BY xmin::text) t";
+    let sql =
+        "SELECT COALESCE(MAX(n), 0) FROM (SELECT COUNT(DISTINCT account_id) AS n FROM ledger_entries WHERE kind = 'debit' GROUP BY xmin::text) t";
     server.sql().await.query_one(sql, &[]).await.expect("count").get(0)
 }
 
@@ -186,7 +187,8 @@ async fn concurrent_debits_of_many_accounts_share_transactions_and_stay_exact() 
     let mut client = entitlements.clone();
     for (a, i) in [(0, 0), (5, 6), (31, 3)] {
         let key = format!("k{a}-{i}");
-        let stored: serde_json::Value = db.query_one("SELECT response FROM idempotency_records WHERE key = $1", &[&key]).await.expect("record").get(0);
+        let stored: serde_json::Value =
+            db.query_one("SELECT response FROM idempotency_records WHERE key = $1", &[&key]).await.expect("record").get(0);
         let replay = debit(&mut client, &format!("acct-{a}"), "tokens", 30, &key).await;
         assert_eq!(allowed(replay.decision), stored["meters"][0]["denial"].is_null(), "{key}");
     }

@@ -78,11 +78,8 @@ impl Credits {
         // Not those with a rate cap: they are decided (and opened) alone. A row created here is
         // saved with its opening entry even when its debit is then left to the ordinary path.
         let mut openings = HashMap::new();
-        let missing: Vec<(&str, &str)> = keys
-            .iter()
-            .copied()
-            .filter(|(a, m)| !rows.contains_key(&((*a).to_owned(), (*m).to_owned())) && terms_of(a, m).rate.is_none())
-            .collect();
+        let missing: Vec<(&str, &str)> =
+            keys.iter().copied().filter(|(a, m)| !rows.contains_key(&((*a).to_owned(), (*m).to_owned())) && terms_of(a, m).rate.is_none()).collect();
         if !missing.is_empty() {
             for (account, meter) in &missing {
                 let payer = &payers[*account];
