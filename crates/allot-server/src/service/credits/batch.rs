@@ -1,10 +1,16 @@
-//! Group commit for debits. Concurrent single-line debits of one tenant queue up; a few workers
-//! per tenant take what has queued and decide it in **one** transaction (`group`): every meter
+//! Group commit for debits. Concurrent single-line debits of one tenant queue up in one of a few
+//! lanes, chosen by account: a lane's one worker takes what has queued and decides it in **one**
+//! transaction (`group`): every meter
 //! locked by one statement in a fixed order, every row read and written by one statement per
 //! table, one commit. Each debit is still decided on its own, in arrival order, against the
 //! balance the earlier ones left: a denial is a decision for that debit only, each allowed debit
 //! gets its own ledger entry and each keeps its own idempotency record. No reply leaves before
 //! the commit that holds it.
+//!
+//! Lanes by account keep the debits of a hot account in one lane (one big batch under its lock,
+//! rather than batches of several workers queuing for the same row) while the debits of many
+//! accounts spread over every lane (that many transactions at once). Two lanes never lock the
+//! same account's meters, so batches do not wait for each other.
 //!
 //! A lone debit takes the ordinary path (`debit_alone`), so an idle service pays nothing for this.
 //! A debit the batch does not cover (see `group`) is decided alone after the batch commits. Any
@@ -14,6 +20,7 @@
 mod group;
 
 use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash as _, Hasher as _};
 use std::sync::{Arc, Mutex};
 
 use futures::StreamExt as _;
@@ -28,10 +35,9 @@ use crate::service::outcome::Decision;
 /// Most debits decided in one transaction.
 pub const BATCH_MAX: usize = 256;
 
-/// Most batch transactions one tenant may run at once on one server (`debit_batch_workers`).
-/// More than one keeps PostgreSQL busy while a batch waits for its commit; batches lock their
-/// meters in one order, so they never deadlock each other (two batches with a debit of one meter
-/// take turns).
+/// Most lanes (each with at most one batch transaction at a time) per tenant on one server
+/// (`debit_batch_workers`). More than one keeps PostgreSQL busy while a batch waits for its
+/// commit.
 pub const WORKERS_MAX: usize = 64;
 
 /// Debits left out of a batch, decided alone at once at most.
@@ -44,26 +50,37 @@ struct Pending {
     span: tracing::Span,
 }
 
+/// A tenant's lane: the tenant and the lane's number.
+type Lane = (TenantId, usize);
+
+/// A lane's queue; it exists while its worker runs.
 #[derive(Default)]
 struct Queue {
     pending: VecDeque<Pending>,
-    workers: usize,
 }
 
-/// The queues of tenants that have workers.
+/// The queues of lanes that have a worker.
 pub struct Batches {
-    queues: Mutex<HashMap<TenantId, Queue>>,
-    workers_per_tenant: usize,
+    queues: Mutex<HashMap<Lane, Queue>>,
+    lanes_per_tenant: usize,
 }
 
 impl Batches {
-    pub fn new(workers_per_tenant: usize) -> Batches {
-        assert!((1..=WORKERS_MAX).contains(&workers_per_tenant), "batch workers per tenant: 1 to {WORKERS_MAX}");
-        Batches { queues: Mutex::new(HashMap::new()), workers_per_tenant }
+    pub fn new(lanes_per_tenant: usize) -> Batches {
+        assert!((1..=WORKERS_MAX).contains(&lanes_per_tenant), "batch workers per tenant: 1 to {WORKERS_MAX}");
+        Batches { queues: Mutex::new(HashMap::new()), lanes_per_tenant }
     }
 
-    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Queue>> {
+    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<Lane, Queue>> {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The lane of an account's debits: always the same one.
+    fn lane_of(&self, tenant: TenantId, cmd: &DebitCommand) -> Lane {
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        cmd.account.as_str().hash(&mut hasher);
+        let lane = usize::try_from(hasher.finish() % self.lanes_per_tenant as u64).expect("below the lane count");
+        (tenant, lane)
     }
 }
 
@@ -72,65 +89,53 @@ pub fn batchable(cmd: &DebitCommand) -> bool {
     matches!(cmd.lines.as_slice(), [(_, Amount::Credits(amount))] if *amount > 0) && cmd.subsidy.is_none()
 }
 
-/// A running worker's place in its tenant's count. A worker that stops abnormally (a panic) gives
-/// it back; the last one to go fails the debits still queued rather than leaving them waiting.
+/// A lane's running worker. One that stops abnormally (a panic) removes its queue: the debits
+/// still queued fail rather than wait forever, and the next debit starts a new worker.
 struct Worker {
     batches: Arc<Batches>,
-    tenant: TenantId,
-    counted: bool,
+    lane: Lane,
+    running: bool,
 }
 
 impl Drop for Worker {
     fn drop(&mut self) {
-        if !self.counted {
-            return;
-        }
-        let mut queues = self.batches.queues();
-        if let Some(queue) = queues.get_mut(&self.tenant) {
-            queue.workers -= 1;
-            if queue.workers == 0 {
-                queues.remove(&self.tenant); // drops the senders: the callers get an error
-            }
+        if self.running {
+            self.batches.queues().remove(&self.lane); // drops the senders: the callers get an error
         }
     }
 }
 
 impl Credits {
-    /// Queues a debit for its tenant's workers (starting one if fewer than
-    /// the tenant's share of workers run) and waits for its decision.
+    /// Queues a debit in its account's lane (starting the lane's worker if none runs) and waits
+    /// for its decision.
     pub(super) async fn debit_queued(&self, tenant: TenantId, cmd: DebitCommand) -> Result<Decision, Error> {
         let (reply, decided) = oneshot::channel();
+        let lane = self.batches.lane_of(tenant, &cmd);
         let start_worker = {
             let mut queues = self.batches.queues();
-            let queue = queues.entry(tenant).or_default();
-            queue.pending.push_back(Pending { cmd, reply, span: tracing::Span::current() });
-            let start = queue.workers < self.batches.workers_per_tenant;
-            if start {
-                queue.workers += 1;
-            }
+            let start = !queues.contains_key(&lane);
+            queues.entry(lane).or_default().pending.push_back(Pending { cmd, reply, span: tracing::Span::current() });
             start
         };
         if start_worker {
             let this = self.clone();
-            tokio::spawn(async move { this.work(tenant).await });
+            tokio::spawn(async move { this.work(lane).await });
         }
         decided.await.map_err(|_| Error::Internal("the debit batch worker stopped".into()))?
     }
 
-    /// Decides the tenant's queue, batch after batch, until it is empty.
-    async fn work(self, tenant: TenantId) {
-        let mut worker = Worker { batches: self.batches.clone(), tenant, counted: true };
+    /// Decides the lane's queue, batch after batch, until it is empty.
+    async fn work(self, lane: Lane) {
+        let mut worker = Worker { batches: self.batches.clone(), lane, running: true };
+        let tenant = lane.0;
         loop {
             let batch: Vec<Pending> = {
                 let mut queues = self.batches.queues();
-                let Some(queue) = queues.get_mut(&tenant) else { return };
+                let Some(queue) = queues.get_mut(&lane) else { return };
                 if queue.pending.is_empty() {
                     // Leaving is decided under the lock that queuing takes: no debit is stranded.
-                    queue.workers -= 1;
-                    worker.counted = false;
-                    if queue.workers == 0 {
-                        queues.remove(&tenant);
-                    }
+                    queues.remove(&lane);
+                    worker.running = false;
                     return;
                 }
                 let take = queue.pending.len().min(BATCH_MAX);
