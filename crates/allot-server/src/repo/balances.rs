@@ -75,6 +75,39 @@ pub async fn insert_opening(
     Ok(inserted == 1)
 }
 
+/// A meter row to open: account, meter, period and allowance (`None`: unmetered).
+pub type Opening<'a> = (&'a str, &'a str, Period, Option<i64>);
+
+/// Creates several meters' rows in their opening state in one statement (a batch's first-used
+/// meters, given in `(account, meter)` order), skipping rows another transaction created first.
+/// Returns the keys this call created.
+pub async fn insert_openings(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    openings: &[Opening<'_>],
+    now: OffsetDateTime,
+) -> Result<std::collections::HashSet<MeterKey>, Error> {
+    if openings.is_empty() {
+        return Ok(std::collections::HashSet::new());
+    }
+    let stmt = tx
+        .prepare_cached(
+            "INSERT INTO meter_balances (tenant_id, account_id, meter, period_start, period_end, allowance_credits, updated_at) \
+             SELECT $1, u.account_id, u.meter, u.period_start, u.period_end, u.allowance_credits, $7 \
+             FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::bigint[]) \
+             AS u(account_id, meter, period_start, period_end, allowance_credits) \
+             ON CONFLICT (tenant_id, account_id, meter) DO NOTHING RETURNING account_id, meter",
+        )
+        .await?;
+    let accounts: Vec<&str> = openings.iter().map(|o| o.0).collect();
+    let meters: Vec<&str> = openings.iter().map(|o| o.1).collect();
+    let starts: Vec<OffsetDateTime> = openings.iter().map(|o| o.2.start).collect();
+    let ends: Vec<OffsetDateTime> = openings.iter().map(|o| o.2.end).collect();
+    let allowances: Vec<Option<i64>> = openings.iter().map(|o| o.3).collect();
+    let rows = tx.query(&stmt, &[&tenant.0, &accounts, &meters, &starts, &ends, &allowances, &now]).await?;
+    Ok(rows.iter().map(|row| (row.get(0), row.get(1))).collect())
+}
+
 /// Stores the meter's scalars; the row must be locked by this transaction.
 pub async fn save(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter: &Meter, row: &BalanceRow, now: OffsetDateTime) -> Result<(), Error> {
     let stmt = tx

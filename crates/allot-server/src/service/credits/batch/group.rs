@@ -81,13 +81,16 @@ impl Credits {
         let missing: Vec<(&str, &str)> =
             keys.iter().copied().filter(|(a, m)| !rows.contains_key(&((*a).to_owned(), (*m).to_owned())) && terms_of(a, m).rate.is_none()).collect();
         if !missing.is_empty() {
+            let mut opened = Vec::with_capacity(missing.len());
+            let mut effects = HashMap::new();
             for (account, meter) in &missing {
-                let payer = &payers[*account];
-                let (state, effect) = advance::open(&terms_of(account, meter).policy, payer.period);
-                let meter_id = crate::ids::Meter::parse(meter).map_err(|e| Error::Internal(format!("meter: {e}")))?;
-                if repo::balances::insert_opening(&tx, tenant, &payer.acting, &meter_id, state.period, state.allowance_credits, now).await? {
-                    openings.insert(((*account).to_owned(), (*meter).to_owned()), effect);
-                }
+                let (state, effect) = advance::open(&terms_of(account, meter).policy, payers[*account].period);
+                opened.push((*account, *meter, state.period, state.allowance_credits));
+                effects.insert(((*account).to_owned(), (*meter).to_owned()), effect);
+            }
+            for key in repo::balances::insert_openings(&tx, tenant, &opened, now).await? {
+                let effect = effects.remove(&key).ok_or_else(|| Error::Internal("opened a meter nobody asked for".into()))?;
+                openings.insert(key, effect);
             }
             rows.extend(repo::balances::lock_many(&tx, tenant, &missing).await?);
         }
