@@ -15,6 +15,7 @@ use allot_proto::v1::entitlements_client::EntitlementsClient;
 use allot_proto::v1::fair_use_client::FairUseClient;
 use allot_proto::v1::pricing_client::PricingClient;
 use allot_proto::v1::subsidy_client::SubsidyClient;
+use futures::{StreamExt as _, TryStreamExt as _};
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::transport::Channel;
 
@@ -87,9 +88,17 @@ impl Clients {
 pub async fn run(options: Options) -> anyhow::Result<String> {
     let root = tempfile::Builder::new().prefix("allot-bench-").tempdir()?;
     let stack_root = root.path().to_owned();
-    let (mut postgres, mut redis) =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<_> { Ok((LocalPostgres::start(&stack_root)?, LocalRedis::start(&stack_root)?)) })
-            .await??;
+    // Extra PostgreSQL settings for a diagnosis (`auto_explain.log_min_duration=5,…`).
+    let settings: Vec<(String, String)> = std::env::var("ALLOT_BENCH_PG_SETTINGS")
+        .unwrap_or_default()
+        .split(',')
+        .filter_map(|pair| pair.split_once('=').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())))
+        .collect();
+    let (mut postgres, mut redis) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        Ok((LocalPostgres::start_with(&stack_root, &settings)?, LocalRedis::start(&stack_root)?))
+    })
+    .await??;
     let result = measure(&options, &postgres, &redis).await;
     postgres.stop();
     redis.stop();
@@ -133,6 +142,9 @@ async fn measure(options: &Options, postgres: &LocalPostgres, redis: &LocalRedis
         auth: format!("Bearer {}", key.api_key).parse()?,
     };
     seed_plan(&clients).await?;
+    let warmed = Instant::now();
+    warm_up(&clients, &postgres.dsn("allot")).await?;
+    eprintln!("bench: every account used once and the tables analysed in {:.1} s", warmed.elapsed().as_secs_f64());
 
     let mut rows = Vec::new();
     for &c in &options.clients {
@@ -184,6 +196,38 @@ async fn seed_plan(clients: &Clients) -> anyhow::Result<()> {
     pools.upsert_trust_tier(clients.request(tier)).await?;
     // Hold the classifier lock of the account the cooldown scenario asks about.
     clients.fair_use[0].clone().request_classification(clients.request(pb::RequestClassificationRequest { account_id: "held".into() })).await?;
+    Ok(())
+}
+
+/// Concurrent warm-up calls.
+const WARM_UP_CLIENTS: usize = 64;
+
+/// Brings the database to a steady state before anything is measured, as the baseline's
+/// accounts are: every account (and `hot`) has debited once, so its meter row exists, and the
+/// tables are analysed, so plans are made with the statistics a running service has rather than
+/// those of empty tables.
+async fn warm_up(clients: &Clients, dsn: &str) -> anyhow::Result<()> {
+    let accounts: Vec<String> = (0..ACCOUNTS).map(|a| format!("a{a}")).chain(["hot".to_owned()]).collect();
+    futures::stream::iter(accounts.into_iter().enumerate())
+        .map(|(i, account)| {
+            let mut entitlements = clients.entitlements[i % CHANNELS].clone();
+            let request = pb::DebitRequest {
+                account_id: account.clone(),
+                meter: "tokens".into(),
+                amount_credits: 1,
+                idempotency_key: format!("warm-{account}"),
+                ..Default::default()
+            };
+            async move { entitlements.debit(clients.request(request)).await.map(|_| ()) }
+        })
+        .buffer_unordered(WARM_UP_CLIENTS)
+        .try_collect::<()>()
+        .await?;
+    let (client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
+    let driver = tokio::spawn(connection);
+    client.batch_execute("ANALYZE").await?;
+    drop(client);
+    let _ = driver.await;
     Ok(())
 }
 

@@ -311,3 +311,42 @@ async fn a_meter_first_used_beside_a_batch_keeps_its_opening_entry() {
     let budget_used: i64 = db.query_one("SELECT COALESCE(SUM(used_credits), 0)::bigint FROM restrict_usage", &[]).await.expect("used").get(0);
     assert_eq!(budget_used, 30, "acct-0's tokens debits were counted against its daily budget");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_leaves_what_live_holds_keep() {
+    let server = TestServer::start().await;
+    let (entitlements, mut admin) = server.clients().await;
+    free_plan(&mut admin, "tokens", Some(100), 0, 0).await;
+    // 16 accounts each hold 40 of their 100: 60 is left, 6 debits of 10.
+    for a in 0..16 {
+        let mut client = entitlements.clone();
+        let hold = client
+            .reserve(pb::ReserveRequest {
+                account_id: format!("acct-{a}"),
+                meter: "tokens".into(),
+                amount_credits: 40,
+                ttl_ms: 600_000,
+                idempotency_key: format!("hold-{a}"),
+                ..Default::default()
+            })
+            .await
+            .expect("reserve")
+            .into_inner();
+        assert!(allowed(hold.decision));
+    }
+    let mut tasks = Vec::new();
+    for i in 0..9 {
+        for a in 0..16 {
+            let mut client = entitlements.clone();
+            tasks.push(tokio::spawn(async move { (a, debit(&mut client, &format!("acct-{a}"), "tokens", 10, &format!("k{a}-{i}")).await) }));
+        }
+    }
+    let mut admitted = [0; 16];
+    for task in tasks {
+        let (a, response) = task.await.expect("task");
+        admitted[a] += usize::from(allowed(response.decision));
+    }
+    assert_eq!(admitted, [6; 16], "each account may spend what its hold leaves");
+    assert!(most_accounts_in_one_transaction(&server).await >= 2, "no transaction decided debits of more than one account");
+    assert_eq!(assert_ledger_explains_balances(&server).await, 16);
+}

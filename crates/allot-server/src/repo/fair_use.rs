@@ -386,8 +386,11 @@ pub async fn hourly_since(
 ) -> Result<std::collections::HashMap<(String, String), Vec<(OffsetDateTime, i64)>>, Error> {
     let stmt = tx
         .prepare_cached(
-            "SELECT account_id, meter, hour, used_credits FROM usage_hourly WHERE tenant_id = $1 \
-             AND (account_id, meter) IN (SELECT * FROM unnest($2::text[], $3::text[])) AND hour >= $4",
+            // One lookup per key (see `balances::lock_many`); the LIMIT (more hours than the
+            // longest soft-cap window, 31 days, has) keeps the subquery from being merged into a join.
+            "SELECT u.* FROM unnest($2::text[], $3::text[]) AS k(account_id, meter) \
+             CROSS JOIN LATERAL (SELECT account_id, meter, hour, used_credits FROM usage_hourly \
+               WHERE tenant_id = $1 AND account_id = k.account_id AND meter = k.meter AND hour >= $4 LIMIT 1000) u",
         )
         .await?;
     let (accounts, meters): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();

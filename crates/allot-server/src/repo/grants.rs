@@ -124,10 +124,13 @@ pub async fn for_meters(
     tenant: TenantId,
     keys: &[(&str, &str)],
 ) -> Result<std::collections::HashMap<(String, String), Vec<Grant>>, Error> {
+    // One lookup per key (see `balances::lock_many`); the LIMIT keeps the subquery from being
+    // merged into a join and bounds what one meter can return.
     let sql = format!(
-        "SELECT {COLUMNS}, account_id FROM grants WHERE tenant_id = $1 \
-         AND (account_id, meter) IN (SELECT * FROM unnest($2::text[], $3::text[])) AND remaining_credits > 0 \
-         ORDER BY created_at, id LIMIT 100000"
+        "SELECT g.* FROM unnest($2::text[], $3::text[]) AS k(account_id, meter) \
+         CROSS JOIN LATERAL (SELECT {COLUMNS}, account_id FROM grants \
+           WHERE tenant_id = $1 AND account_id = k.account_id AND meter = k.meter AND remaining_credits > 0 LIMIT 10000) g \
+         ORDER BY g.created_at, g.id"
     );
     let stmt = tx.prepare_cached(&sql).await?;
     let (accounts, meters): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();

@@ -208,9 +208,11 @@ pub async fn held_totals(
 ) -> Result<std::collections::HashMap<(String, String), i64>, Error> {
     let stmt = tx
         .prepare_cached(
-            "SELECT account_id, meter, SUM(amount_credits)::bigint FROM holds WHERE tenant_id = $1 \
-             AND (account_id, meter) IN (SELECT * FROM unnest($2::text[], $3::text[])) AND status = 'held' AND expires_at > $4 \
-             GROUP BY account_id, meter",
+            // One lookup per key (see `balances::lock_many`); meters without live holds are absent.
+            "SELECT k.account_id, k.meter, h.total FROM unnest($2::text[], $3::text[]) AS k(account_id, meter) \
+             CROSS JOIN LATERAL (SELECT SUM(amount_credits)::bigint AS total FROM holds \
+               WHERE tenant_id = $1 AND account_id = k.account_id AND meter = k.meter AND status = 'held' AND expires_at > $4) h \
+             WHERE h.total IS NOT NULL",
         )
         .await?;
     let (accounts, meters): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();

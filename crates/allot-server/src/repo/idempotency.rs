@@ -38,8 +38,13 @@ pub fn is_conflict(err: &tokio_postgres::Error) -> bool {
 
 /// The records of several keys at once (a batch of debits), by key.
 pub async fn find_many(tx: &Tx<'_>, tenant: TenantId, keys: &[&str]) -> Result<std::collections::HashMap<String, Record>, Error> {
-    let stmt =
-        tx.prepare_cached("SELECT key, operation, request_sha256, response FROM idempotency_records WHERE tenant_id = $1 AND key = ANY ($2)").await?;
+    // One primary-key lookup per key (see `balances::lock_many`).
+    let stmt = tx
+        .prepare_cached(
+            "SELECT r.* FROM unnest($2::text[]) AS k(key) CROSS JOIN LATERAL \
+             (SELECT key, operation, request_sha256, response FROM idempotency_records WHERE tenant_id = $1 AND key = k.key LIMIT 1) r",
+        )
+        .await?;
     Ok(tx
         .query(&stmt, &[&tenant.0, &keys])
         .await?
