@@ -118,3 +118,67 @@ async fn usage_is_rated_at_the_price_in_force_and_recorded() {
     assert_eq!(both.code(), tonic::Code::InvalidArgument);
     assert_ledger_explains_balances(&server).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_rated_debits_are_batched_and_keep_their_ratings() {
+    let server = TestServer::start().await;
+    let (entitlements, mut admin) = server.clients().await;
+    free_plan(&mut admin, "credits", Some(1_000), 0, 0).await;
+    let channel = server.channel().await;
+    let key: tonic::metadata::MetadataValue<_> = format!("Bearer {}", server.tenant.api_key).parse().expect("ascii");
+    let mut pricing = PricingClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
+        r.metadata_mut().insert("authorization", key.clone());
+        Ok(r)
+    });
+    pricing
+        .upsert_price(pb::UpsertPriceRequest {
+            sku: "openai/gpt-4o".into(),
+            unit_prices: vec![pb::UnitPrice { dimension: pb::UsageDimension::InputTokens as i32, credits: 250, per_units: 1_000_000 }],
+            effective_from: None,
+        })
+        .await
+        .expect("price");
+
+    // 16 accounts x 8 debits of 1,000,000 input tokens (250 credits) against 1,000: 4 fit each,
+    // and a mystery SKU beside them is denied as a decision.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        for a in 0..16 {
+            let mut client = entitlements.clone();
+            let sku = if a == 0 && i == 0 { "acme/mystery" } else { "openai/gpt-4o" };
+            let request = pb::DebitRequest {
+                account_id: format!("acct-{a}"),
+                usage: vec![rated(sku, tokens(1_000_000, 0))],
+                idempotency_key: format!("r{a}-{i}"),
+                ..Default::default()
+            };
+            tasks.push(tokio::spawn(async move { (a, client.debit(request).await.expect("debit").into_inner()) }));
+        }
+    }
+    let mut admitted = [0; 16];
+    for task in tasks {
+        let (a, response) = task.await.expect("task");
+        if allowed(response.decision) {
+            admitted[a] += 1;
+            assert_eq!(response.meters[0].rated_cost_credits, 250, "acct-{a}: the outcome names its rating");
+        } else {
+            let expected =
+                [pb::DenialReason::PriceUnknown as i32, pb::DenialReason::InsufficientCredit as i32, pb::DenialReason::QuotaExhausted as i32];
+            assert!(expected.contains(&response.reason), "acct-{a}: {:?}", response.reason);
+        }
+    }
+    assert_eq!(admitted, [4; 16]);
+    let db = server.sql().await;
+    let row = db
+        .query_one(
+            "SELECT COUNT(*), COUNT(DISTINCT xmin::text), COUNT(*) FILTER (WHERE (rating->>'cost_credits')::bigint = 250 AND -delta_credits = 250) \
+             FROM ledger_entries WHERE kind = 'debit'",
+            &[],
+        )
+        .await
+        .expect("entries");
+    let (entries, transactions, rated_entries): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!((entries, rated_entries), (64, 64), "every charge is the rated cost, with its rating kept");
+    assert!(transactions < entries, "{entries} rated debits in {transactions} transactions: no batch formed");
+    assert_eq!(assert_ledger_explains_balances(&server).await, 16);
+}

@@ -468,12 +468,12 @@ impl Credits {
         Ok(Some(plan))
     }
 
-    /// Charges usage. Single-meter debits of one account that arrive together are decided in one
-    /// transaction (group commit, see `batch`); others alone.
+    /// Charges usage. Concurrent single-line debits of a tenant (credits, or SKU usage rated
+    /// first) are decided together in one transaction (group commit, see `batch`); others alone.
     pub async fn debit(&self, tenant: TenantId, cmd: DebitCommand) -> Result<Decision, Error> {
-        match batch::batchable(&cmd) {
-            true => self.debit_queued(tenant, cmd).await,
-            false => self.debit_alone(tenant, cmd).await,
+        match self.batchable(tenant, cmd).await {
+            Ok(queued) => self.debit_queued(tenant, queued).await,
+            Err(cmd) => self.debit_alone(tenant, cmd).await,
         }
     }
 

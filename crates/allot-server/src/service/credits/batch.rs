@@ -1,4 +1,5 @@
-//! Group commit for debits. Concurrent single-line debits of one tenant queue up in one of a few
+//! Group commit for debits. Concurrent single-line debits (credits, or SKU usage rated as it is
+//! queued) of one tenant queue up in one of a few
 //! lanes, chosen by account: a lane's one worker takes what has queued and decides it in **one**
 //! transaction (`group`): every meter
 //! locked by one statement in a fixed order, every row read and written by one statement per
@@ -31,6 +32,7 @@ use super::{Amount, Credits, DebitCommand};
 use crate::error::Error;
 use crate::ids::TenantId;
 use crate::service::outcome::Decision;
+use crate::service::pricing::Rated;
 
 /// Most debits decided in one transaction.
 pub const BATCH_MAX: usize = 256;
@@ -43,8 +45,18 @@ pub const WORKERS_MAX: usize = 64;
 /// Debits left out of a batch, decided alone at once at most.
 const ALONE_CONCURRENCY: usize = 8;
 
+/// A debit that can be batched, with what it costs.
+#[derive(Debug, Clone)]
+pub struct Queued {
+    pub cmd: DebitCommand,
+    /// Its one line in credits (rated already for SKU usage), above zero.
+    pub amount_credits: i64,
+    /// The rating of SKU usage, priced when the debit was queued.
+    pub rating: Option<Rated>,
+}
+
 struct Pending {
-    cmd: DebitCommand,
+    queued: Queued,
     reply: oneshot::Sender<Result<Decision, Error>>,
     /// The caller's span: the work done for it is traced under it.
     span: tracing::Span,
@@ -84,9 +96,24 @@ impl Batches {
     }
 }
 
-/// Whether a debit can be batched: one line of plain credits, no subsidy.
-pub fn batchable(cmd: &DebitCommand) -> bool {
-    matches!(cmd.lines.as_slice(), [(_, Amount::Credits(amount))] if *amount > 0) && cmd.subsidy.is_none()
+impl Credits {
+    /// The debit as a batch sees it, if it can be batched: one line (credits, or SKU usage that
+    /// is priced now at a cost above zero) and no subsidy. A line that cannot be priced, is free or
+    /// fails to price is left to the ordinary path, which decides (or refuses) it.
+    pub(super) async fn batchable(&self, tenant: TenantId, cmd: DebitCommand) -> Result<Queued, DebitCommand> {
+        if cmd.subsidy.is_some() {
+            return Err(cmd);
+        }
+        let (amount_credits, rating) = match cmd.lines.as_slice() {
+            [(_, Amount::Credits(amount))] if *amount > 0 => (*amount, None),
+            [(_, Amount::Rated { sku, quantities })] => match self.pricing.rate(tenant, sku, quantities, self.ctx.clock.now()).await {
+                Ok(rated) if rated.cost_credits > 0 => (rated.cost_credits, Some(rated)),
+                _ => return Err(cmd),
+            },
+            _ => return Err(cmd),
+        };
+        Ok(Queued { cmd, amount_credits, rating })
+    }
 }
 
 /// A lane's running worker. One that stops abnormally (a panic) removes its queue: the debits
@@ -108,13 +135,13 @@ impl Drop for Worker {
 impl Credits {
     /// Queues a debit in its account's lane (starting the lane's worker if none runs) and waits
     /// for its decision.
-    pub(super) async fn debit_queued(&self, tenant: TenantId, cmd: DebitCommand) -> Result<Decision, Error> {
+    pub(super) async fn debit_queued(&self, tenant: TenantId, queued: Queued) -> Result<Decision, Error> {
         let (reply, decided) = oneshot::channel();
-        let lane = self.batches.lane_of(tenant, &cmd);
+        let lane = self.batches.lane_of(tenant, &queued.cmd);
         let start_worker = {
             let mut queues = self.batches.queues();
             let start = !queues.contains_key(&lane);
-            queues.entry(lane).or_default().pending.push_back(Pending { cmd, reply, span: tracing::Span::current() });
+            queues.entry(lane).or_default().pending.push_back(Pending { queued, reply, span: tracing::Span::current() });
             start
         };
         if start_worker {
@@ -148,20 +175,20 @@ impl Credits {
     async fn decide_batch(&self, tenant: TenantId, mut batch: Vec<Pending>) {
         if batch.len() == 1 {
             let pending = batch.pop().expect("one");
-            let decided = self.debit_alone(tenant, pending.cmd).instrument(pending.span).await;
+            let decided = self.debit_alone(tenant, pending.queued.cmd).instrument(pending.span).await;
             let _ = pending.reply.send(decided);
             return;
         }
-        let commands: Vec<DebitCommand> = batch.iter().map(|p| p.cmd.clone()).collect();
+        let queued: Vec<Queued> = batch.iter().map(|p| p.queued.clone()).collect();
         // The batch's work is traced under its first caller; the others get an event.
         for pending in &batch[1..] {
             pending.span.in_scope(|| tracing::debug!(batch.size = batch.len(), "debit decided in a batch"));
         }
-        let results = match self.debit_group(tenant, &commands).instrument(batch[0].span.clone()).await {
+        let results = match self.debit_group(tenant, &queued).instrument(batch[0].span.clone()).await {
             Ok(results) => results,
             Err(err) => {
                 tracing::debug!(error = %err, batch.size = batch.len(), "debit batch rolled back; deciding its debits alone");
-                commands.iter().map(|_| None).collect()
+                queued.iter().map(|_| None).collect()
             }
         };
         let mut alone = Vec::new();
@@ -180,7 +207,7 @@ impl Credits {
         }
         futures::stream::iter(alone)
             .for_each_concurrent(ALONE_CONCURRENCY, |pending| async move {
-                let decided = self.debit_alone(tenant, pending.cmd).instrument(pending.span).await;
+                let decided = self.debit_alone(tenant, pending.queued.cmd).instrument(pending.span).await;
                 let _ = pending.reply.send(decided);
             })
             .await;

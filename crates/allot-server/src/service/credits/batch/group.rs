@@ -1,4 +1,5 @@
-//! One transaction for a batch of single-line debits over any accounts of one tenant: who pays
+//! One transaction for a batch of single-line debits (credits, or usage rated before it was
+//! queued) over any accounts of one tenant: who pays
 //! for every account, every meter's row lock (one statement, `(account, meter)` order), the
 //! grants, holds, idempotency records and fair-use standings of all of them, then each debit
 //! decided on its own in arrival order, then one statement per table to write it all, one commit.
@@ -15,13 +16,14 @@ use allot_domain::ledger::EntryKind;
 use allot_domain::{advance, charge};
 use time::OffsetDateTime;
 
+use super::Queued;
 use crate::error::Error;
 use crate::repo::fair_use::counted_from;
 use crate::repo::idempotency::Record;
 use crate::repo::ledger::MeterEntries;
 use crate::repo::plans::MeterTerms;
 use crate::repo::{self, Tx};
-use crate::service::credits::{count, debit_print, refs, Amount, Credits, DebitCommand};
+use crate::service::credits::{count, debit_print, refs, Credits, DebitCommand};
 use crate::service::fair_use::Standing;
 use crate::service::idempotent;
 use crate::service::in_force::{self, InForce};
@@ -35,14 +37,6 @@ type Key = (String, String);
 /// decided alone.
 pub type Results = Vec<Option<Result<Decision, Error>>>;
 
-/// The amount of a batchable debit.
-fn credits_of(cmd: &DebitCommand) -> i64 {
-    match cmd.lines.first() {
-        Some((_, Amount::Credits(amount))) => *amount,
-        _ => 0,
-    }
-}
-
 fn key_of(cmd: &DebitCommand) -> Key {
     (cmd.account.as_str().to_owned(), cmd.lines[0].0.as_str().to_owned())
 }
@@ -50,8 +44,12 @@ fn key_of(cmd: &DebitCommand) -> Key {
 impl Credits {
     /// Decides `commands` in one transaction. `Err` means nothing was written and every debit
     /// must be decided alone.
-    pub(super) async fn debit_group(&self, tenant: crate::ids::TenantId, commands: &[DebitCommand]) -> Result<Results, Error> {
-        assert!(commands.iter().all(super::batchable), "only batchable debits are grouped");
+    pub(super) async fn debit_group(&self, tenant: crate::ids::TenantId, queued: &[Queued]) -> Result<Results, Error> {
+        assert!(
+            queued.iter().all(|q| q.amount_credits > 0 && q.cmd.lines.len() == 1 && q.cmd.subsidy.is_none()),
+            "only batchable debits are grouped"
+        );
+        let commands: Vec<&DebitCommand> = queued.iter().map(|q| &q.cmd).collect();
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
         let tx = crate::db::begin(&mut client, tenant).await?;
@@ -185,7 +183,7 @@ impl Credits {
                 continue;
             }
             let payer = &payers[cmd.account.as_str()];
-            let amount = credits_of(cmd);
+            let amount = queued[i].amount_credits;
             let policy = session.in_force.policy;
             let denial = charge::check(&session.state, &policy, amount, cmd.mode, now).err().map(|d| session.denial(d));
             let mut outcome = MeterOutcome {
@@ -194,14 +192,14 @@ impl Credits {
                 breakdown: Vec::new(),
                 retry_after_ms: 0,
                 meter: session.view(now),
-                rating: None,
+                rating: queued[i].rating.clone(),
                 subsidy: None,
             };
             if denial.is_none() {
                 let effect = charge::debit(&mut session.state, &policy, amount, cmd.mode, EntryKind::Debit, now)
                     .map_err(|d| Error::Internal(format!("a checked debit was denied: {d:?}")))?;
                 outcome.breakdown = effect.breakdown.clone();
-                let entry_id = session.record(effect, refs(payer, Some(&cmd.key), None, &cmd.attributes, None));
+                let entry_id = session.record(effect, refs(payer, Some(&cmd.key), None, &cmd.attributes, queued[i].rating.as_ref()));
                 outcome.entry_id = Some(entry_id);
                 if crate::service::subsidy::pays(payer) {
                     funded.push((session.meter.clone(), amount, entry_id));
@@ -226,7 +224,7 @@ impl Credits {
             let mut triggered = Vec::new();
             if decision.denial().is_none() {
                 let so_far = charged_so_far.entry(key.clone()).or_default();
-                let amount = credits_of(cmd);
+                let amount = queued[i].amount_credits;
                 for cap in caps_of(&key.0, &key.1) {
                     let from = counted_from(now - time::Duration::milliseconds(cap.window_ms));
                     let before: i64 = hourly.get(&key).map_or(0, |hours| hours.iter().filter(|(hour, _)| *hour >= from).map(|(_, c)| c).sum());
