@@ -272,6 +272,8 @@ async fn soft_caps_trigger_on_rolling_usage() {
     assert!(first.fair_use.expect("fair use").soft_caps_triggered.is_empty());
     let second = debit(&mut entitlements, "acct", "speech_ms", 5_000_000, "d2").await;
     assert_eq!(second.fair_use.expect("fair use").soft_caps_triggered, vec!["speech_ms/86400000".to_owned()]);
+    let over = check(&mut entitlements, "acct", "speech_ms", 1).await;
+    assert_eq!(over.fair_use.expect("fair use").soft_caps_triggered, vec!["speech_ms/86400000".to_owned()], "a check reports the caps it is over");
     server.clock.advance(time::Duration::hours(26));
     let later = check(&mut entitlements, "acct", "speech_ms", 1).await;
     assert!(later.fair_use.expect("fair use").soft_caps_triggered.is_empty(), "the day window rolled past");

@@ -15,16 +15,17 @@ impl Credits {
         let plan = Self::subsidise(&tx, tenant, cmd.subsidy.as_ref(), &payer.acting, &mut priced, now, Take::DryRun).await?;
         let usage = &priced.usage;
         let charged = priced.charged_usage();
-        // The meters and the standing are read in one pipelined burst.
+        // The meters, the standing and the soft caps are read in one pipelined burst (one
+        // snapshot: the order does not matter).
         let snapshots = futures::future::try_join_all(usage.iter().map(|(meter, _)| MeterSession::snapshot(&tx, tenant, &payer, meter, now)));
-        let (mut sessions, standing) = futures::try_join!(snapshots, Standing::load(&tx, tenant, &payer.acting, now))?;
+        let caps = futures::future::try_join_all(
+            usage.iter().map(|(meter, _)| fair_use::triggered_caps(&tx, tenant, &payer.acting, payer.plan_id.as_deref(), Some(meter), now)),
+        );
+        let (mut sessions, standing, caps) = futures::try_join!(snapshots, Standing::load(&tx, tenant, &payer.acting, now), caps)?;
+        let caps: Vec<String> = caps.into_iter().flatten().collect();
         let mut denials = credit_denials(&sessions, &charged, Mode::Gate, now);
         overlay(&mut denials, &priced.denials);
         budget_denials(&tx, tenant, &standing, &payer.acting, &charged, &mut denials, now).await?;
-        let mut caps = Vec::new();
-        for (meter, _) in usage {
-            caps.extend(fair_use::triggered_caps(&tx, tenant, &payer.acting, payer.plan_id.as_deref(), Some(meter), now).await?);
-        }
         tx.commit().await?;
         let mut retry = vec![0; sessions.len()];
         if let Some((i, wait_ms)) = self.decide_rate(tenant, &mut sessions, usage, standing.rate_percent(), now, false).await {
