@@ -98,16 +98,18 @@ impl Batches {
 
 impl Credits {
     /// The debit as a batch sees it, if it can be batched: one line (credits, or SKU usage that
-    /// is priced now at a cost above zero) and no subsidy. A line that cannot be priced, is free or
-    /// fails to price is left to the ordinary path, which decides (or refuses) it.
+    /// is priced now at a cost above zero) and no subsidy. A line that cannot be priced, is free,
+    /// fails to price or is rated at the tenant's default price is left to the ordinary path,
+    /// which decides (or refuses) it and counts and logs its rating exactly once (the look-up
+    /// here is quiet).
     pub(super) async fn batchable(&self, tenant: TenantId, cmd: DebitCommand) -> Result<Queued, DebitCommand> {
         if cmd.subsidy.is_some() {
             return Err(cmd);
         }
         let (amount_credits, rating) = match cmd.lines.as_slice() {
             [(_, Amount::Credits(amount))] if *amount > 0 => (*amount, None),
-            [(_, Amount::Rated { sku, quantities })] => match self.pricing.rate(tenant, sku, quantities, self.ctx.clock.now()).await {
-                Ok(rated) if rated.cost_credits > 0 => (rated.cost_credits, Some(rated)),
+            [(_, Amount::Rated { sku, quantities })] => match self.pricing.estimate(tenant, sku, quantities, Some(self.ctx.clock.now())).await {
+                Ok(rated) if rated.cost_credits > 0 && !rated.defaulted => (rated.cost_credits, Some(rated)),
                 _ => return Err(cmd),
             },
             _ => return Err(cmd),
