@@ -66,9 +66,20 @@ async fn metrics_endpoint_counts_decisions_latency_pool_locks_redis_and_sweeper_
     let before = scrape(metrics_addr).await;
     let allowed_before = sample(&before, "allot_decisions_total", &[("rpc", "debit"), ("outcome", "allowed")]).unwrap_or(0.0);
     let denied_before = sample(&before, "allot_decisions_total", &[("rpc", "debit"), ("outcome", "denied")]).unwrap_or(0.0);
+    let refusals_before = sample(&before, "allot_price_refusals_total", &[("reason", "unknown")]).unwrap_or(0.0);
 
     assert!(allowed(debit(&mut entitlements, "acct", "tokens", 60, "m1").await.decision));
     assert!(!allowed(debit(&mut entitlements, "acct", "tokens", 60, "m2").await.decision));
+    // Usage of an unpriced SKU: denied, and its refusal counted once (it is looked at before it
+    // could be batched, and rated for real on the ordinary path).
+    let quantities = Some(pb::UsageQuantities { input_tokens: 1, ..Default::default() });
+    let usage = vec![pb::MeterAmount { meter: "tokens".into(), sku: "acme/mystery".into(), quantities, ..Default::default() }];
+    let unpriced = entitlements
+        .debit(pb::DebitRequest { account_id: "acct".into(), usage, idempotency_key: "m3".into(), ..Default::default() })
+        .await
+        .expect("debit")
+        .into_inner();
+    assert_eq!(unpriced.reason, pb::DenialReason::PriceUnknown as i32);
     let mut anonymous = allot_proto::v1::entitlements_client::EntitlementsClient::new(server.channel().await);
     let refused =
         anonymous.check(pb::CheckRequest { account_id: "acct".into(), meter: "tokens".into(), amount_credits: 1, ..Default::default() }).await;
@@ -129,7 +140,8 @@ async fn metrics_endpoint_counts_decisions_latency_pool_locks_redis_and_sweeper_
     let after = scrape(metrics_addr).await;
     let count = |name: &str, labels: &[(&str, &str)]| sample(&after, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{after}"));
     assert_eq!(count("allot_decisions_total", &[("rpc", "debit"), ("outcome", "allowed")]) - allowed_before, 2.0, "m1 and the fail-open debit");
-    assert_eq!(count("allot_decisions_total", &[("rpc", "debit"), ("outcome", "denied")]) - denied_before, 1.0, "m2");
+    assert_eq!(count("allot_decisions_total", &[("rpc", "debit"), ("outcome", "denied")]) - denied_before, 2.0, "m2 and m3");
+    assert_eq!(count("allot_price_refusals_total", &[("reason", "unknown")]) - refusals_before, 1.0, "m3's refusal, once");
 
     // RPC latency by service, method and code.
     assert!(count("allot_rpc_duration_seconds_count", &[("service", "allot.v1.Entitlements"), ("method", "Debit"), ("code", "OK")]) >= 3.0);
