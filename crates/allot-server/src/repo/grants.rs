@@ -129,7 +129,7 @@ pub async fn for_meters(
     let sql = format!(
         "SELECT g.* FROM unnest($2::text[], $3::text[]) AS k(account_id, meter) \
          CROSS JOIN LATERAL (SELECT {COLUMNS}, account_id FROM grants \
-           WHERE tenant_id = $1 AND account_id = k.account_id AND meter = k.meter AND remaining_credits > 0 LIMIT 10000) g \
+           WHERE tenant_id = $1 AND account_id = k.account_id AND meter = k.meter AND remaining_credits > 0 ORDER BY created_at, id LIMIT 10000) g \
          ORDER BY g.created_at, g.id"
     );
     let stmt = tx.prepare_cached(&sql).await?;
