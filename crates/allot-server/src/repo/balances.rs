@@ -65,14 +65,8 @@ pub async fn insert_opening(
     allowance_credits: Option<i64>,
     now: OffsetDateTime,
 ) -> Result<bool, Error> {
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO meter_balances (tenant_id, account_id, meter, period_start, period_end, allowance_credits, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (tenant_id, account_id, meter) DO NOTHING",
-        )
-        .await?;
-    let inserted = tx.execute(&stmt, &[&tenant.0, &account.as_str(), &meter.as_str(), &period.start, &period.end, &allowance_credits, &now]).await?;
-    Ok(inserted == 1)
+    let created = insert_openings(tx, tenant, &[(account.as_str(), meter.as_str(), period, allowance_credits)], now).await?;
+    Ok(!created.is_empty())
 }
 
 /// A meter row to open: account, meter, period and allowance (`None`: unmetered).

@@ -473,14 +473,16 @@ impl Credits {
     pub async fn debit(&self, tenant: TenantId, cmd: DebitCommand) -> Result<Decision, Error> {
         match self.batchable(tenant, cmd).await {
             Ok(queued) => self.debit_queued(tenant, queued).await,
-            Err(cmd) => self.debit_alone(tenant, cmd).await,
+            Err(cmd) => {
+                let priced = self.price(tenant, &cmd.lines, self.ctx.clock.now()).await?;
+                self.debit_alone(tenant, cmd, priced).await
+            }
         }
     }
 
-    /// A debit in its own transaction.
-    async fn debit_alone(&self, tenant: TenantId, cmd: DebitCommand) -> Result<Decision, Error> {
+    /// A debit in its own transaction, its lines already `priced`.
+    async fn debit_alone(&self, tenant: TenantId, cmd: DebitCommand, priced: Priced) -> Result<Decision, Error> {
         let print = debit_print(&cmd);
-        let priced = self.price(tenant, &cmd.lines, self.ctx.clock.now()).await?;
         let decision: Decision = self
             .keyed(tenant, &cmd.key, "debit", print.clone(), |tx, now| {
                 let cmd = cmd.clone();

@@ -28,7 +28,7 @@ use futures::StreamExt as _;
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
-use super::{Amount, Credits, DebitCommand};
+use super::{Amount, Credits, DebitCommand, Priced};
 use crate::error::Error;
 use crate::ids::TenantId;
 use crate::service::outcome::Decision;
@@ -53,6 +53,18 @@ pub struct Queued {
     pub amount_credits: i64,
     /// The rating of SKU usage, priced when the debit was queued.
     pub rating: Option<Rated>,
+}
+
+impl Queued {
+    /// Decided alone after all: its line as the ordinary path would price it, without pricing it
+    /// again (a rating that was batched is neither refused nor defaulted, so pricing it for real
+    /// would count and log nothing either).
+    fn into_priced(self) -> (DebitCommand, Priced) {
+        let meter = self.cmd.lines[0].0.clone();
+        let priced =
+            Priced { usage: vec![(meter, self.amount_credits)], charged: vec![self.amount_credits], ratings: vec![self.rating], denials: vec![None] };
+        (self.cmd, priced)
+    }
 }
 
 struct Pending {
@@ -177,7 +189,8 @@ impl Credits {
     async fn decide_batch(&self, tenant: TenantId, mut batch: Vec<Pending>) {
         if batch.len() == 1 {
             let pending = batch.pop().expect("one");
-            let decided = self.debit_alone(tenant, pending.queued.cmd).instrument(pending.span).await;
+            let (cmd, priced) = pending.queued.into_priced();
+            let decided = self.debit_alone(tenant, cmd, priced).instrument(pending.span).await;
             let _ = pending.reply.send(decided);
             return;
         }
@@ -209,7 +222,8 @@ impl Credits {
         }
         futures::stream::iter(alone)
             .for_each_concurrent(ALONE_CONCURRENCY, |pending| async move {
-                let decided = self.debit_alone(tenant, pending.queued.cmd).instrument(pending.span).await;
+                let (cmd, priced) = pending.queued.into_priced();
+                let decided = self.debit_alone(tenant, cmd, priced).instrument(pending.span).await;
                 let _ = pending.reply.send(decided);
             })
             .await;
