@@ -6,7 +6,7 @@ mod common;
 
 use allot_proto::v1 as pb;
 use allot_proto::v1::pricing_client::PricingClient;
-use allot_server::testkit::TestServer;
+use allot_server::testkit::{Bearer, TestServer};
 use common::*;
 
 fn tokens(input: i64, output: i64) -> Option<pb::UsageQuantities> {
@@ -22,12 +22,7 @@ async fn usage_is_rated_at_the_price_in_force_and_recorded() {
     let server = TestServer::start().await;
     let (mut entitlements, mut admin) = server.clients().await;
     free_plan(&mut admin, "credits", Some(1_000_000), 0, 0).await;
-    let channel = server.channel().await;
-    let key: tonic::metadata::MetadataValue<_> = format!("Bearer {}", server.tenant.api_key).parse().expect("ascii");
-    let mut pricing = PricingClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("authorization", key.clone());
-        Ok(r)
-    });
+    let mut pricing = PricingClient::with_interceptor(server.channel().await, Bearer::new(&server.tenant.api_key));
     // 250 credits per million input tokens, 1,000 per million output tokens.
     let price = pricing
         .upsert_price(pb::UpsertPriceRequest {
@@ -124,12 +119,7 @@ async fn concurrent_rated_debits_are_batched_and_keep_their_ratings() {
     let server = TestServer::start().await;
     let (entitlements, mut admin) = server.clients().await;
     free_plan(&mut admin, "credits", Some(1_000), 0, 0).await;
-    let channel = server.channel().await;
-    let key: tonic::metadata::MetadataValue<_> = format!("Bearer {}", server.tenant.api_key).parse().expect("ascii");
-    let mut pricing = PricingClient::with_interceptor(channel, move |mut r: tonic::Request<()>| {
-        r.metadata_mut().insert("authorization", key.clone());
-        Ok(r)
-    });
+    let mut pricing = PricingClient::with_interceptor(server.channel().await, Bearer::new(&server.tenant.api_key));
     pricing
         .upsert_price(pb::UpsertPriceRequest {
             sku: "openai/gpt-4o".into(),
