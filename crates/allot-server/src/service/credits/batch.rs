@@ -1,9 +1,8 @@
 //! Group commit for debits. Concurrent single-line debits (credits, or SKU usage rated as it is
-//! queued) of one tenant queue up in one of a few
-//! lanes, chosen by account: a lane's one worker takes what has queued and decides it in **one**
-//! transaction (`group`): every meter
-//! locked by one statement in a fixed order, every row read and written by one statement per
-//! table, one commit. Each debit is still decided on its own, in arrival order, against the
+//! queued) of one tenant queue up in one of a few lanes, chosen by account: a lane's one worker
+//! takes what has queued and decides it in **one** transaction (`group`): every meter locked by
+//! one statement in a fixed order, every table read, then written, in one pipelined round trip,
+//! one commit. Each debit is still decided on its own, in arrival order, against the
 //! balance the earlier ones left: a denial is a decision for that debit only, each allowed debit
 //! gets its own ledger entry and each keeps its own idempotency record. No reply leaves before
 //! the commit that holds it.

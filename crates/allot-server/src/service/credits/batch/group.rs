@@ -2,7 +2,8 @@
 //! queued) over any accounts of one tenant: who pays
 //! for every account, every meter's row lock (one statement, `(account, meter)` order), the
 //! grants, holds, idempotency records and fair-use standings of all of them, then each debit
-//! decided on its own in arrival order, then one statement per table to write it all, one commit.
+//! decided on its own in arrival order, then every write sent together (one statement per table,
+//! balance rows by primary key), one commit.
 //!
 //! Debits it leaves to be decided alone (their result is `None`): a member of an org (pooled
 //! meters, member caps), a meter with a per-minute rate cap (one Redis decision per debit would
@@ -259,7 +260,8 @@ impl Credits {
         Ok(results)
     }
 
-    /// Writes a decided batch: one statement per table, sent together.
+    /// Writes a decided batch, sent together: one statement per table, balance rows one update
+    /// each by primary key.
     #[allow(clippy::too_many_arguments)]
     async fn write_group(
         &self,
