@@ -12,6 +12,11 @@ use allot_server::config::Config;
 use allot_server::telemetry::{self, LogFormat};
 use clap::{CommandFactory as _, FromArgMatches as _, Parser, Subcommand};
 
+/// mimalloc instead of glibc malloc: allocation was the largest single cost of a gRPC call, and
+/// glibc's arenas contended between the tokio workers (docs/benchmarks.md, finding 8).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Build identity, set by build.rs.
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("ALLOT_GIT_COMMIT"), ")");
 

@@ -24,6 +24,9 @@ use crate::config::Config;
 use crate::localstack::{LocalPostgres, LocalRedis};
 use crate::server::{serve, App};
 
+mod cpu;
+mod statements;
+
 /// Accounts the uniform scenarios spread over.
 pub const ACCOUNTS: u32 = 10_000;
 /// Most concurrent clients the raw baseline is run with (PostgreSQL's default limit is 100).
@@ -52,6 +55,9 @@ pub struct Row {
     pub p95_ms: f64,
     pub p99_ms: f64,
     pub errors: u64,
+    /// CPU microseconds per operation: this process (Allot and the load generator), then the
+    /// rest of the machine (PostgreSQL, Redis, anything else running). `None` off Linux.
+    pub cpu_us: Option<(f64, f64)>,
 }
 
 /// Scenario → the baseline row it is compared with.
@@ -89,11 +95,20 @@ pub async fn run(options: Options) -> anyhow::Result<String> {
     let root = tempfile::Builder::new().prefix("allot-bench-").tempdir()?;
     let stack_root = root.path().to_owned();
     // Extra PostgreSQL settings for a diagnosis (`auto_explain.log_min_duration=5,…`).
-    let settings: Vec<(String, String)> = std::env::var("ALLOT_BENCH_PG_SETTINGS")
+    let mut settings: Vec<(String, String)> = std::env::var("ALLOT_BENCH_PG_SETTINGS")
         .unwrap_or_default()
         .split(',')
         .filter_map(|pair| pair.split_once('=').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())))
         .collect();
+    if statements::wanted() > 0 {
+        let (name, value) = statements::PRELOAD;
+        match settings.iter_mut().find(|(k, _)| k == name) {
+            Some((_, v)) => *v = format!("{v},{value}"),
+            None => settings.push((name.to_owned(), value.to_owned())),
+        }
+        let (name, value) = statements::TRACK_PLANNING;
+        settings.push((name.to_owned(), value.to_owned()));
+    }
     let (mut postgres, mut redis) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let settings: Vec<(&str, &str)> = settings.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
         Ok((LocalPostgres::start_with(&stack_root, &settings)?, LocalRedis::start(&stack_root)?))
@@ -145,6 +160,10 @@ async fn measure(options: &Options, postgres: &LocalPostgres, redis: &LocalRedis
     let warmed = Instant::now();
     warm_up(&clients, &postgres.dsn("allot")).await?;
     eprintln!("bench: every account used once and the tables analysed in {:.1} s", warmed.elapsed().as_secs_f64());
+    let top_statements = statements::wanted();
+    if top_statements > 0 {
+        statements::prepare(&postgres.dsn("allot")).await?;
+    }
 
     let mut rows = Vec::new();
     for &c in &options.clients {
@@ -154,6 +173,10 @@ async fn measure(options: &Options, postgres: &LocalPostgres, redis: &LocalRedis
             }
             let row = scenario_row(&clients, scenario, c, Duration::from_secs(options.seconds)).await?;
             eprintln!("bench: {scenario} × {c}: {:.0} ops/s, p99 {:.2} ms", row.ops_per_s, row.p99_ms);
+            if top_statements > 0 {
+                let ops = row.ops_per_s * options.seconds as f64;
+                eprintln!("{}", statements::report(&postgres.dsn("allot"), top_statements, ops).await?);
+            }
             rows.push(row);
         }
     }
@@ -297,6 +320,7 @@ async fn operation(clients: &Clients, scenario: &str, c: usize, worker: usize, n
 
 async fn scenario_row(clients: &Clients, scenario: &'static str, c: usize, length: Duration) -> anyhow::Result<Row> {
     let deadline = Instant::now() + length;
+    let cpu_before = cpu::Sample::now();
     let mut tasks = Vec::with_capacity(c);
     for worker in 0..c {
         let clients = clients.clone();
@@ -322,6 +346,8 @@ async fn scenario_row(clients: &Clients, scenario: &'static str, c: usize, lengt
         latencies_us.extend(l);
         errors += e;
     }
+    let ops = latencies_us.len() as f64;
+    let cpu_us = cpu_before.zip(cpu::Sample::now()).map(|(before, after)| after.per_op_us(&before, ops));
     latencies_us.sort_unstable();
     let pct = |p: f64| -> f64 {
         if latencies_us.is_empty() {
@@ -338,6 +364,7 @@ async fn scenario_row(clients: &Clients, scenario: &'static str, c: usize, lengt
         p95_ms: pct(0.95),
         p99_ms: pct(0.99),
         errors,
+        cpu_us,
     })
 }
 
@@ -391,13 +418,15 @@ fn report(rows: &[Row], baseline: &HashMap<(String, usize), f64>, options: &Opti
         time::OffsetDateTime::now_utc().date(),
         std::thread::available_parallelism().map_or(0, |n| n.get()),
     );
-    out.push_str("| scenario | clients | Allot ops/s | p50 ms | p95 ms | p99 ms | errors | raw ops/s | Allot / raw |\n");
-    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    out.push_str(
+        "| scenario | clients | Allot ops/s | p50 ms | p95 ms | p99 ms | errors | CPU µs/op: Allot+client / rest | raw ops/s | Allot / raw |\n",
+    );
+    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for row in rows {
         let raw_name = SCENARIOS.iter().find(|(s, _)| *s == row.scenario).map_or("", |(_, r)| r);
         let raw = baseline.get(&(raw_name.to_owned(), row.clients)).copied();
         out.push_str(&format!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} |\n",
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
             row.scenario,
             row.clients,
             row.ops_per_s,
@@ -405,6 +434,7 @@ fn report(rows: &[Row], baseline: &HashMap<(String, usize), f64>, options: &Opti
             row.p95_ms,
             row.p99_ms,
             row.errors,
+            row.cpu_us.map_or("–".to_owned(), |(own, rest)| format!("{own:.0} / {rest:.0}")),
             raw.map_or("–".to_owned(), |r| format!("{r:.0} ({raw_name})")),
             raw.map_or("–".to_owned(), |r| format!("{:.2}", row.ops_per_s / r)),
         ));
