@@ -2,8 +2,8 @@
 //! queued) over any accounts of one tenant: who pays
 //! for every account, every meter's row lock (one statement, `(account, meter)` order), the
 //! grants, holds, idempotency records and fair-use standings of all of them, then each debit
-//! decided on its own in arrival order, then every write sent together (one statement per table,
-//! balance rows by primary key), one commit.
+//! decided on its own in arrival order, then every write sent together (one statement per table),
+//! one commit.
 //!
 //! Debits it leaves to be decided alone (their result is `None`): a member of an org (pooled
 //! meters, member caps), a meter with a per-minute rate cap (one Redis decision per debit would
@@ -260,8 +260,7 @@ impl Credits {
         Ok(results)
     }
 
-    /// Writes a decided batch, sent together: one statement per table, balance rows one update
-    /// each by primary key.
+    /// Writes a decided batch, sent together: one statement per table.
     #[allow(clippy::too_many_arguments)]
     async fn write_group(
         &self,
