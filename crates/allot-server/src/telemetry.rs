@@ -153,6 +153,7 @@ fn describe() {
     describe_counter!("allot_decisions_total", "Decisions by rpc, outcome (allowed, denied) and reason");
     describe_histogram!("allot_rpc_duration_seconds", Unit::Seconds, "Server time per RPC by service, method and gRPC code");
     describe_histogram!("allot_debit_batch_size", "Debits decided in one group-committed transaction (one account and meter)");
+    describe_histogram!("allot_check_batch_size", "Checks decided on one shared snapshot");
     describe_gauge!("allot_db_pool_size", "PostgreSQL connections open in the pool");
     describe_gauge!("allot_db_pool_available", "Idle PostgreSQL connections in the pool");
     describe_gauge!("allot_db_pool_waiting", "Requests waiting for a PostgreSQL connection");
@@ -232,6 +233,11 @@ pub fn record_sweeper_lag(lag: Duration, voided: u64) {
 /// A group-committed batch of debits: how many one transaction decided.
 pub fn record_debit_batch(size: usize) {
     metrics::histogram!("allot_debit_batch_size").record(size as f64);
+}
+
+/// A batch of checks decided on one snapshot; `size` is how many it decided.
+pub fn record_check_batch(size: usize) {
+    metrics::histogram!("allot_check_batch_size").record(size as f64);
 }
 
 /// One RPC finished (see [`rpc`]).

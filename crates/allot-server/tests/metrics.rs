@@ -67,6 +67,7 @@ async fn metrics_endpoint_counts_decisions_latency_pool_locks_redis_and_sweeper_
     let allowed_before = sample(&before, "allot_decisions_total", &[("rpc", "debit"), ("outcome", "allowed")]).unwrap_or(0.0);
     let denied_before = sample(&before, "allot_decisions_total", &[("rpc", "debit"), ("outcome", "denied")]).unwrap_or(0.0);
     let refusals_before = sample(&before, "allot_price_refusals_total", &[("reason", "unknown")]).unwrap_or(0.0);
+    let checks_before = sample(&before, "allot_decisions_total", &[("rpc", "check")]).unwrap_or(0.0);
 
     assert!(allowed(debit(&mut entitlements, "acct", "tokens", 60, "m1").await.decision));
     assert!(!allowed(debit(&mut entitlements, "acct", "tokens", 60, "m2").await.decision));
@@ -137,11 +138,25 @@ async fn metrics_endpoint_counts_decisions_latency_pool_locks_redis_and_sweeper_
     let ctx = Ctx::new(server.pool.clone(), server.clock.clone());
     assert_eq!(sweeper::sweep_once(&ctx).await.expect("sweep"), 1);
 
+    // Concurrent checks share snapshots: batches form, and each check is counted once.
+    let checks: Vec<_> = (0..32)
+        .map(|i| {
+            let mut client = entitlements.clone();
+            tokio::spawn(async move { check(&mut client, &format!("c{i}"), "tokens", 1).await })
+        })
+        .collect();
+    for task in checks {
+        assert!(allowed(task.await.expect("check").decision));
+    }
+
     let after = scrape(metrics_addr).await;
     let count = |name: &str, labels: &[(&str, &str)]| sample(&after, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{after}"));
     assert_eq!(count("allot_decisions_total", &[("rpc", "debit"), ("outcome", "allowed")]) - allowed_before, 2.0, "m1 and the fail-open debit");
     assert_eq!(count("allot_decisions_total", &[("rpc", "debit"), ("outcome", "denied")]) - denied_before, 2.0, "m2 and m3");
     assert_eq!(count("allot_price_refusals_total", &[("reason", "unknown")]) - refusals_before, 1.0, "m3's refusal, once");
+
+    assert_eq!(count("allot_decisions_total", &[("rpc", "check")]) - checks_before, 32.0, "every check once");
+    assert!(count("allot_check_batch_size_count", &[]) >= 1.0, "32 concurrent checks formed no batch");
 
     // RPC latency by service, method and code.
     assert!(count("allot_rpc_duration_seconds_count", &[("service", "allot.v1.Entitlements"), ("method", "Debit"), ("code", "OK")]) >= 3.0);

@@ -160,6 +160,20 @@ pub async fn lock_many(tx: &Tx<'_>, tenant: TenantId, keys: &[(&str, &str)]) -> 
     Ok(rows.iter().map(|row| ((row.get(7), row.get(8)), from_row(row))).collect())
 }
 
+/// Reads the rows of several meters (a batch of checks), one lookup per key like [`lock_many`],
+/// locking nothing. Meters without a row are absent.
+pub async fn read_many(tx: &Tx<'_>, tenant: TenantId, keys: &[(&str, &str)]) -> Result<std::collections::HashMap<MeterKey, BalanceRow>, Error> {
+    let sql = format!(
+        "SELECT b.* FROM unnest($2::text[], $3::text[]) AS k(account_id, meter) \
+         CROSS JOIN LATERAL (SELECT {COLUMNS}, account_id, meter FROM meter_balances \
+           WHERE tenant_id = $1 AND account_id = k.account_id AND meter = k.meter LIMIT 1) b"
+    );
+    let stmt = tx.prepare_cached(&sql).await?;
+    let (accounts, meters): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+    let rows = tx.query(&stmt, &[&tenant.0, &accounts, &meters]).await?;
+    Ok(rows.iter().map(|row| ((row.get(7), row.get(8)), from_row(row))).collect())
+}
+
 /// Stores the scalars of several meters this transaction has locked, in one statement. Each key
 /// finds its row's current version on its own (a lateral subquery, like [`lock_many`]) and the
 /// update reaches it by that physical address (`ctid`, stable while the row is locked): a plain

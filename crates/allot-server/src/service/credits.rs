@@ -133,7 +133,9 @@ pub struct Credits {
     rate: RateLimiter,
     pricing: Pricing,
     /// Debits queued per tenant (group commit, see `batch`).
-    batches: std::sync::Arc<batch::Batches>,
+    batches: std::sync::Arc<batch::Batches<batch::Queued>>,
+    /// Checks queued per tenant (one snapshot for a batch, see `batch`).
+    check_batches: std::sync::Arc<batch::Batches<batch::QueuedCheck>>,
 }
 
 /// What a keyed operation did inside its transaction.
@@ -361,7 +363,8 @@ fn overlay(denials: &mut [Option<Denial>], price_denials: &[Option<Denial>]) {
 impl Credits {
     /// `batch_workers`: group-commit transactions one tenant runs at once (see `batch`).
     pub fn new(ctx: Ctx, rate: RateLimiter, pricing: Pricing, batch_workers: usize) -> Credits {
-        Credits { ctx, rate, pricing, batches: std::sync::Arc::new(batch::Batches::new(batch_workers)) }
+        let check_batches = std::sync::Arc::new(batch::Batches::new(batch_workers));
+        Credits { ctx, rate, pricing, batches: std::sync::Arc::new(batch::Batches::new(batch_workers)), check_batches }
     }
 
     /// Rates SKU usage into credits at `now` (before any lock: prices are cached). A SKU that
@@ -472,7 +475,7 @@ impl Credits {
     /// first) are decided together in one transaction (group commit, see `batch`); others alone.
     pub async fn debit(&self, tenant: TenantId, cmd: DebitCommand) -> Result<Decision, Error> {
         match self.batchable(tenant, cmd).await {
-            Ok(queued) => self.debit_queued(tenant, queued).await,
+            Ok(queued) => self.queue(tenant, queued).await,
             Err(cmd) => {
                 let priced = self.price(tenant, &cmd.lines, self.ctx.clock.now()).await?;
                 self.debit_alone(tenant, cmd, priced).await

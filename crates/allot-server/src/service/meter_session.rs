@@ -148,6 +148,26 @@ impl MeterSession {
         session
     }
 
+    /// A meter of a batch of checks, from rows read on their snapshot (not locked): its stored row
+    /// (`None`: never used, opened now as `snapshot` does), grants and live holds.
+    #[allow(clippy::too_many_arguments)]
+    pub fn from_read_rows(
+        tenant: TenantId,
+        account: &AccountId,
+        meter: &Meter,
+        now: OffsetDateTime,
+        in_force: InForce,
+        row: Option<BalanceRow>,
+        grants: Vec<Grant>,
+        held_credits: i64,
+    ) -> MeterSession {
+        assert!(in_force.member_cap_credits.is_none(), "a batch loads no member usage");
+        let row = row.unwrap_or_else(|| row_of(&advance::open(&in_force.policy, in_force.payer.period).0, 0));
+        let mut session = Self::assemble(tenant, account, meter, in_force, row, grants, held_credits);
+        session.advance(now);
+        session
+    }
+
     fn assemble(
         tenant: TenantId,
         account: &AccountId,

@@ -16,8 +16,14 @@
 //! A debit the batch does not cover (see `group`) is decided alone after the batch commits. Any
 //! error rolls the whole batch back and decides its debits alone, so a failure of one debit never
 //! fails or duplicates its neighbours.
+//!
+//! Checks queue the same way in lanes of their own (`read`): a batch of concurrent checks reads
+//! one snapshot, every table once for all of them, and decides each check on its own.
 
 mod group;
+mod read;
+
+pub use read::QueuedCheck;
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash as _, Hasher as _};
@@ -66,8 +72,19 @@ impl Queued {
     }
 }
 
-struct Pending {
-    queued: Queued,
+/// What can be queued in lanes and decided in batches: debits (`group`) and checks (`read`).
+pub trait Batched: Sized + Send + 'static {
+    /// The account whose lane it takes.
+    fn account(&self) -> &str;
+    /// The lanes of its kind.
+    fn batches(credits: &Credits) -> &Arc<Batches<Self>>;
+    /// Decides a batch taken from a lane and answers every caller in it.
+    fn decide(credits: &Credits, tenant: TenantId, batch: Vec<Pending<Self>>) -> impl std::future::Future<Output = ()> + Send;
+}
+
+/// One queued caller.
+pub struct Pending<Q> {
+    queued: Q,
     reply: oneshot::Sender<Result<Decision, Error>>,
     /// The caller's span: the work done for it is traced under it.
     span: tracing::Span,
@@ -77,31 +94,30 @@ struct Pending {
 type Lane = (TenantId, usize);
 
 /// A lane's queue; it exists while its worker runs.
-#[derive(Default)]
-struct Queue {
-    pending: VecDeque<Pending>,
+struct Queue<Q> {
+    pending: VecDeque<Pending<Q>>,
 }
 
 /// The queues of lanes that have a worker.
-pub struct Batches {
-    queues: Mutex<HashMap<Lane, Queue>>,
+pub struct Batches<Q> {
+    queues: Mutex<HashMap<Lane, Queue<Q>>>,
     lanes_per_tenant: usize,
 }
 
-impl Batches {
-    pub fn new(lanes_per_tenant: usize) -> Batches {
+impl<Q> Batches<Q> {
+    pub fn new(lanes_per_tenant: usize) -> Batches<Q> {
         assert!((1..=WORKERS_MAX).contains(&lanes_per_tenant), "batch workers per tenant: 1 to {WORKERS_MAX}");
         Batches { queues: Mutex::new(HashMap::new()), lanes_per_tenant }
     }
 
-    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<Lane, Queue>> {
+    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<Lane, Queue<Q>>> {
         self.queues.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The lane of an account's debits: always the same one.
-    fn lane_of(&self, tenant: TenantId, cmd: &DebitCommand) -> Lane {
+    /// The lane of an account's work: always the same one.
+    fn lane_of(&self, tenant: TenantId, account: &str) -> Lane {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        cmd.account.as_str().hash(&mut hasher);
+        account.hash(&mut hasher);
         let lane = usize::try_from(hasher.finish() % self.lanes_per_tenant as u64).expect("below the lane count");
         (tenant, lane)
     }
@@ -129,15 +145,15 @@ impl Credits {
     }
 }
 
-/// A lane's running worker. One that stops abnormally (a panic) removes its queue: the debits
-/// still queued fail rather than wait forever, and the next debit starts a new worker.
-struct Worker {
-    batches: Arc<Batches>,
+/// A lane's running worker. One that stops abnormally (a panic) removes its queue: the callers
+/// still queued fail rather than wait forever, and the next one starts a new worker.
+struct Worker<Q> {
+    batches: Arc<Batches<Q>>,
     lane: Lane,
     running: bool,
 }
 
-impl Drop for Worker {
+impl<Q> Drop for Worker<Q> {
     fn drop(&mut self) {
         if self.running {
             self.batches.queues().remove(&self.lane); // drops the senders: the callers get an error
@@ -145,32 +161,49 @@ impl Drop for Worker {
     }
 }
 
+impl Batched for Queued {
+    fn account(&self) -> &str {
+        self.cmd.account.as_str()
+    }
+
+    fn batches(credits: &Credits) -> &Arc<Batches<Queued>> {
+        &credits.batches
+    }
+
+    fn decide(credits: &Credits, tenant: TenantId, batch: Vec<Pending<Queued>>) -> impl std::future::Future<Output = ()> + Send {
+        credits.decide_batch(tenant, batch)
+    }
+}
+
 impl Credits {
-    /// Queues a debit in its account's lane (starting the lane's worker if none runs) and waits
-    /// for its decision.
-    pub(super) async fn debit_queued(&self, tenant: TenantId, queued: Queued) -> Result<Decision, Error> {
+    /// Queues work in its account's lane (starting the lane's worker if none runs) and waits for
+    /// its decision.
+    pub(super) async fn queue<Q: Batched>(&self, tenant: TenantId, queued: Q) -> Result<Decision, Error> {
         let (reply, decided) = oneshot::channel();
-        let lane = self.batches.lane_of(tenant, &queued.cmd);
+        let batches = Q::batches(self);
+        let lane = batches.lane_of(tenant, queued.account());
         let start_worker = {
-            let mut queues = self.batches.queues();
+            let mut queues = batches.queues();
             let start = !queues.contains_key(&lane);
-            queues.entry(lane).or_default().pending.push_back(Pending { queued, reply, span: tracing::Span::current() });
+            let queue = queues.entry(lane).or_insert_with(|| Queue { pending: VecDeque::new() });
+            queue.pending.push_back(Pending { queued, reply, span: tracing::Span::current() });
             start
         };
         if start_worker {
             let this = self.clone();
-            tokio::spawn(async move { this.work(lane).await });
+            tokio::spawn(async move { this.work::<Q>(lane).await });
         }
-        decided.await.map_err(|_| Error::Internal("the debit batch worker stopped".into()))?
+        decided.await.map_err(|_| Error::Internal("the batch worker stopped".into()))?
     }
 
     /// Decides the lane's queue, batch after batch, until it is empty.
-    async fn work(self, lane: Lane) {
-        let mut worker = Worker { batches: self.batches.clone(), lane, running: true };
+    async fn work<Q: Batched>(self, lane: Lane) {
+        let batches = Q::batches(&self).clone();
+        let mut worker = Worker { batches: batches.clone(), lane, running: true };
         let tenant = lane.0;
         loop {
-            let batch: Vec<Pending> = {
-                let mut queues = self.batches.queues();
+            let batch: Vec<Pending<Q>> = {
+                let mut queues = batches.queues();
                 let Some(queue) = queues.get_mut(&lane) else { return };
                 if queue.pending.is_empty() {
                     // Leaving is decided under the lock that queuing takes: no debit is stranded.
@@ -181,11 +214,11 @@ impl Credits {
                 let take = queue.pending.len().min(BATCH_MAX);
                 queue.pending.drain(..take).collect()
             };
-            self.decide_batch(tenant, batch).await;
+            Q::decide(&self, tenant, batch).await;
         }
     }
 
-    async fn decide_batch(&self, tenant: TenantId, mut batch: Vec<Pending>) {
+    async fn decide_batch(&self, tenant: TenantId, mut batch: Vec<Pending<Queued>>) {
         if batch.len() == 1 {
             let pending = batch.pop().expect("one");
             let (cmd, priced) = pending.queued.into_priced();

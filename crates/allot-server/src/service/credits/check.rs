@@ -1,5 +1,6 @@
 //! `Check`: would the usage be allowed now, as a gate? A dry run of the debit's admission on a
-//! consistent snapshot: it locks nothing, writes nothing and counts no rate cap.
+//! consistent snapshot: it locks nothing, writes nothing and counts no rate cap. Concurrent
+//! single-line checks share one snapshot (see `batch::read`); the others are decided here alone.
 
 use super::*;
 
@@ -7,6 +8,14 @@ impl Credits {
     /// Would the usage be allowed now, as a gate? Reads a consistent snapshot, writes nothing, and
     /// only looks at the rate caps.
     pub async fn check(&self, tenant: TenantId, cmd: CheckCommand) -> Result<Decision, Error> {
+        match batch::QueuedCheck::of(cmd) {
+            Ok(queued) => self.queue(tenant, queued).await,
+            Err(cmd) => self.check_alone(tenant, cmd).await,
+        }
+    }
+
+    /// A check in its own snapshot.
+    pub(super) async fn check_alone(&self, tenant: TenantId, cmd: CheckCommand) -> Result<Decision, Error> {
         let now = self.ctx.clock.now();
         let mut priced = self.price(tenant, &cmd.lines, now).await?;
         let mut client = self.ctx.db().await?;

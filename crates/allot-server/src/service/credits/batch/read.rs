@@ -1,0 +1,201 @@
+//! One snapshot for a batch of checks. Concurrent single-line checks of credits of one tenant
+//! queue in lanes like debits (see `batch`); a lane's worker reads, in one read-only
+//! repeatable-read transaction, who pays for every account, the plans' terms and soft caps, every
+//! meter's row, grants, live holds, standings and hourly usage — each table once for the whole
+//! batch — and then decides each check on its own exactly as `check` does alone. A check sees
+//! every debit committed before it was queued (the snapshot is taken after the batch is taken).
+//!
+//! Checks it leaves to be decided alone (their result is `None`): a member of an org (pooled
+//! meters, member caps), a meter with a per-minute rate cap (answered from Redis), and a meter
+//! under a restrict-stage daily budget. Any error decides every check of the batch alone.
+
+use std::collections::{BTreeSet, HashMap};
+
+use allot_domain::charge::{self, Mode};
+
+use super::{Batched, Batches, Pending};
+use crate::error::Error;
+use crate::ids::{Meter, TenantId};
+use crate::repo::fair_use::counted_from;
+use crate::repo::plans::MeterTerms;
+use crate::repo::{self};
+use crate::service::credits::{count, outcomes, Amount, CheckCommand, Credits};
+use crate::service::fair_use::Standing;
+use crate::service::in_force::{self, InForce};
+use crate::service::meter_session::MeterSession;
+use crate::service::outcome::Decision;
+
+/// A check that can be batched: one line of credits above zero, no subsidy.
+#[derive(Debug, Clone)]
+pub struct QueuedCheck {
+    pub cmd: CheckCommand,
+    pub meter: Meter,
+    pub amount_credits: i64,
+}
+
+impl QueuedCheck {
+    /// The check as a batch sees it, if it can be batched.
+    pub fn of(cmd: CheckCommand) -> Result<QueuedCheck, CheckCommand> {
+        match (cmd.lines.as_slice(), &cmd.subsidy) {
+            ([(meter, Amount::Credits(amount))], None) if *amount > 0 => {
+                let (meter, amount_credits) = (meter.clone(), *amount);
+                Ok(QueuedCheck { cmd, meter, amount_credits })
+            }
+            _ => Err(cmd),
+        }
+    }
+}
+
+impl Batched for QueuedCheck {
+    fn account(&self) -> &str {
+        self.cmd.account.as_str()
+    }
+
+    fn batches(credits: &Credits) -> &std::sync::Arc<Batches<QueuedCheck>> {
+        &credits.check_batches
+    }
+
+    fn decide(credits: &Credits, tenant: TenantId, batch: Vec<Pending<QueuedCheck>>) -> impl std::future::Future<Output = ()> + Send {
+        credits.decide_checks(tenant, batch)
+    }
+}
+
+impl Credits {
+    async fn decide_checks(&self, tenant: TenantId, batch: Vec<Pending<QueuedCheck>>) {
+        use tracing::Instrument as _;
+        let results = match batch.len() {
+            1 => vec![None],
+            _ => {
+                let queued: Vec<&QueuedCheck> = batch.iter().map(|p| &p.queued).collect();
+                match self.check_group(tenant, &queued).instrument(batch[0].span.clone()).await {
+                    Ok(results) => {
+                        crate::telemetry::record_check_batch(results.iter().filter(|r| r.is_some()).count());
+                        results
+                    }
+                    Err(err) => {
+                        tracing::debug!(error = %err, batch.size = batch.len(), "check batch failed; deciding its checks alone");
+                        batch.iter().map(|_| None).collect()
+                    }
+                }
+            }
+        };
+        let mut alone = Vec::new();
+        for (pending, result) in batch.into_iter().zip(results) {
+            match result {
+                Some(decided) => {
+                    let _ = pending.reply.send(decided);
+                }
+                None => alone.push(pending),
+            }
+        }
+        // Alone, concurrently: a check holds no lock.
+        futures::future::join_all(alone.into_iter().map(|pending| async move {
+            let decided = self.check_alone(tenant, pending.queued.cmd).instrument(pending.span).await;
+            let _ = pending.reply.send(decided);
+        }))
+        .await;
+    }
+
+    /// Decides `checks` on one snapshot. `Err` means every check must be decided alone.
+    async fn check_group(&self, tenant: TenantId, checks: &[&QueuedCheck]) -> Result<Vec<Option<Result<Decision, Error>>>, Error> {
+        let now = self.ctx.clock.now();
+        let mut client = self.ctx.db().await?;
+        let tx = crate::db::begin_with(&mut client, tenant, crate::db::Access::Snapshot).await?;
+        let accounts: Vec<&str> = checks.iter().map(|c| c.cmd.account.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
+        let (payers, settings) = futures::try_join!(in_force::resolve_many(&tx, tenant, &accounts, now), repo::fair_use::settings(&tx, tenant))?;
+
+        let keys: Vec<(&str, &str)> = checks
+            .iter()
+            .filter(|c| payers.contains_key(c.cmd.account.as_str()))
+            .map(|c| (c.cmd.account.as_str(), c.meter.as_str()))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        let plan_of = |account: &str| payers.get(account).and_then(|p| p.plan_id.as_deref());
+        let plan_meters: Vec<(&str, &str)> =
+            keys.iter().filter_map(|(account, meter)| plan_of(account).map(|plan| (plan, *meter))).collect::<BTreeSet<_>>().into_iter().collect();
+        let plan_ids: Vec<&str> = plan_meters.iter().map(|(plan, _)| *plan).collect::<BTreeSet<_>>().into_iter().collect();
+        let since = now - time::Duration::milliseconds(settings.violation_window_ms);
+        let (terms, mut rows, soft_caps, standings) = futures::try_join!(
+            repo::plans::meter_terms_many(&tx, tenant, &plan_meters),
+            repo::balances::read_many(&tx, tenant, &keys),
+            repo::fair_use::soft_caps_of(&tx, tenant, &plan_ids),
+            repo::fair_use::standings(&tx, tenant, &accounts, since),
+        )?;
+        let terms_of = |account: &str, meter: &str| {
+            plan_of(account).and_then(|plan| terms.get(&(plan.to_owned(), meter.to_owned()))).copied().unwrap_or(MeterTerms::UNLISTED)
+        };
+        let caps_of = |account: &str, meter: &str| {
+            let plan = plan_of(account);
+            soft_caps.iter().filter(|(p, m, _)| Some(p.as_str()) == plan && m == meter).map(|(_, _, cap)| *cap).collect::<Vec<_>>()
+        };
+        let mut standing_of: HashMap<&str, Standing> = HashMap::new();
+        for account in payers.keys() {
+            let (exempt, violations, stored) = standings.get(account.as_str()).cloned().unwrap_or((false, 0, None));
+            standing_of.insert(account.as_str(), Standing { settings: settings.clone(), exempt, violations, stored });
+        }
+        // Meters decided here: no rate cap, no daily budget.
+        let decided: Vec<(&str, &str)> = keys
+            .iter()
+            .copied()
+            .filter(|(a, m)| terms_of(a, m).rate.is_none() && Meter::parse(m).is_ok_and(|meter| standing_of[a].daily_budget(&meter).is_none()))
+            .collect();
+        let capped: Vec<(&str, &str)> = decided.iter().copied().filter(|(a, m)| !caps_of(a, m).is_empty()).collect();
+        let widest_window_ms = soft_caps.iter().map(|(_, _, cap)| cap.window_ms).max().unwrap_or(0);
+        let hourly = async {
+            match capped.is_empty() {
+                true => Ok(HashMap::new()),
+                false => repo::fair_use::hourly_since(&tx, tenant, &capped, now - time::Duration::milliseconds(widest_window_ms)).await,
+            }
+        };
+        let (mut grants, held, hourly) =
+            futures::try_join!(repo::grants::for_meters(&tx, tenant, &decided), repo::holds::held_totals(&tx, tenant, &decided, now), hourly)?;
+        tx.commit().await?;
+
+        let mut sessions: HashMap<(String, String), MeterSession> = HashMap::new();
+        for (account, meter) in &decided {
+            let key = ((*account).to_owned(), (*meter).to_owned());
+            let payer = &payers[*account];
+            let terms = terms_of(account, meter);
+            let in_force = InForce { payer: payer.clone(), policy: terms.policy, rate: None, member_cap_credits: None };
+            let meter_id = Meter::parse(meter).map_err(|e| Error::Internal(format!("meter: {e}")))?;
+            let session = MeterSession::from_read_rows(
+                tenant,
+                &payer.payer,
+                &meter_id,
+                now,
+                in_force,
+                rows.remove(&key),
+                grants.remove(&key).unwrap_or_default(),
+                held.get(&key).copied().unwrap_or(0),
+            );
+            sessions.insert(key, session);
+        }
+
+        let mut results = Vec::with_capacity(checks.len());
+        for check in checks {
+            let (account, meter) = (check.cmd.account.as_str(), check.meter.as_str());
+            let Some(session) = sessions.get(&(account.to_owned(), meter.to_owned())) else {
+                results.push(None);
+                continue;
+            };
+            let payer = &payers[account];
+            let denial =
+                charge::check(&session.state, &session.in_force.policy, check.amount_credits, Mode::Gate, now).err().map(|d| session.denial(d));
+            let meters = outcomes(std::slice::from_ref(session), &[denial], &[0], &[None], now);
+            let mut triggered = Vec::new();
+            for cap in caps_of(account, meter) {
+                let from = counted_from(now - time::Duration::milliseconds(cap.window_ms));
+                let key = (account.to_owned(), meter.to_owned());
+                let used: i64 = hourly.get(&key).map_or(0, |hours| hours.iter().filter(|(hour, _)| *hour >= from).map(|(_, c)| c).sum());
+                if cap.is_triggered(used) {
+                    triggered.push(format!("{meter}/{}", cap.window_ms));
+                }
+            }
+            let decision = Decision { meters, fair_use: Some(standing_of[account].view(triggered)), trial: payer.trial(now), subsidy: None };
+            count("check", &decision);
+            results.push(Some(Ok(decision)));
+        }
+        Ok(results)
+    }
+}

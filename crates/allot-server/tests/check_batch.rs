@@ -1,0 +1,121 @@
+//! Checks that share one snapshot (concurrent single-line checks of a tenant) answer exactly as
+//! checks decided alone: the same decision, denial, meter figures (allowance, grants, live
+//! holds), fair-use stage and soft caps, for accounts in every state, an org member and a meter
+//! nobody has used yet among them. A check sees the debits committed before it was made.
+
+mod common;
+
+use allot_proto::v1 as pb;
+use allot_server::testkit::TestServer;
+use common::*;
+use time::macros::datetime;
+
+/// Accounts in varied states: `a{i}` has used `i * 40` of an allowance of 1,000, every third
+/// has a purchased grant of 500, every fourth a live hold of 150; `member` belongs to an org.
+async fn varied_accounts(server: &TestServer) -> Vec<String> {
+    let (mut entitlements, mut admin) = server.clients().await;
+    free_plan(&mut admin, "tokens", Some(1_000), 0, 0).await;
+    let mut fair = server.fair_use_for(&server.tenant.api_key).await;
+    fair.set_soft_caps(pb::SetSoftCapsRequest {
+        plan_id: "free".into(),
+        caps: vec![pb::SoftCap { meter: "tokens".into(), window_ms: 3_600_000, threshold_credits: 400 }],
+    })
+    .await
+    .expect("caps");
+    admin.upsert_account(pb::Account { account_id: "member".into(), org_id: "acme".into() }).await.expect("member");
+    let mut accounts = Vec::new();
+    for i in 0..24 {
+        let account = format!("a{i}");
+        if i > 0 {
+            assert!(allowed(debit(&mut entitlements, &account, "tokens", i * 40, &format!("use-{i}")).await.decision));
+        }
+        if i % 3 == 0 {
+            admin
+                .grant_credits(pb::GrantCreditsRequest {
+                    account_id: account.clone(),
+                    meter: "tokens".into(),
+                    amount_credits: 500,
+                    kind: pb::GrantKind::Purchased as i32,
+                    priority: 0,
+                    expires_at: None,
+                    idempotency_key: format!("grant-{i}"),
+                })
+                .await
+                .expect("grant");
+        }
+        if i % 4 == 0 {
+            entitlements
+                .reserve(pb::ReserveRequest {
+                    account_id: account.clone(),
+                    meter: "tokens".into(),
+                    amount_credits: 150,
+                    ttl_ms: 600_000,
+                    idempotency_key: format!("hold-{i}"),
+                    ..Default::default()
+                })
+                .await
+                .expect("reserve");
+        }
+        accounts.push(account);
+    }
+    accounts.push("member".into());
+    accounts.push("never-seen".into());
+    accounts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_checks_answer_as_checks_alone() {
+    let server = TestServer::start_at(datetime!(2026-11-10 12:00 UTC)).await;
+    let accounts = varied_accounts(&server).await;
+    let (entitlements, _) = server.clients().await;
+
+    // One at a time: each check is alone in its lane.
+    let mut client = entitlements.clone();
+    let mut alone = Vec::new();
+    for account in &accounts {
+        alone.push(check(&mut client, account, "tokens", 300).await);
+    }
+    let denied = alone.iter().filter(|r| !allowed(r.decision)).count();
+    assert!(denied > 0 && denied < alone.len(), "the accounts span allowed and denied checks ({denied} denied)");
+    assert!(alone.iter().any(|r| !r.fair_use.as_ref().expect("fair use").soft_caps_triggered.is_empty()), "some are over the soft cap");
+
+    // The same checks, all at once, several times over (batches of any shape).
+    for round in 0..3 {
+        let mut tasks = Vec::new();
+        for account in &accounts {
+            let (mut client, account) = (entitlements.clone(), account.clone());
+            tasks.push(tokio::spawn(async move { check(&mut client, &account, "tokens", 300).await }));
+        }
+        for (i, task) in tasks.into_iter().enumerate() {
+            assert_eq!(task.await.expect("task"), alone[i], "round {round}: {}", accounts[i]);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_check_sees_the_debits_committed_before_it() {
+    let server = TestServer::start_at(datetime!(2026-11-10 12:00 UTC)).await;
+    let (entitlements, mut admin) = server.clients().await;
+    free_plan(&mut admin, "tokens", Some(1_000), 0, 0).await;
+    // Checks of other accounts keep the lanes busy while one account debits and checks in turn.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut background = Vec::new();
+    for worker in 0..16 {
+        let (mut client, stop) = (entitlements.clone(), stop.clone());
+        background.push(tokio::spawn(async move {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                check(&mut client, &format!("busy{worker}"), "tokens", 1).await;
+            }
+        }));
+    }
+    let mut client = entitlements.clone();
+    for i in 1..=20 {
+        assert!(allowed(debit(&mut client, "mine", "tokens", 50, &format!("d{i}")).await.decision));
+        let meter = check(&mut client, "mine", "tokens", 1).await.meters.into_iter().next().and_then(|m| m.meter).expect("meter");
+        assert_eq!(meter.used_credits, 50 * i, "after debit {i}");
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in background {
+        task.await.expect("task");
+    }
+}
