@@ -22,8 +22,9 @@ impl Sample {
         let own_ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
         let machine = std::fs::read_to_string("/proc/stat").ok()?;
         let cpu: Vec<u64> = machine.lines().next()?.split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-        // user, nice, system, irq, softirq, steal: busy time (idle and iowait are not).
-        let machine_ticks = [0usize, 1, 2, 5, 6, 7].iter().filter_map(|i| cpu.get(*i)).sum();
+        // user, nice, system, irq, softirq: busy time (idle, iowait and the hypervisor's steal
+        // are not work done here).
+        let machine_ticks = [0usize, 1, 2, 5, 6].iter().filter_map(|i| cpu.get(*i)).sum();
         Some(Sample { own_ticks, machine_ticks })
     }
 
