@@ -85,6 +85,7 @@ pub struct Config {
     /// Group-commit lanes per tenant on this server, each running one transaction at a time that
     /// decides every debit queued in it. An account's debits always take the same lane (a hot
     /// account makes one big batch); more lanes overlap the PostgreSQL round trips of many accounts.
+    /// Checks get as many lanes of their own (each batch of checks shares one snapshot).
     #[arg(long, env = "ALLOT_DEBIT_BATCH_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub debit_batch_workers: u32,
     /// Most calls of one tenant waiting for a slot; more are refused at once (RESOURCE_EXHAUSTED).
