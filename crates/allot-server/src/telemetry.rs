@@ -1,7 +1,8 @@
 //! Logs, traces and metrics.
 //!
 //! - Logs: structured JSON in production, compact text in `dev`; the level comes from
-//!   `RUST_LOG` (default `info`). Messages are lowercase, fields dotted (`holds.voided`).
+//!   `RUST_LOG` (default `info`). Messages are lowercase, fields dotted (`holds.voided`). Logs
+//!   carry their own fields, not those of the spans around them (see [`init`]).
 //! - Traces: when an OTLP endpoint is configured, every span at INFO or above goes to the
 //!   collector over OTLP/gRPC (batched). W3C trace context comes in with each call and is taken
 //!   from the gRPC metadata in one place, the tower layer of [`rpc`].
@@ -20,6 +21,7 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_otlp::WithExportConfig as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use tracing::Subscriber;
+use tracing_subscriber::filter::FilterExt as _;
 use tracing_subscriber::filter::{filter_fn, LevelFilter};
 use tracing_subscriber::layer::{Context, SubscriberExt as _};
 use tracing_subscriber::registry::LookupSpan;
@@ -73,10 +75,13 @@ impl Telemetry {
 /// exported over OTLP/gRPC with W3C trace-context propagation. Call it inside the Tokio runtime
 /// when exporting (the exporter's gRPC channel lives there).
 pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Telemetry> {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Logs are events with their own fields. Spans are not formatted into them: doing so for
+    // every span of every call cost 25–50 µs of CPU a call (docs/benchmarks.md, finding 13);
+    // a call's context is in its trace.
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")).and(filter_fn(|meta| meta.is_event()));
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match format {
-        LogFormat::Json => fmt.json().flatten_event(true).with_filter(filter).boxed(),
+        LogFormat::Json => fmt.json().flatten_event(true).with_current_span(false).with_span_list(false).with_filter(filter).boxed(),
         LogFormat::Pretty => fmt.compact().with_filter(filter).boxed(),
     };
     let timed = filter_fn(|meta| meta.is_span() && TIMED_SPANS.iter().any(|(name, _)| *name == meta.name())).with_max_level_hint(LevelFilter::INFO);
