@@ -258,12 +258,15 @@ async fn warm_up(clients: &Clients, dsn: &str) -> anyhow::Result<()> {
         .buffer_unordered(WARM_UP_CLIENTS)
         .try_collect::<()>()
         .await?;
-    let (client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
-    let driver = tokio::spawn(connection);
-    client.batch_execute(ANALYZE_FILLED).await?;
-    drop(client);
-    let _ = driver.await;
+    connect(dsn).await?.batch_execute(ANALYZE_FILLED).await?;
     Ok(())
+}
+
+/// A plain connection to the bench's database, outside Allot; it closes when dropped.
+async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
+    let (client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
+    tokio::spawn(connection);
+    Ok(client)
 }
 
 /// One operation of a scenario by client `worker`, call number `n`; `Ok(false)` is an error answer.

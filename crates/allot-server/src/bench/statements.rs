@@ -15,19 +15,14 @@ pub fn wanted() -> usize {
 
 /// Creates the extension in `dsn`'s database and resets its counters.
 pub async fn prepare(dsn: &str) -> anyhow::Result<()> {
-    let (client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
-    let driver = tokio::spawn(connection);
-    client.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset();").await?;
-    drop(client);
-    let _ = driver.await;
+    super::connect(dsn).await?.batch_execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT pg_stat_statements_reset();").await?;
     Ok(())
 }
 
 /// The top `limit` statements since the last reset, per operation of a scenario that did `ops`
 /// operations, as Markdown lines; resets the counters.
 pub async fn report(dsn: &str, limit: usize, ops: f64) -> anyhow::Result<String> {
-    let (client, connection) = tokio_postgres::connect(dsn, tokio_postgres::NoTls).await?;
-    let driver = tokio::spawn(connection);
+    let client = super::connect(dsn).await?;
     let rows = client
         .query(
             "SELECT calls, total_exec_time, total_plan_time, rows, regexp_replace(query, '\\s+', ' ', 'g') FROM pg_stat_statements \
@@ -49,7 +44,5 @@ pub async fn report(dsn: &str, limit: usize, ops: f64) -> anyhow::Result<String>
         ));
     }
     client.batch_execute("SELECT pg_stat_statements_reset()").await?;
-    drop(client);
-    let _ = driver.await;
     Ok(out)
 }

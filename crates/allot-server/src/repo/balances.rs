@@ -148,25 +148,28 @@ pub type MeterKey = (String, String);
 /// with 10,000 accounts, against well under 1 ms).
 pub async fn lock_many(tx: &Tx<'_>, tenant: TenantId, keys: &[(&str, &str)]) -> Result<std::collections::HashMap<MeterKey, BalanceRow>, Error> {
     assert!(keys.windows(2).all(|w| w[0] < w[1]), "meters are locked in (account, meter) byte order");
-    let sql = format!(
-        "SELECT b.* FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS k(account_id, meter, n) \
-         CROSS JOIN LATERAL (SELECT {COLUMNS}, account_id, meter FROM meter_balances \
-           WHERE tenant_id = $1 AND account_id = k.account_id AND meter = k.meter FOR UPDATE) b \
-         ORDER BY k.n"
-    );
-    let stmt = tx.prepare_cached(&sql).await?;
-    let (accounts, meters): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
-    let rows = tx.query(&stmt, &[&tenant.0, &accounts, &meters]).await?;
-    Ok(rows.iter().map(|row| ((row.get(7), row.get(8)), from_row(row))).collect())
+    by_keys(tx, tenant, keys, "FOR UPDATE").await
 }
 
 /// Reads the rows of several meters (a batch of checks), one lookup per key like [`lock_many`],
 /// locking nothing. Meters without a row are absent.
 pub async fn read_many(tx: &Tx<'_>, tenant: TenantId, keys: &[(&str, &str)]) -> Result<std::collections::HashMap<MeterKey, BalanceRow>, Error> {
+    by_keys(tx, tenant, keys, "LIMIT 1").await
+}
+
+/// The rows of `keys`, each looked up by a lateral subquery ending in `per_key` (`FOR UPDATE` or
+/// `LIMIT 1`: either keeps the planner from merging it into a join), in the order of `keys`.
+async fn by_keys(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    keys: &[(&str, &str)],
+    per_key: &str,
+) -> Result<std::collections::HashMap<MeterKey, BalanceRow>, Error> {
     let sql = format!(
-        "SELECT b.* FROM unnest($2::text[], $3::text[]) AS k(account_id, meter) \
+        "SELECT b.* FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS k(account_id, meter, n) \
          CROSS JOIN LATERAL (SELECT {COLUMNS}, account_id, meter FROM meter_balances \
-           WHERE tenant_id = $1 AND account_id = k.account_id AND meter = k.meter LIMIT 1) b"
+           WHERE tenant_id = $1 AND account_id = k.account_id AND meter = k.meter {per_key}) b \
+         ORDER BY k.n"
     );
     let stmt = tx.prepare_cached(&sql).await?;
     let (accounts, meters): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();

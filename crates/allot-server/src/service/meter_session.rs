@@ -84,13 +84,7 @@ impl MeterSession {
     pub async fn snapshot(tx: &Tx<'_>, tenant: TenantId, payer: &Payer, meter: &Meter, now: OffsetDateTime) -> Result<MeterSession, Error> {
         let account = &payer.payer;
         let (in_force, read) = futures::try_join!(InForce::load(tx, tenant, payer, meter), repo::balances::read(tx, tenant, account, meter))?;
-        let row = match read {
-            Some(row) => row,
-            None => {
-                let (state, _) = advance::open(&in_force.policy, payer.period);
-                row_of(&state, 0)
-            }
-        };
+        let row = stored_or_opened(read, &in_force);
         let mut session = Self::load(tx, tenant, account, meter, now, in_force, row, &[]).await?;
         session.advance(now);
         Ok(session)
@@ -162,7 +156,7 @@ impl MeterSession {
         held_credits: i64,
     ) -> MeterSession {
         assert!(in_force.member_cap_credits.is_none(), "a batch loads no member usage");
-        let row = row.unwrap_or_else(|| row_of(&advance::open(&in_force.policy, in_force.payer.period).0, 0));
+        let row = stored_or_opened(row, &in_force);
         let mut session = Self::assemble(tenant, account, meter, in_force, row, grants, held_credits);
         session.advance(now);
         session
@@ -371,6 +365,12 @@ pub struct SessionChanges {
     /// Grants whose remaining credit changed: `(id, remaining)`.
     pub grants_remaining: Vec<(Uuid, i64)>,
     pub rollups: Vec<Rollup>,
+}
+
+/// A meter's stored row, or for a meter never used the row it would open with (read-only paths
+/// compute it without writing it).
+fn stored_or_opened(read: Option<BalanceRow>, in_force: &InForce) -> BalanceRow {
+    read.unwrap_or_else(|| row_of(&advance::open(&in_force.policy, in_force.payer.period).0, 0))
 }
 
 fn row_of(state: &MeterState, seq: i64) -> BalanceRow {

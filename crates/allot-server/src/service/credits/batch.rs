@@ -21,6 +21,7 @@
 //! one snapshot, every table once for all of them, and decides each check on its own.
 
 mod group;
+mod plans;
 mod read;
 
 pub use read::QueuedCheck;
@@ -47,7 +48,7 @@ pub const BATCH_MAX: usize = 256;
 /// commit.
 pub const WORKERS_MAX: usize = 64;
 
-/// Debits left out of a batch, decided alone at once at most.
+/// Debits or checks left out of a batch, decided alone at once at most.
 const ALONE_CONCURRENCY: usize = 8;
 
 /// A debit that can be batched, with what it costs.
@@ -238,17 +239,7 @@ impl Credits {
                 queued.iter().map(|_| None).collect()
             }
         };
-        let mut alone = Vec::new();
-        let mut grouped = 0;
-        for (pending, result) in batch.into_iter().zip(results) {
-            match result {
-                Some(decided) => {
-                    grouped += 1;
-                    let _ = pending.reply.send(decided);
-                }
-                None => alone.push(pending),
-            }
-        }
+        let (alone, grouped) = answer(batch, results);
         if grouped > 0 {
             crate::telemetry::record_debit_batch(grouped);
         }
@@ -260,4 +251,22 @@ impl Credits {
             })
             .await;
     }
+}
+
+/// Answers the callers whose work a batch decided; returns those it left to be decided alone,
+/// and how many it decided.
+fn answer<Q>(batch: Vec<Pending<Q>>, results: Vec<Option<Result<Decision, Error>>>) -> (Vec<Pending<Q>>, usize) {
+    assert_eq!(batch.len(), results.len(), "one result per caller");
+    let mut alone = Vec::new();
+    let mut decided = 0;
+    for (pending, result) in batch.into_iter().zip(results) {
+        match result {
+            Some(result) => {
+                decided += 1;
+                let _ = pending.reply.send(result);
+            }
+            None => alone.push(pending),
+        }
+    }
+    (alone, decided)
 }

@@ -17,22 +17,17 @@ use allot_domain::ledger::EntryKind;
 use allot_domain::{advance, charge};
 use time::OffsetDateTime;
 
+use super::plans::{self, Key, Plans};
 use super::Queued;
 use crate::error::Error;
-use crate::repo::fair_use::counted_from;
 use crate::repo::idempotency::Record;
 use crate::repo::ledger::MeterEntries;
-use crate::repo::plans::MeterTerms;
 use crate::repo::{self, Tx};
 use crate::service::credits::{count, debit_print, refs, Credits, DebitCommand};
-use crate::service::fair_use::Standing;
 use crate::service::idempotent;
 use crate::service::in_force::{self, InForce};
 use crate::service::meter_session::MeterSession;
 use crate::service::outcome::{Decision, MeterOutcome};
-
-/// A meter's key: `(account, meter)`.
-type Key = (String, String);
 
 /// Per debit: its decision or the error it alone gets (a reused key), or `None` when it is to be
 /// decided alone.
@@ -60,30 +55,28 @@ impl Credits {
         // Who pays is known: lock every meter, with the plans' terms and soft caps.
         let keys: BTreeSet<(&str, &str)> =
             commands.iter().filter(|c| payers.contains_key(c.account.as_str())).map(|c| (c.account.as_str(), c.lines[0].0.as_str())).collect();
-        let plan_of = |account: &str| payers.get(account).and_then(|p| p.plan_id.as_deref());
-        let plan_meters: Vec<(&str, &str)> =
-            keys.iter().filter_map(|(account, meter)| plan_of(account).map(|plan| (plan, *meter))).collect::<BTreeSet<_>>().into_iter().collect();
-        let plan_ids: Vec<&str> = plan_meters.iter().map(|(plan, _)| *plan).collect::<BTreeSet<_>>().into_iter().collect();
         let keys: Vec<(&str, &str)> = keys.into_iter().collect();
+        let (plan_meters, plan_ids) = plans::wanted(&payers, &keys);
         let (terms, mut rows, soft_caps) = futures::try_join!(
             repo::plans::meter_terms_many(&tx, tenant, &plan_meters),
             repo::balances::lock_many(&tx, tenant, &keys),
             repo::fair_use::soft_caps_of(&tx, tenant, &plan_ids),
         )?;
-        let terms_of = |account: &str, meter: &str| {
-            plan_of(account).and_then(|plan| terms.get(&(plan.to_owned(), meter.to_owned()))).copied().unwrap_or(MeterTerms::UNLISTED)
-        };
+        let plans = Plans { payers: &payers, terms, soft_caps };
         // Meters used for the first time get their opening row, then are locked like the others.
         // Not those with a rate cap: they are decided (and opened) alone. A row created here is
         // saved with its opening entry even when its debit is then left to the ordinary path.
         let mut openings = HashMap::new();
-        let missing: Vec<(&str, &str)> =
-            keys.iter().copied().filter(|(a, m)| !rows.contains_key(&((*a).to_owned(), (*m).to_owned())) && terms_of(a, m).rate.is_none()).collect();
+        let missing: Vec<(&str, &str)> = keys
+            .iter()
+            .copied()
+            .filter(|(a, m)| !rows.contains_key(&((*a).to_owned(), (*m).to_owned())) && plans.terms_of(a, m).rate.is_none())
+            .collect();
         if !missing.is_empty() {
             let mut opened = Vec::with_capacity(missing.len());
             let mut effects = HashMap::new();
             for (account, meter) in &missing {
-                let (state, effect) = advance::open(&terms_of(account, meter).policy, payers[*account].period);
+                let (state, effect) = advance::open(&plans.terms_of(account, meter).policy, payers[*account].period);
                 opened.push((*account, *meter, state.period, state.allowance_credits));
                 effects.insert(((*account).to_owned(), (*meter).to_owned()), effect);
             }
@@ -93,38 +86,25 @@ impl Credits {
             }
             rows.extend(repo::balances::lock_many(&tx, tenant, &missing).await?);
         }
-        let locked: Vec<(&str, &str)> =
-            keys.iter().copied().filter(|(a, m)| rows.contains_key(&((*a).to_owned(), (*m).to_owned())) && terms_of(a, m).rate.is_none()).collect();
-        let caps_of = |account: &str, meter: &str| {
-            let plan = plan_of(account);
-            soft_caps.iter().filter(|(p, m, _)| Some(p.as_str()) == plan && m == meter).map(|(_, _, cap)| *cap).collect::<Vec<_>>()
-        };
-        let capped: Vec<(&str, &str)> = locked.iter().copied().filter(|(a, m)| !caps_of(a, m).is_empty()).collect();
-        let widest_window_ms = soft_caps.iter().map(|(_, _, cap)| cap.window_ms).max().unwrap_or(0);
+        let locked: Vec<(&str, &str)> = keys
+            .iter()
+            .copied()
+            .filter(|(a, m)| rows.contains_key(&((*a).to_owned(), (*m).to_owned())) && plans.terms_of(a, m).rate.is_none())
+            .collect();
+        let capped: Vec<(&str, &str)> = locked.iter().copied().filter(|(a, m)| !plans.caps_of(a, m).is_empty()).collect();
 
         // Everything else about the locked meters, read after the locks in one round trip.
         let locked_accounts: Vec<&str> = locked.iter().map(|(a, _)| *a).collect::<BTreeSet<_>>().into_iter().collect();
         let command_keys: Vec<&str> = commands.iter().map(|c| c.key.as_str()).collect();
         let since = now - time::Duration::milliseconds(settings.violation_window_ms);
-        let hourly = async {
-            match capped.is_empty() {
-                true => Ok(HashMap::new()),
-                false => repo::fair_use::hourly_since(&tx, tenant, &capped, now - time::Duration::milliseconds(widest_window_ms)).await,
-            }
-        };
         let (mut grants, held, stored, standings, hourly) = futures::try_join!(
             repo::grants::for_meters(&tx, tenant, &locked),
             repo::holds::held_totals(&tx, tenant, &locked, now),
             repo::idempotency::find_many(&tx, tenant, &command_keys),
             repo::fair_use::standings(&tx, tenant, &locked_accounts, since),
-            hourly,
+            plans.hourly(&tx, tenant, &capped, now),
         )?;
-
-        let mut standing_of: HashMap<&str, Standing> = HashMap::new();
-        for account in &locked_accounts {
-            let (exempt, violations, stored) = standings.get(*account).cloned().unwrap_or((false, 0, None));
-            standing_of.insert(account, Standing { settings: settings.clone(), exempt, violations, stored });
-        }
+        let mut standing_of = plans::standings(&settings, &standings, locked_accounts.iter().copied());
         let mut sessions: BTreeMap<Key, MeterSession> = BTreeMap::new();
         // Meters this batch opened but does not decide: saved (row and opening entry) only.
         let mut opened_only: BTreeMap<Key, MeterSession> = BTreeMap::new();
@@ -132,7 +112,7 @@ impl Credits {
             let key: Key = ((*account).to_owned(), (*meter).to_owned());
             let payer = &payers[*account];
             let row = rows.remove(&key).expect("a locked row");
-            let in_force = InForce { payer: payer.clone(), policy: terms_of(account, meter).policy, rate: None, member_cap_credits: None };
+            let in_force = InForce { payer: payer.clone(), policy: plans.terms_of(account, meter).policy, rate: None, member_cap_credits: None };
             let (account_id, meter_id) = (payer.acting.clone(), crate::ids::Meter::parse(meter).map_err(|e| Error::Internal(format!("meter: {e}")))?);
             let opening = openings.remove(&key);
             let opened = opening.is_some();
@@ -226,9 +206,8 @@ impl Credits {
             if decision.denial().is_none() {
                 let so_far = charged_so_far.entry(key.clone()).or_default();
                 let amount = queued[i].amount_credits;
-                for cap in caps_of(&key.0, &key.1) {
-                    let from = counted_from(now - time::Duration::milliseconds(cap.window_ms));
-                    let before: i64 = hourly.get(&key).map_or(0, |hours| hours.iter().filter(|(hour, _)| *hour >= from).map(|(_, c)| c).sum());
+                for cap in plans.caps_of(&key.0, &key.1) {
+                    let before = plans::used_in_window(&hourly, &key, cap.window_ms, now);
                     let after = before + *so_far + amount;
                     if cap.newly_triggered(after - amount, after) {
                         let payload = serde_json::json!({ "meter": key.1, "window_ms": cap.window_ms, "threshold_credits": cap.threshold_credits, "used_credits": after });

@@ -12,15 +12,15 @@
 use std::collections::{BTreeSet, HashMap};
 
 use allot_domain::charge::{self, Mode};
+use futures::StreamExt as _;
+use tracing::Instrument as _;
 
-use super::{Batched, Batches, Pending};
+use super::plans::{self, Plans};
+use super::{answer, Batched, Batches, Pending, ALONE_CONCURRENCY};
 use crate::error::Error;
 use crate::ids::{Meter, TenantId};
-use crate::repo::fair_use::counted_from;
-use crate::repo::plans::MeterTerms;
-use crate::repo::{self};
+use crate::repo;
 use crate::service::credits::{count, outcomes, Amount, CheckCommand, Credits};
-use crate::service::fair_use::Standing;
 use crate::service::in_force::{self, InForce};
 use crate::service::meter_session::MeterSession;
 use crate::service::outcome::Decision;
@@ -62,38 +62,26 @@ impl Batched for QueuedCheck {
 
 impl Credits {
     async fn decide_checks(&self, tenant: TenantId, batch: Vec<Pending<QueuedCheck>>) {
-        use tracing::Instrument as _;
         let results = match batch.len() {
             1 => vec![None],
             _ => {
                 let queued: Vec<&QueuedCheck> = batch.iter().map(|p| &p.queued).collect();
-                match self.check_group(tenant, &queued).instrument(batch[0].span.clone()).await {
-                    Ok(results) => {
-                        crate::telemetry::record_check_batch(results.iter().filter(|r| r.is_some()).count());
-                        results
-                    }
-                    Err(err) => {
-                        tracing::debug!(error = %err, batch.size = batch.len(), "check batch failed; deciding its checks alone");
-                        batch.iter().map(|_| None).collect()
-                    }
-                }
+                self.check_group(tenant, &queued).instrument(batch[0].span.clone()).await.unwrap_or_else(|err| {
+                    tracing::debug!(error = %err, batch.size = batch.len(), "check batch failed; deciding its checks alone");
+                    batch.iter().map(|_| None).collect()
+                })
             }
         };
-        let mut alone = Vec::new();
-        for (pending, result) in batch.into_iter().zip(results) {
-            match result {
-                Some(decided) => {
-                    let _ = pending.reply.send(decided);
-                }
-                None => alone.push(pending),
-            }
+        let (alone, grouped) = answer(batch, results);
+        if grouped > 0 {
+            crate::telemetry::record_check_batch(grouped);
         }
-        // Alone, concurrently: a check holds no lock.
-        futures::future::join_all(alone.into_iter().map(|pending| async move {
-            let decided = self.check_alone(tenant, pending.queued.cmd).instrument(pending.span).await;
-            let _ = pending.reply.send(decided);
-        }))
-        .await;
+        futures::stream::iter(alone)
+            .for_each_concurrent(ALONE_CONCURRENCY, |pending| async move {
+                let decided = self.check_alone(tenant, pending.queued.cmd).instrument(pending.span).await;
+                let _ = pending.reply.send(decided);
+            })
+            .await;
     }
 
     /// Decides `checks` on one snapshot. `Err` means every check must be decided alone.
@@ -111,10 +99,7 @@ impl Credits {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .collect();
-        let plan_of = |account: &str| payers.get(account).and_then(|p| p.plan_id.as_deref());
-        let plan_meters: Vec<(&str, &str)> =
-            keys.iter().filter_map(|(account, meter)| plan_of(account).map(|plan| (plan, *meter))).collect::<BTreeSet<_>>().into_iter().collect();
-        let plan_ids: Vec<&str> = plan_meters.iter().map(|(plan, _)| *plan).collect::<BTreeSet<_>>().into_iter().collect();
+        let (plan_meters, plan_ids) = plans::wanted(&payers, &keys);
         let since = now - time::Duration::milliseconds(settings.violation_window_ms);
         let (terms, mut rows, soft_caps, standings) = futures::try_join!(
             repo::plans::meter_terms_many(&tx, tenant, &plan_meters),
@@ -122,41 +107,27 @@ impl Credits {
             repo::fair_use::soft_caps_of(&tx, tenant, &plan_ids),
             repo::fair_use::standings(&tx, tenant, &accounts, since),
         )?;
-        let terms_of = |account: &str, meter: &str| {
-            plan_of(account).and_then(|plan| terms.get(&(plan.to_owned(), meter.to_owned()))).copied().unwrap_or(MeterTerms::UNLISTED)
-        };
-        let caps_of = |account: &str, meter: &str| {
-            let plan = plan_of(account);
-            soft_caps.iter().filter(|(p, m, _)| Some(p.as_str()) == plan && m == meter).map(|(_, _, cap)| *cap).collect::<Vec<_>>()
-        };
-        let mut standing_of: HashMap<&str, Standing> = HashMap::new();
-        for account in payers.keys() {
-            let (exempt, violations, stored) = standings.get(account.as_str()).cloned().unwrap_or((false, 0, None));
-            standing_of.insert(account.as_str(), Standing { settings: settings.clone(), exempt, violations, stored });
-        }
+        let plans = Plans { payers: &payers, terms, soft_caps };
+        let standing_of = plans::standings(&settings, &standings, payers.keys().map(String::as_str));
         // Meters decided here: no rate cap, no daily budget.
         let decided: Vec<(&str, &str)> = keys
             .iter()
             .copied()
-            .filter(|(a, m)| terms_of(a, m).rate.is_none() && Meter::parse(m).is_ok_and(|meter| standing_of[a].daily_budget(&meter).is_none()))
+            .filter(|(a, m)| plans.terms_of(a, m).rate.is_none() && Meter::parse(m).is_ok_and(|meter| standing_of[a].daily_budget(&meter).is_none()))
             .collect();
-        let capped: Vec<(&str, &str)> = decided.iter().copied().filter(|(a, m)| !caps_of(a, m).is_empty()).collect();
-        let widest_window_ms = soft_caps.iter().map(|(_, _, cap)| cap.window_ms).max().unwrap_or(0);
-        let hourly = async {
-            match capped.is_empty() {
-                true => Ok(HashMap::new()),
-                false => repo::fair_use::hourly_since(&tx, tenant, &capped, now - time::Duration::milliseconds(widest_window_ms)).await,
-            }
-        };
-        let (mut grants, held, hourly) =
-            futures::try_join!(repo::grants::for_meters(&tx, tenant, &decided), repo::holds::held_totals(&tx, tenant, &decided, now), hourly)?;
+        let capped: Vec<(&str, &str)> = decided.iter().copied().filter(|(a, m)| !plans.caps_of(a, m).is_empty()).collect();
+        let (mut grants, held, hourly) = futures::try_join!(
+            repo::grants::for_meters(&tx, tenant, &decided),
+            repo::holds::held_totals(&tx, tenant, &decided, now),
+            plans.hourly(&tx, tenant, &capped, now),
+        )?;
         tx.commit().await?;
 
-        let mut sessions: HashMap<(String, String), MeterSession> = HashMap::new();
+        let mut sessions: HashMap<plans::Key, MeterSession> = HashMap::new();
         for (account, meter) in &decided {
             let key = ((*account).to_owned(), (*meter).to_owned());
             let payer = &payers[*account];
-            let terms = terms_of(account, meter);
+            let terms = plans.terms_of(account, meter);
             let in_force = InForce { payer: payer.clone(), policy: terms.policy, rate: None, member_cap_credits: None };
             let meter_id = Meter::parse(meter).map_err(|e| Error::Internal(format!("meter: {e}")))?;
             let session = MeterSession::from_read_rows(
@@ -184,11 +155,9 @@ impl Credits {
                 charge::check(&session.state, &session.in_force.policy, check.amount_credits, Mode::Gate, now).err().map(|d| session.denial(d));
             let meters = outcomes(std::slice::from_ref(session), &[denial], &[0], &[None], now);
             let mut triggered = Vec::new();
-            for cap in caps_of(account, meter) {
-                let from = counted_from(now - time::Duration::milliseconds(cap.window_ms));
-                let key = (account.to_owned(), meter.to_owned());
-                let used: i64 = hourly.get(&key).map_or(0, |hours| hours.iter().filter(|(hour, _)| *hour >= from).map(|(_, c)| c).sum());
-                if cap.is_triggered(used) {
+            let key = (account.to_owned(), meter.to_owned());
+            for cap in plans.caps_of(account, meter) {
+                if cap.is_triggered(plans::used_in_window(&hourly, &key, cap.window_ms, now)) {
                     triggered.push(format!("{meter}/{}", cap.window_ms));
                 }
             }
