@@ -30,18 +30,7 @@ async fn varied_accounts(server: &TestServer) -> Vec<String> {
             assert!(allowed(debit(&mut entitlements, &account, "tokens", i * 40, &format!("use-{i}")).await.decision));
         }
         if i % 3 == 0 {
-            admin
-                .grant_credits(pb::GrantCreditsRequest {
-                    account_id: account.clone(),
-                    meter: "tokens".into(),
-                    amount_credits: 500,
-                    kind: pb::GrantKind::Purchased as i32,
-                    priority: 0,
-                    expires_at: None,
-                    idempotency_key: format!("grant-{i}"),
-                })
-                .await
-                .expect("grant");
+            purchase(&mut admin, &account, "tokens", 500, &format!("grant-{i}")).await;
         }
         if i % 4 == 0 {
             entitlements

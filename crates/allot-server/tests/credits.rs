@@ -84,18 +84,7 @@ async fn a_key_reused_for_another_request_is_refused_and_a_denial_is_replayed() 
     // A denied gate is recorded: granting credit afterwards does not change its replay.
     let denied = debit(&mut entitlements, "acct", "tokens", 500, "big").await;
     assert!(!allowed(denied.decision));
-    admin
-        .grant_credits(pb::GrantCreditsRequest {
-            account_id: "acct".into(),
-            meter: "tokens".into(),
-            amount_credits: 1_000,
-            kind: pb::GrantKind::Purchased as i32,
-            priority: 0,
-            expires_at: None,
-            idempotency_key: "grant-1".into(),
-        })
-        .await
-        .expect("grant");
+    purchase(&mut admin, "acct", "tokens", 1_000, "grant-1").await;
     assert_eq!(debit(&mut entitlements, "acct", "tokens", 500, "big").await, denied);
     assert!(allowed(debit(&mut entitlements, "acct", "tokens", 500, "big-2").await.decision));
     assert_ledger_explains_balances(&server).await;

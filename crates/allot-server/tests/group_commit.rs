@@ -137,18 +137,7 @@ async fn concurrent_debits_of_many_accounts_share_transactions_and_stay_exact() 
     free_plan(&mut admin, "tokens", Some(100), 0, 0).await;
     // Half the accounts also hold a purchased grant of 50: the waterfall takes the allowance first.
     for a in (0..32).step_by(2) {
-        admin
-            .grant_credits(pb::GrantCreditsRequest {
-                account_id: format!("acct-{a}"),
-                meter: "tokens".into(),
-                amount_credits: 50,
-                kind: pb::GrantKind::Purchased as i32,
-                priority: 0,
-                expires_at: None,
-                idempotency_key: format!("grant-{a}"),
-            })
-            .await
-            .expect("grant");
+        purchase(&mut admin, &format!("acct-{a}"), "tokens", 50, &format!("grant-{a}")).await;
     }
 
     // 32 accounts x 7 debits of 30: 3 fit in 100, 5 in 150.

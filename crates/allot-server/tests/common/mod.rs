@@ -28,6 +28,22 @@ pub async fn free_plan(admin: &mut Admin, meter: &str, allowance: Option<i64>, r
         .expect("upsert plan");
 }
 
+/// Grants `amount` purchased credits of `meter` to `account` (priority 0, no expiry).
+pub async fn purchase(admin: &mut Admin, account: &str, meter: &str, amount: i64, key: &str) {
+    admin
+        .grant_credits(pb::GrantCreditsRequest {
+            account_id: account.into(),
+            meter: meter.into(),
+            amount_credits: amount,
+            kind: pb::GrantKind::Purchased as i32,
+            priority: 0,
+            expires_at: None,
+            idempotency_key: key.into(),
+        })
+        .await
+        .expect("grant");
+}
+
 pub fn debit_req(account: &str, meter: &str, amount: i64, key: &str, mode: pb::DebitMode) -> pb::DebitRequest {
     pb::DebitRequest {
         account_id: account.into(),
