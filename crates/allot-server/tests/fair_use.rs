@@ -282,6 +282,38 @@ async fn soft_caps_trigger_on_rolling_usage() {
     assert_eq!(events, 1);
 }
 
+/// Hourly usage is kept only for meters a soft cap watches: the debits of an uncapped meter write
+/// none (alone or batched), and a cap set later counts the usage from then on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_caps_count_usage_from_when_they_watch_a_meter() {
+    let server = TestServer::start().await;
+    let (entitlements, mut admin) = server.clients().await;
+    plan_with(&mut admin, vec![pb::MeterAllowance { meter: "tokens".into(), allowance_credits: None, ..Default::default() }]).await;
+    // Alone, then 24 at once (batched).
+    debit(&mut entitlements.clone(), "acct", "tokens", 40, "alone").await;
+    let batch = (0..24).map(|i| {
+        let mut client = entitlements.clone();
+        tokio::spawn(async move { debit(&mut client, &format!("acct-{}", i % 6), "tokens", 40, &format!("b{i}")).await })
+    });
+    for task in batch.collect::<Vec<_>>() {
+        task.await.expect("task");
+    }
+    let db = server.sql().await;
+    const HOURLY_ROWS: &str = "SELECT COUNT(*) FROM usage_hourly";
+    let rows: i64 = db.query_one(HOURLY_ROWS, &[]).await.expect("count").get(0);
+    assert_eq!(rows, 0, "no cap watches `tokens`: no hourly usage");
+
+    let mut fair = server.fair_use_for(&server.tenant.api_key).await;
+    let cap = pb::SoftCap { meter: "tokens".into(), window_ms: 3_600_000, threshold_credits: 50 };
+    fair.set_soft_caps(pb::SetSoftCapsRequest { plan_id: "free".into(), caps: vec![cap] }).await.expect("caps");
+    let after = debit(&mut entitlements.clone(), "acct", "tokens", 40, "after").await;
+    assert!(after.fair_use.expect("fair use").soft_caps_triggered.is_empty(), "the 40 charged before the cap are not counted");
+    let over = debit(&mut entitlements.clone(), "acct", "tokens", 40, "over").await;
+    assert_eq!(over.fair_use.expect("fair use").soft_caps_triggered, vec!["tokens/3600000".to_owned()]);
+    let rows: i64 = db.query_one(HOURLY_ROWS, &[]).await.expect("count").get(0);
+    assert_eq!(rows, 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_events_delivers_every_event_once_across_a_reconnect() {
     let server = TestServer::start().await;

@@ -105,8 +105,9 @@ pub async fn triggered_caps(
     Ok(triggered)
 }
 
-/// Records a charge for soft caps; writes a `soft_cap_triggered` event for each cap it pushes
-/// over its threshold. Returns the caps triggered after it.
+/// Records a charge for the soft caps of its meter under the payer's plan (nothing when no cap
+/// watches the meter); writes a `soft_cap_triggered` event for each cap it pushes over its
+/// threshold. Returns the caps triggered after it.
 pub async fn record_usage(
     tx: &Tx<'_>,
     tenant: TenantId,
@@ -116,10 +117,15 @@ pub async fn record_usage(
     amount_credits: i64,
     now: OffsetDateTime,
 ) -> Result<Vec<String>, Error> {
-    fair_use::add_hourly(tx, tenant, account, meter, now, amount_credits).await?;
     let Some(plan_id) = plan_id else { return Ok(Vec::new()) };
+    let caps = fair_use::soft_caps(tx, tenant, plan_id, Some(meter)).await?;
+    // Hourly usage is kept for soft caps only: a meter no cap watches writes none.
+    if caps.is_empty() {
+        return Ok(Vec::new());
+    }
+    fair_use::add_hourly(tx, tenant, account, meter, now, amount_credits).await?;
     let mut triggered = Vec::new();
-    for (_, cap) in fair_use::soft_caps(tx, tenant, plan_id, Some(meter)).await? {
+    for (_, cap) in caps {
         let after = fair_use::used_since(tx, tenant, account, meter, now - time::Duration::milliseconds(cap.window_ms)).await?;
         if cap.newly_triggered(after - amount_credits, after) {
             let payload = serde_json::json!({ "meter": meter.as_str(), "window_ms": cap.window_ms, "threshold_credits": cap.threshold_credits, "used_credits": after });

@@ -92,6 +92,8 @@ impl Credits {
             .filter(|(a, m)| rows.contains_key(&((*a).to_owned(), (*m).to_owned())) && plans.terms_of(a, m).rate.is_none())
             .collect();
         let capped: Vec<(&str, &str)> = locked.iter().copied().filter(|(a, m)| !plans.caps_of(a, m).is_empty()).collect();
+        // Hourly usage is kept for soft caps only (as `fair_use::record_usage` keeps it).
+        let capped_keys: BTreeSet<(&str, &str)> = capped.iter().copied().collect();
 
         // Everything else about the locked meters, read after the locks in one round trip.
         let locked_accounts: Vec<&str> = locked.iter().map(|(a, _)| *a).collect::<BTreeSet<_>>().into_iter().collect();
@@ -144,6 +146,7 @@ impl Credits {
 
         let mut results: Results = commands.iter().map(|_| None).collect();
         let mut fresh: HashMap<&str, (Vec<u8>, usize)> = HashMap::new();
+        // Credits charged per soft-capped meter, for its hourly usage.
         let mut used: BTreeMap<Key, i64> = BTreeMap::new();
         let mut funded = Vec::new();
         for (i, cmd) in commands.iter().enumerate() {
@@ -187,7 +190,9 @@ impl Credits {
                 }
                 session.roll_up(session.state.period.start, cmd.attributes.clone(), amount, 1);
                 outcome.meter = session.view(now);
-                *used.entry(key).or_default() += amount;
+                if capped_keys.contains(&(cmd.account.as_str(), cmd.lines[0].0.as_str())) {
+                    *used.entry(key).or_default() += amount;
+                }
             }
             fresh.insert(cmd.key.as_str(), (print, i));
             results[i] = Some(Ok(Decision { meters: vec![outcome], fair_use: None, trial: payer.trial(now), subsidy: None }));
