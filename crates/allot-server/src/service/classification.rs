@@ -93,14 +93,17 @@ impl Classifier {
             tracing::warn!("no redis configured, classifier requests answer cooldown");
             return Err(None);
         };
-        let set: Result<Option<String>, String> =
-            self.redis(redis.set(key, token, Some(Expiration::PX(self.default_cooldown_ms)), Some(SetOptions::NX), false)).await;
-        match set {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => {
-                let ttl_ms: Result<i64, String> = self.redis(redis.pttl(key)).await;
-                Err(ttl_ms.ok().filter(|ms| *ms > 0).map(|ms| now + time::Duration::milliseconds(ms)))
-            }
+        // `SET NX` and the lock's remaining time in one round trip (a pipeline): a held lock's
+        // answer needs both, a taken one ignores the second.
+        let pipeline = redis.pipeline();
+        let both = async {
+            let () = pipeline.set(key, token, Some(Expiration::PX(self.default_cooldown_ms)), Some(SetOptions::NX), false).await?;
+            let () = pipeline.pttl(key).await?;
+            pipeline.all::<(Option<String>, i64)>().await
+        };
+        match self.redis(both).await {
+            Ok((Some(_), _)) => Ok(()),
+            Ok((None, ttl_ms)) => Err((ttl_ms > 0).then(|| now + time::Duration::milliseconds(ttl_ms))),
             Err(err) => {
                 crate::telemetry::count_cooldown_store_failure();
                 tracing::warn!(error = %err, "cooldown store unavailable, failing closed");
