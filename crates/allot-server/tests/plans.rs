@@ -382,3 +382,68 @@ async fn usage_summary_and_breakdown_by_attribute() {
         .expect_err("bad key");
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
+
+/// The current period's overall usage lives on the meter's row; when the meter moves to a new
+/// period it is added to the closing period's roll-up, and refunds of a closed period go there
+/// too. Breakdowns of both periods stay exact, alone and batched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn breakdowns_stay_exact_across_a_period_roll_and_refunds_of_the_past_period() {
+    let server = TestServer::start().await;
+    let (mut entitlements, mut admin) = server.clients().await;
+    plan(&mut admin, "free", true, pb::PlanScope::User, vec![meter("tokens", Some(10_000))]).await;
+    let attributed = |amount, key: &str| pb::DebitRequest {
+        account_id: "acct".into(),
+        meter: "tokens".into(),
+        amount_credits: amount,
+        idempotency_key: key.into(),
+        attributes: [("model".to_owned(), "a".to_owned())].into_iter().collect(),
+        ..Default::default()
+    };
+    let reader = entitlements.clone();
+    let breakdown = |at: Option<time::OffsetDateTime>| {
+        let mut client = reader.clone();
+        async move {
+            let period_at = at.map(|t| prost_types::Timestamp { seconds: t.unix_timestamp(), nanos: 0 });
+            let request = pb::GetUsageBreakdownRequest { account_id: "acct".into(), meter: "tokens".into(), group_by: "model".into(), period_at };
+            let groups = client.get_usage_breakdown(request).await.expect("breakdown").into_inner().groups;
+            groups.iter().map(|g| (g.value.clone(), g.total_credits, g.count)).collect::<Vec<(String, i64, i64)>>()
+        }
+    };
+
+    server.clock.set(datetime!(2026-03-10 12:00 UTC));
+    let march_entry = entitlements.debit(attributed(100, "m1")).await.expect("debit").into_inner().entry_id;
+    debit(&mut entitlements, "acct", "tokens", 40, "m2").await;
+    assert_eq!(breakdown(None).await, vec![("a".into(), 100, 1), (String::new(), 40, 1)]);
+
+    server.clock.set(datetime!(2026-04-02 08:00 UTC));
+    entitlements.debit(attributed(7, "a1")).await.expect("debit");
+    let batch: Vec<_> = (0..16)
+        .map(|i| {
+            let mut client = entitlements.clone();
+            tokio::spawn(async move { debit(&mut client, "acct", "tokens", 1, &format!("a-batch-{i}")).await })
+        })
+        .collect();
+    for task in batch {
+        assert!(allowed(task.await.expect("task").decision));
+    }
+    entitlements.refund(pb::RefundRequest { entry_id: march_entry, amount_credits: 30, idempotency_key: "r1".into() }).await.expect("refund");
+
+    let march = Some(datetime!(2026-03-15 00:00 UTC));
+    assert_eq!(breakdown(march).await, vec![("a".into(), 70, 1), (String::new(), 40, 1)], "March, closed and refunded");
+    assert_eq!(breakdown(None).await, vec![(String::new(), 16, 16), ("a".into(), 7, 1)], "April, on the row");
+    let db = server.sql().await;
+    let row = db
+        .query_one("SELECT period_charged_credits, period_charges FROM meter_balances WHERE account_id = 'acct' AND meter = 'tokens'", &[])
+        .await
+        .expect("row");
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (23, 17));
+    let overall: Vec<(time::OffsetDateTime, i64, i64)> = db
+        .query("SELECT period_start, total_credits, charges FROM usage_rollups WHERE attr_key = '' ORDER BY period_start", &[])
+        .await
+        .expect("roll-ups")
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(overall, vec![(datetime!(2026-03-01 00:00 UTC), 110, 2)], "only the closed period has an overall roll-up");
+    assert_ledger_explains_balances(&server).await;
+}

@@ -17,9 +17,14 @@ pub struct BalanceRow {
     pub debt_credits: i64,
     /// The `seq` of the meter's last ledger entry.
     pub seq: i64,
+    /// What was charged in the row's period (refunds subtracted) and how many charges: the
+    /// overall usage roll-up of the current period, kept here rather than in `usage_rollups`.
+    pub period_charged_credits: i64,
+    pub period_charges: i64,
 }
 
-const COLUMNS: &str = "period_start, period_end, allowance_credits, allowance_used_credits, rollover_credits, debt_credits, seq";
+const COLUMNS: &str =
+    "period_start, period_end, allowance_credits, allowance_used_credits, rollover_credits, debt_credits, seq, period_charged_credits, period_charges";
 
 fn from_row(row: &tokio_postgres::Row) -> BalanceRow {
     BalanceRow {
@@ -29,6 +34,8 @@ fn from_row(row: &tokio_postgres::Row) -> BalanceRow {
         rollover_credits: row.get(4),
         debt_credits: row.get(5),
         seq: row.get(6),
+        period_charged_credits: row.get(7),
+        period_charges: row.get(8),
     }
 }
 
@@ -107,7 +114,7 @@ pub async fn save(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter: &Me
     let stmt = tx
         .prepare_cached(
             "UPDATE meter_balances SET period_start = $4, period_end = $5, allowance_credits = $6, allowance_used_credits = $7, \
-             rollover_credits = $8, debt_credits = $9, seq = $10, updated_at = $11 \
+             rollover_credits = $8, debt_credits = $9, seq = $10, updated_at = $11, period_charged_credits = $12, period_charges = $13 \
              WHERE tenant_id = $1 AND account_id = $2 AND meter = $3",
         )
         .await?;
@@ -126,6 +133,8 @@ pub async fn save(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter: &Me
                 &row.debt_credits,
                 &row.seq,
                 &now,
+                &row.period_charged_credits,
+                &row.period_charges,
             ],
         )
         .await?;
@@ -174,7 +183,7 @@ async fn by_keys(
     let stmt = tx.prepare_cached(&sql).await?;
     let (accounts, meters): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
     let rows = tx.query(&stmt, &[&tenant.0, &accounts, &meters]).await?;
-    Ok(rows.iter().map(|row| ((row.get(7), row.get(8)), from_row(row))).collect())
+    Ok(rows.iter().map(|row| ((row.get(9), row.get(10)), from_row(row))).collect())
 }
 
 /// Stores the scalars of several meters this transaction has locked, in one statement. Each key
@@ -191,13 +200,14 @@ pub async fn save_many(tx: &Tx<'_>, tenant: TenantId, rows: &[(&AccountId, &Mete
         .prepare_cached(
             "WITH t AS (\
                SELECT k.*, r.row_id FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::int8[], $7::int8[], \
-                 $8::int8[], $9::int8[], $10::int8[]) \
-                 AS k(account_id, meter, period_start, period_end, allowance_credits, allowance_used_credits, rollover_credits, debt_credits, seq) \
+                 $8::int8[], $9::int8[], $10::int8[], $12::int8[], $13::int8[]) \
+                 AS k(account_id, meter, period_start, period_end, allowance_credits, allowance_used_credits, rollover_credits, debt_credits, seq, \
+                   period_charged_credits, period_charges) \
                CROSS JOIN LATERAL (SELECT ctid AS row_id FROM meter_balances \
                  WHERE tenant_id = $1 AND account_id = k.account_id AND meter = k.meter LIMIT 1) r) \
              UPDATE meter_balances b SET period_start = t.period_start, period_end = t.period_end, allowance_credits = t.allowance_credits, \
                allowance_used_credits = t.allowance_used_credits, rollover_credits = t.rollover_credits, debt_credits = t.debt_credits, \
-               seq = t.seq, updated_at = $11 \
+               seq = t.seq, updated_at = $11, period_charged_credits = t.period_charged_credits, period_charges = t.period_charges \
              FROM t WHERE b.ctid = t.row_id AND b.tenant_id = $1",
         )
         .await?;
@@ -210,7 +220,11 @@ pub async fn save_many(tx: &Tx<'_>, tenant: TenantId, rows: &[(&AccountId, &Mete
     let rollover: Vec<i64> = rows.iter().map(|(_, _, r)| r.rollover_credits).collect();
     let debt: Vec<i64> = rows.iter().map(|(_, _, r)| r.debt_credits).collect();
     let seqs: Vec<i64> = rows.iter().map(|(_, _, r)| r.seq).collect();
-    let updated = tx.execute(&stmt, &[&tenant.0, &accounts, &meters, &starts, &ends, &allowances, &used, &rollover, &debt, &seqs, &now]).await?;
+    let charged: Vec<i64> = rows.iter().map(|(_, _, r)| r.period_charged_credits).collect();
+    let charges: Vec<i64> = rows.iter().map(|(_, _, r)| r.period_charges).collect();
+    let updated = tx
+        .execute(&stmt, &[&tenant.0, &accounts, &meters, &starts, &ends, &allowances, &used, &rollover, &debt, &seqs, &now, &charged, &charges])
+        .await?;
     if updated != rows.len() as u64 {
         return Err(Error::Internal(format!("saving {} meters updated {updated} rows", rows.len())));
     }

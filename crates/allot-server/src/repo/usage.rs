@@ -73,11 +73,17 @@ pub struct Rollup {
     pub attributes: BTreeMap<String, String>,
     pub total_credits: i64,
     pub charges: i64,
+    /// Whether the change also goes to the period's overall roll-up (`attr_key` ''): not for the
+    /// meter's current period, whose overall usage is kept on its `meter_balances` row.
+    pub overall: bool,
 }
 
-/// Adds a change to the meter's overall roll-up and to one roll-up per attribute.
+/// Adds a change to one roll-up per attribute and, if [`Rollup::overall`], to the overall one.
 pub async fn roll_up(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter: &Meter, rollup: &Rollup) -> Result<(), Error> {
-    let Rollup { period_start, attributes, total_credits, charges } = rollup;
+    let Rollup { period_start, attributes, total_credits, charges, overall } = rollup;
+    if !overall && attributes.is_empty() {
+        return Ok(());
+    }
     let stmt = tx
         .prepare_cached(
             "INSERT INTO usage_rollups AS r (tenant_id, account_id, meter, period_start, attr_key, attr_value, total_credits, charges) \
@@ -86,8 +92,7 @@ pub async fn roll_up(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter: 
              DO UPDATE SET total_credits = r.total_credits + EXCLUDED.total_credits, charges = r.charges + EXCLUDED.charges",
         )
         .await?;
-    let mut keys = vec![String::new()];
-    let mut values = vec![String::new()];
+    let (mut keys, mut values) = if *overall { (vec![String::new()], vec![String::new()]) } else { (Vec::new(), Vec::new()) };
     for (k, v) in attributes {
         keys.push(k.clone());
         values.push(v.clone());
@@ -105,7 +110,9 @@ pub struct Group {
 }
 
 /// Totals per value of `attr_key` in one period, largest first. Charges without the attribute
-/// are reported under the empty value (the overall total less the attributed ones).
+/// are reported under the empty value (the overall total less the attributed ones). The overall
+/// total is the period's overall roll-up plus, while the meter's row is in that period, the
+/// row's figures.
 pub async fn breakdown(
     tx: &Tx<'_>,
     tenant: TenantId,
@@ -118,7 +125,9 @@ pub async fn breakdown(
     let stmt = tx
         .prepare_cached(
             "SELECT attr_key, attr_value, total_credits, charges FROM usage_rollups \
-             WHERE tenant_id = $1 AND account_id = $2 AND meter = $3 AND period_start = $4 AND attr_key IN ('', $5)",
+             WHERE tenant_id = $1 AND account_id = $2 AND meter = $3 AND period_start = $4 AND attr_key IN ('', $5) \
+             UNION ALL SELECT '', '', period_charged_credits, period_charges FROM meter_balances \
+             WHERE tenant_id = $1 AND account_id = $2 AND meter = $3 AND period_start = $4",
         )
         .await?;
     let rows = tx.query(&stmt, &[&tenant.0, &account.as_str(), &meter.as_str(), &period_start, &attr_key]).await?;
@@ -129,7 +138,8 @@ pub async fn breakdown(
         let total: i64 = row.get(2);
         let charges: i64 = row.get(3);
         if key.is_empty() {
-            (overall_total, overall_charges) = (total, charges);
+            overall_total += total;
+            overall_charges += charges;
         } else {
             groups.push(Group { value: row.get(1), total_credits: total, charges });
         }
@@ -151,8 +161,8 @@ pub async fn roll_up_many(tx: &Tx<'_>, tenant: TenantId, rollups: &[(&AccountId,
     type Row<'a> = (&'a str, &'a str, OffsetDateTime, &'a str, &'a str);
     let mut merged: BTreeMap<Row, (i64, i64)> = BTreeMap::new();
     for (account, meter, rollup) in rollups {
-        let overall = std::iter::once(("", ""));
-        for (k, v) in overall.chain(rollup.attributes.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
+        let overall = rollup.overall.then_some(("", ""));
+        for (k, v) in overall.into_iter().chain(rollup.attributes.iter().map(|(k, v)| (k.as_str(), v.as_str()))) {
             let sums = merged.entry((account.as_str(), meter.as_str(), rollup.period_start, k, v)).or_default();
             sums.0 += rollup.total_credits;
             sums.1 += rollup.charges;

@@ -44,6 +44,9 @@ pub struct MeterSession {
     entries: Vec<NewEntry>,
     member_delta_credits: i64,
     rollups: Vec<Rollup>,
+    /// The row's period and its overall usage as loaded (see [`BalanceRow::period_charged_credits`]).
+    stored_period_start: OffsetDateTime,
+    stored_usage: (i64, i64),
 }
 
 impl MeterSession {
@@ -172,6 +175,7 @@ impl MeterSession {
         held_credits: i64,
     ) -> MeterSession {
         let grants_before = grants.iter().map(|g| (g.id, g.remaining_credits)).collect();
+        let (stored_period_start, stored_usage) = (row.period.start, (row.period_charged_credits, row.period_charges));
         let state = MeterState {
             period: row.period,
             allowance_credits: row.allowance_credits,
@@ -197,6 +201,8 @@ impl MeterSession {
             entries: Vec::new(),
             member_delta_credits: 0,
             rollups: Vec::new(),
+            stored_period_start,
+            stored_usage,
         }
     }
 
@@ -224,7 +230,7 @@ impl MeterSession {
 
     /// Adds a charge (`charges` 1) or a refund (0, negative total) to the usage roll-ups.
     pub fn roll_up(&mut self, period_start: OffsetDateTime, attributes: BTreeMap<String, String>, total_credits: i64, charges: i64) {
-        self.rollups.push(Rollup { period_start, attributes, total_credits, charges });
+        self.rollups.push(Rollup { period_start, attributes, total_credits, charges, overall: true });
     }
 
     /// Queues a ledger entry for an effect the rules proposed; returns the entry's id.
@@ -297,6 +303,40 @@ impl MeterSession {
         Ok(())
     }
 
+    /// The roll-ups to write and the row's overall usage of its (current) period. The current
+    /// period's overall usage stays on the row; a period the meter has left gets the row's
+    /// figures in its overall roll-up, as do refunds of such a period. Changes with the same
+    /// period and attributes (a batch) are one upsert.
+    fn period_usage(&mut self) -> (Vec<Rollup>, (i64, i64)) {
+        let current = self.state.period.start;
+        let mut usage = if self.stored_period_start == current { self.stored_usage } else { (0, 0) };
+        let mut changes = std::mem::take(&mut self.rollups);
+        if self.stored_period_start != current && self.stored_usage != (0, 0) {
+            let (total_credits, charges) = self.stored_usage;
+            changes.push(Rollup { period_start: self.stored_period_start, attributes: BTreeMap::new(), total_credits, charges, overall: true });
+        }
+        let mut rollups: Vec<Rollup> = Vec::with_capacity(changes.len());
+        for mut rollup in changes {
+            if rollup.period_start == current {
+                usage.0 += rollup.total_credits;
+                usage.1 += rollup.charges;
+                rollup.overall = false;
+                if rollup.attributes.is_empty() {
+                    continue;
+                }
+            }
+            match rollups.iter_mut().find(|m| m.period_start == rollup.period_start && m.attributes == rollup.attributes) {
+                Some(m) => {
+                    m.total_credits += rollup.total_credits;
+                    m.charges += rollup.charges;
+                }
+                None => rollups.push(rollup),
+            }
+        }
+        assert!(usage.1 >= 0, "a period counts no fewer than zero charges");
+        (rollups, usage)
+    }
+
     /// New grants as they are to be stored (with what is left of them now), taken out of the session.
     fn take_new_grants(&mut self) -> Vec<(Grant, i64)> {
         let state = &self.state;
@@ -320,10 +360,11 @@ impl MeterSession {
 
     /// The entries, row, grant changes and roll-ups to write (new grants and member usage are
     /// the caller's to take first).
-    fn take_changes(self) -> Result<SessionChanges, Error> {
+    fn take_changes(mut self) -> Result<SessionChanges, Error> {
         self.state.assert_invariants();
         let seq = self.last_seq + i64::try_from(self.entries.len()).map_err(|_| Error::Internal("entry count".into()))?;
-        let row = row_of(&self.state, seq);
+        let (rollups, period_usage) = self.period_usage();
+        let row = row_of(&self.state, seq, period_usage);
         let grants_remaining: Vec<(Uuid, i64)> = self
             .state
             .grants
@@ -331,17 +372,6 @@ impl MeterSession {
             .filter(|g| self.grants_before.get(&g.id).is_some_and(|before| *before != g.remaining_credits))
             .map(|g| (g.id, g.remaining_credits))
             .collect();
-        // Charges with the same period and attributes (a batch) are one upsert.
-        let mut rollups: Vec<Rollup> = Vec::with_capacity(self.rollups.len());
-        for rollup in self.rollups {
-            match rollups.iter_mut().find(|m| m.period_start == rollup.period_start && m.attributes == rollup.attributes) {
-                Some(m) => {
-                    m.total_credits += rollup.total_credits;
-                    m.charges += rollup.charges;
-                }
-                None => rollups.push(rollup),
-            }
-        }
         Ok(SessionChanges {
             account: self.account,
             meter: self.meter,
@@ -370,11 +400,13 @@ pub struct SessionChanges {
 /// A meter's stored row, or for a meter never used the row it would open with (read-only paths
 /// compute it without writing it).
 fn stored_or_opened(read: Option<BalanceRow>, in_force: &InForce) -> BalanceRow {
-    read.unwrap_or_else(|| row_of(&advance::open(&in_force.policy, in_force.payer.period).0, 0))
+    read.unwrap_or_else(|| row_of(&advance::open(&in_force.policy, in_force.payer.period).0, 0, (0, 0)))
 }
 
-fn row_of(state: &MeterState, seq: i64) -> BalanceRow {
+fn row_of(state: &MeterState, seq: i64, (period_charged_credits, period_charges): (i64, i64)) -> BalanceRow {
     BalanceRow {
+        period_charged_credits,
+        period_charges,
         period: state.period,
         allowance_credits: state.allowance_credits,
         allowance_used_credits: state.allowance_used_credits,
