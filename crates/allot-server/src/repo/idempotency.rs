@@ -53,22 +53,34 @@ pub async fn find_many(tx: &Tx<'_>, tenant: TenantId, keys: &[&str]) -> Result<s
         .collect())
 }
 
+/// A record for [`insert_many`] whose response is already JSON text: serialized once, straight
+/// from the outcome, without a `serde_json::Value` tree in between (building and dropping one cost
+/// ~3 % of the CPU of a batched debit).
+pub struct NewRecord<'a> {
+    pub key: &'a str,
+    pub operation: &'a str,
+    pub request_sha256: &'a [u8],
+    pub response_json: String,
+}
+
 /// Inserts several records (a batch of debits) in one statement. Returns how many were
 /// inserted: fewer than given when another transaction stored one of the keys first.
-pub async fn insert_many(tx: &Tx<'_>, tenant: TenantId, records: &[(&str, Record)]) -> Result<usize, Error> {
+pub async fn insert_many(tx: &Tx<'_>, tenant: TenantId, records: &[NewRecord<'_>]) -> Result<usize, Error> {
     if records.is_empty() {
         return Ok(0);
     }
     let stmt = tx
         .prepare_cached(
             "INSERT INTO idempotency_records (tenant_id, key, operation, request_sha256, response) \
-             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bytea[], $5::jsonb[]) ON CONFLICT (tenant_id, key) DO NOTHING",
+             SELECT $1, key, operation, request_sha256, response::jsonb \
+             FROM unnest($2::text[], $3::text[], $4::bytea[], $5::text[]) AS r(key, operation, request_sha256, response) \
+             ON CONFLICT (tenant_id, key) DO NOTHING",
         )
         .await?;
-    let keys: Vec<&str> = records.iter().map(|r| r.0).collect();
-    let operations: Vec<&str> = records.iter().map(|r| r.1.operation.as_str()).collect();
-    let prints: Vec<&[u8]> = records.iter().map(|r| r.1.request_sha256.as_slice()).collect();
-    let responses: Vec<&serde_json::Value> = records.iter().map(|r| &r.1.response).collect();
+    let keys: Vec<&str> = records.iter().map(|r| r.key).collect();
+    let operations: Vec<&str> = records.iter().map(|r| r.operation).collect();
+    let prints: Vec<&[u8]> = records.iter().map(|r| r.request_sha256).collect();
+    let responses: Vec<&str> = records.iter().map(|r| r.response_json.as_str()).collect();
     let inserted = tx.execute(&stmt, &[&tenant.0, &keys, &operations, &prints, &responses]).await?;
     Ok(usize::try_from(inserted).unwrap_or(usize::MAX))
 }

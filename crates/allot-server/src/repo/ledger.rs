@@ -185,9 +185,9 @@ pub async fn append_many(tx: &Tx<'_>, tenant: TenantId, meters: &[MeterEntries<'
         .prepare_cached(
             "INSERT INTO ledger_entries (tenant_id, id, account_id, meter, seq, kind, delta_credits, breakdown, period_start, period_end, \
              refunds_entry_id, hold_id, idempotency_key, created_at, acting_account_id, attributes, rating) \
-             SELECT $1, id, account_id, meter, seq, kind, delta_credits, breakdown, period_start, period_end, refunds_entry_id, hold_id, \
+             SELECT $1, id, account_id, meter, seq, kind, delta_credits, breakdown::jsonb, period_start, period_end, refunds_entry_id, hold_id, \
              idempotency_key, $2, acting_account_id, attributes, rating \
-             FROM unnest($3::uuid[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::jsonb[], $10::timestamptz[], \
+             FROM unnest($3::uuid[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::text[], $10::timestamptz[], \
              $11::timestamptz[], $12::uuid[], $13::uuid[], $14::text[], $15::text[], $16::jsonb[], $17::jsonb[]) \
              AS e(id, account_id, meter, seq, kind, delta_credits, breakdown, period_start, period_end, refunds_entry_id, hold_id, \
              idempotency_key, acting_account_id, attributes, rating)",
@@ -221,7 +221,8 @@ pub async fn append_many(tx: &Tx<'_>, tenant: TenantId, meters: &[MeterEntries<'
             seqs.push(meter.last_seq + 1 + i as i64);
             kinds.push(entry.effect.kind.as_str());
             deltas.push(entry.effect.delta_credits);
-            breakdowns.push(serde_json::to_value(&entry.effect.breakdown).map_err(|e| Error::Internal(format!("breakdown: {e}")))?);
+            // JSON text, cast by the statement: no `serde_json::Value` in between.
+            breakdowns.push(serde_json::to_string(&entry.effect.breakdown).map_err(|e| Error::Internal(format!("breakdown: {e}")))?);
             starts.push(entry.period.start);
             ends.push(entry.period.end);
             refunds.push(entry.refs.refunds_entry_id);

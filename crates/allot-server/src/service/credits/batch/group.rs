@@ -20,7 +20,7 @@ use time::OffsetDateTime;
 use super::plans::{self, Key, Plans};
 use super::Queued;
 use crate::error::Error;
-use crate::repo::idempotency::Record;
+use crate::repo::idempotency::NewRecord;
 use crate::repo::ledger::MeterEntries;
 use crate::repo::{self, Tx};
 use crate::service::credits::{count, debit_print, refs, Credits, DebitCommand};
@@ -270,8 +270,8 @@ impl Credits {
         for (key, (print, index)) in fresh {
             if let Some(Ok(decision)) = &results[*index] {
                 assert!(!decision.is_transient(), "a batched decision is never rate limited");
-                let response = serde_json::to_value(decision).map_err(|e| Error::Internal(format!("outcome: {e}")))?;
-                records.push((*key, Record { operation: "debit".to_owned(), request_sha256: print.clone(), response }));
+                let response_json = serde_json::to_string(decision).map_err(|e| Error::Internal(format!("outcome: {e}")))?;
+                records.push(NewRecord { key, operation: "debit", request_sha256: print, response_json });
             }
         }
         let funding = async {
