@@ -383,6 +383,14 @@ async fn usage_summary_and_breakdown_by_attribute() {
     assert_eq!(err.code(), tonic::Code::InvalidArgument);
 }
 
+/// `acct`'s `tokens` by `model` in the period at `at` (the current one without): (value, credits, charges).
+async fn model_breakdown(mut client: Entitlements, at: Option<time::OffsetDateTime>) -> Vec<(String, i64, i64)> {
+    let period_at = at.map(|t| prost_types::Timestamp { seconds: t.unix_timestamp(), nanos: 0 });
+    let request = pb::GetUsageBreakdownRequest { account_id: "acct".into(), meter: "tokens".into(), group_by: "model".into(), period_at };
+    let groups = client.get_usage_breakdown(request).await.expect("breakdown").into_inner().groups;
+    groups.iter().map(|g| (g.value.clone(), g.total_credits, g.count)).collect()
+}
+
 /// The current period's overall usage lives on the meter's row; when the meter moves to a new
 /// period it is added to the closing period's roll-up, and refunds of a closed period go there
 /// too. Breakdowns of both periods stay exact, alone and batched.
@@ -400,15 +408,7 @@ async fn breakdowns_stay_exact_across_a_period_roll_and_refunds_of_the_past_peri
         ..Default::default()
     };
     let reader = entitlements.clone();
-    let breakdown = |at: Option<time::OffsetDateTime>| {
-        let mut client = reader.clone();
-        async move {
-            let period_at = at.map(|t| prost_types::Timestamp { seconds: t.unix_timestamp(), nanos: 0 });
-            let request = pb::GetUsageBreakdownRequest { account_id: "acct".into(), meter: "tokens".into(), group_by: "model".into(), period_at };
-            let groups = client.get_usage_breakdown(request).await.expect("breakdown").into_inner().groups;
-            groups.iter().map(|g| (g.value.clone(), g.total_credits, g.count)).collect::<Vec<(String, i64, i64)>>()
-        }
-    };
+    let breakdown = |at| model_breakdown(reader.clone(), at);
 
     server.clock.set(datetime!(2026-03-10 12:00 UTC));
     let march_entry = entitlements.debit(attributed(100, "m1")).await.expect("debit").into_inner().entry_id;
@@ -446,4 +446,34 @@ async fn breakdowns_stay_exact_across_a_period_roll_and_refunds_of_the_past_peri
         .collect();
     assert_eq!(overall, vec![(datetime!(2026-03-01 00:00 UTC), 110, 2)], "only the closed period has an overall roll-up");
     assert_ledger_explains_balances(&server).await;
+}
+
+/// A binary from before migration V12 that moves a meter's row into the next period does not
+/// know the usage columns: they keep naming the period they belong to, which therefore keeps them,
+/// and the next save by this binary moves them into that period's roll-up.
+#[tokio::test]
+async fn period_usage_keeps_its_period_when_an_older_binary_rolls_the_row() {
+    let server = TestServer::start().await;
+    let (mut entitlements, mut admin) = server.clients().await;
+    plan(&mut admin, "free", true, pb::PlanScope::User, vec![meter("tokens", Some(10_000))]).await;
+    server.clock.set(datetime!(2026-03-10 12:00 UTC));
+    debit(&mut entitlements, "acct", "tokens", 40, "m1").await;
+    // What an older binary's save writes at the roll: the new period, the usage columns untouched.
+    let rolled = server
+        .sql()
+        .await
+        .execute(
+            "UPDATE meter_balances SET period_start = '2026-04-01T00:00:00Z', period_end = '2026-05-01T00:00:00Z', allowance_used_credits = 0 \
+             WHERE account_id = 'acct' AND meter = 'tokens'",
+            &[],
+        )
+        .await
+        .expect("roll");
+    assert_eq!(rolled, 1);
+    server.clock.set(datetime!(2026-04-02 08:00 UTC));
+    let march = Some(datetime!(2026-03-15 00:00 UTC));
+    assert_eq!(model_breakdown(entitlements.clone(), march).await, vec![(String::new(), 40, 1)], "March keeps its usage");
+    debit(&mut entitlements, "acct", "tokens", 5, "a1").await;
+    assert_eq!(model_breakdown(entitlements.clone(), march).await, vec![(String::new(), 40, 1)], "moved into March's roll-up");
+    assert_eq!(model_breakdown(entitlements.clone(), None).await, vec![(String::new(), 5, 1)], "April");
 }

@@ -17,14 +17,16 @@ pub struct BalanceRow {
     pub debt_credits: i64,
     /// The `seq` of the meter's last ledger entry.
     pub seq: i64,
-    /// What was charged in the row's period (refunds subtracted) and how many charges: the
-    /// overall usage roll-up of the current period, kept here rather than in `usage_rollups`.
+    /// What was charged in the period starting `period_usage_start` (refunds subtracted) and
+    /// how many charges: that period's overall usage, kept here rather than in `usage_rollups`
+    /// while the meter is in it (`None` while both are zero). See migration V12.
+    pub period_usage_start: Option<OffsetDateTime>,
     pub period_charged_credits: i64,
     pub period_charges: i64,
 }
 
 const COLUMNS: &str =
-    "period_start, period_end, allowance_credits, allowance_used_credits, rollover_credits, debt_credits, seq, period_charged_credits, period_charges";
+    "period_start, period_end, allowance_credits, allowance_used_credits, rollover_credits, debt_credits, seq, period_usage_start, period_charged_credits, period_charges";
 
 fn from_row(row: &tokio_postgres::Row) -> BalanceRow {
     BalanceRow {
@@ -34,8 +36,9 @@ fn from_row(row: &tokio_postgres::Row) -> BalanceRow {
         rollover_credits: row.get(4),
         debt_credits: row.get(5),
         seq: row.get(6),
-        period_charged_credits: row.get(7),
-        period_charges: row.get(8),
+        period_usage_start: row.get(7),
+        period_charged_credits: row.get(8),
+        period_charges: row.get(9),
     }
 }
 
@@ -114,7 +117,7 @@ pub async fn save(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter: &Me
     let stmt = tx
         .prepare_cached(
             "UPDATE meter_balances SET period_start = $4, period_end = $5, allowance_credits = $6, allowance_used_credits = $7, \
-             rollover_credits = $8, debt_credits = $9, seq = $10, updated_at = $11, period_charged_credits = $12, period_charges = $13 \
+             rollover_credits = $8, debt_credits = $9, seq = $10, updated_at = $11, period_usage_start = $12, period_charged_credits = $13, period_charges = $14 \
              WHERE tenant_id = $1 AND account_id = $2 AND meter = $3",
         )
         .await?;
@@ -133,6 +136,7 @@ pub async fn save(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter: &Me
                 &row.debt_credits,
                 &row.seq,
                 &now,
+                &row.period_usage_start,
                 &row.period_charged_credits,
                 &row.period_charges,
             ],
@@ -183,7 +187,7 @@ async fn by_keys(
     let stmt = tx.prepare_cached(&sql).await?;
     let (accounts, meters): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
     let rows = tx.query(&stmt, &[&tenant.0, &accounts, &meters]).await?;
-    Ok(rows.iter().map(|row| ((row.get(9), row.get(10)), from_row(row))).collect())
+    Ok(rows.iter().map(|row| ((row.get(10), row.get(11)), from_row(row))).collect())
 }
 
 /// Stores the scalars of several meters this transaction has locked, in one statement. Each key
@@ -200,14 +204,15 @@ pub async fn save_many(tx: &Tx<'_>, tenant: TenantId, rows: &[(&AccountId, &Mete
         .prepare_cached(
             "WITH t AS (\
                SELECT k.*, r.row_id FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::int8[], $7::int8[], \
-                 $8::int8[], $9::int8[], $10::int8[], $12::int8[], $13::int8[]) \
+                 $8::int8[], $9::int8[], $10::int8[], $12::timestamptz[], $13::int8[], $14::int8[]) \
                  AS k(account_id, meter, period_start, period_end, allowance_credits, allowance_used_credits, rollover_credits, debt_credits, seq, \
-                   period_charged_credits, period_charges) \
+                   period_usage_start, period_charged_credits, period_charges) \
                CROSS JOIN LATERAL (SELECT ctid AS row_id FROM meter_balances \
                  WHERE tenant_id = $1 AND account_id = k.account_id AND meter = k.meter LIMIT 1) r) \
              UPDATE meter_balances b SET period_start = t.period_start, period_end = t.period_end, allowance_credits = t.allowance_credits, \
                allowance_used_credits = t.allowance_used_credits, rollover_credits = t.rollover_credits, debt_credits = t.debt_credits, \
-               seq = t.seq, updated_at = $11, period_charged_credits = t.period_charged_credits, period_charges = t.period_charges \
+               seq = t.seq, updated_at = $11, period_usage_start = t.period_usage_start, \
+               period_charged_credits = t.period_charged_credits, period_charges = t.period_charges \
              FROM t WHERE b.ctid = t.row_id AND b.tenant_id = $1",
         )
         .await?;
@@ -220,10 +225,14 @@ pub async fn save_many(tx: &Tx<'_>, tenant: TenantId, rows: &[(&AccountId, &Mete
     let rollover: Vec<i64> = rows.iter().map(|(_, _, r)| r.rollover_credits).collect();
     let debt: Vec<i64> = rows.iter().map(|(_, _, r)| r.debt_credits).collect();
     let seqs: Vec<i64> = rows.iter().map(|(_, _, r)| r.seq).collect();
+    let usage_starts: Vec<Option<OffsetDateTime>> = rows.iter().map(|(_, _, r)| r.period_usage_start).collect();
     let charged: Vec<i64> = rows.iter().map(|(_, _, r)| r.period_charged_credits).collect();
     let charges: Vec<i64> = rows.iter().map(|(_, _, r)| r.period_charges).collect();
     let updated = tx
-        .execute(&stmt, &[&tenant.0, &accounts, &meters, &starts, &ends, &allowances, &used, &rollover, &debt, &seqs, &now, &charged, &charges])
+        .execute(
+            &stmt,
+            &[&tenant.0, &accounts, &meters, &starts, &ends, &allowances, &used, &rollover, &debt, &seqs, &now, &usage_starts, &charged, &charges],
+        )
         .await?;
     if updated != rows.len() as u64 {
         return Err(Error::Internal(format!("saving {} meters updated {updated} rows", rows.len())));

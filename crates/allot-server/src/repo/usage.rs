@@ -111,8 +111,8 @@ pub struct Group {
 
 /// Totals per value of `attr_key` in one period, largest first. Charges without the attribute
 /// are reported under the empty value (the overall total less the attributed ones). The overall
-/// total is the period's overall roll-up plus, while the meter's row is in that period, the
-/// row's figures.
+/// total is the period's overall roll-up plus the meter row's figures when they belong to that
+/// period.
 pub async fn breakdown(
     tx: &Tx<'_>,
     tenant: TenantId,
@@ -127,7 +127,7 @@ pub async fn breakdown(
             "SELECT attr_key, attr_value, total_credits, charges FROM usage_rollups \
              WHERE tenant_id = $1 AND account_id = $2 AND meter = $3 AND period_start = $4 AND attr_key IN ('', $5) \
              UNION ALL SELECT '', '', period_charged_credits, period_charges FROM meter_balances \
-             WHERE tenant_id = $1 AND account_id = $2 AND meter = $3 AND period_start = $4",
+             WHERE tenant_id = $1 AND account_id = $2 AND meter = $3 AND period_usage_start = $4",
         )
         .await?;
     let rows = tx.query(&stmt, &[&tenant.0, &account.as_str(), &meter.as_str(), &period_start, &attr_key]).await?;

@@ -94,16 +94,26 @@ impl Classifier {
             return Err(None);
         };
         // `SET NX` and the lock's remaining time in one round trip (a pipeline): a held lock's
-        // answer needs both, a taken one ignores the second.
+        // answer needs both, a taken one ignores the second. The decision rests on `SET` alone;
+        // the remaining time is best effort (without it the answer has no end).
         let pipeline = redis.pipeline();
         let both = async {
             let () = pipeline.set(key, token, Some(Expiration::PX(self.default_cooldown_ms)), Some(SetOptions::NX), false).await?;
             let () = pipeline.pttl(key).await?;
-            pipeline.all::<(Option<String>, i64)>().await
+            Ok(pipeline.try_all::<Value>().await)
         };
-        match self.redis(both).await {
-            Ok((Some(_), _)) => Ok(()),
-            Ok((None, ttl_ms)) => Err((ttl_ms > 0).then(|| now + time::Duration::milliseconds(ttl_ms))),
+        let (set, ttl_ms) = match self.redis(both).await {
+            Ok(mut answers) if answers.len() == 2 => {
+                let ttl_ms = answers.pop().and_then(Result::ok).and_then(|v| v.convert::<i64>().ok());
+                let set = answers.pop().expect("two answers").and_then(Value::convert::<Option<String>>).map_err(|e| e.to_string());
+                (set, ttl_ms)
+            }
+            Ok(answers) => (Err(format!("{} answers to a pipeline of two commands", answers.len())), None),
+            Err(err) => (Err(err), None),
+        };
+        match set {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(ttl_ms.filter(|ms| *ms > 0).map(|ms| now + time::Duration::milliseconds(ms))),
             Err(err) => {
                 crate::telemetry::count_cooldown_store_failure();
                 tracing::warn!(error = %err, "cooldown store unavailable, failing closed");

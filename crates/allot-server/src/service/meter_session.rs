@@ -44,7 +44,8 @@ pub struct MeterSession {
     entries: Vec<NewEntry>,
     member_delta_credits: i64,
     rollups: Vec<Rollup>,
-    /// The row's period and its overall usage as loaded (see [`BalanceRow::period_charged_credits`]).
+    /// The period of the row's overall usage and that usage, as loaded (see
+    /// [`BalanceRow::period_usage_start`]).
     stored_period_start: OffsetDateTime,
     stored_usage: (i64, i64),
 }
@@ -175,7 +176,9 @@ impl MeterSession {
         held_credits: i64,
     ) -> MeterSession {
         let grants_before = grants.iter().map(|g| (g.id, g.remaining_credits)).collect();
-        let (stored_period_start, stored_usage) = (row.period.start, (row.period_charged_credits, row.period_charges));
+        // Figures without a period are zero: any period will do.
+        let stored_period_start = row.period_usage_start.unwrap_or(row.period.start);
+        let stored_usage = (row.period_charged_credits, row.period_charges);
         let state = MeterState {
             period: row.period,
             allowance_credits: row.allowance_credits,
@@ -405,6 +408,7 @@ fn stored_or_opened(read: Option<BalanceRow>, in_force: &InForce) -> BalanceRow 
 
 fn row_of(state: &MeterState, seq: i64, (period_charged_credits, period_charges): (i64, i64)) -> BalanceRow {
     BalanceRow {
+        period_usage_start: Some(state.period.start),
         period_charged_credits,
         period_charges,
         period: state.period,
