@@ -15,7 +15,7 @@ use crate::config::Config;
 
 pub mod tx;
 
-pub use tx::{begin, begin_all_tenants, begin_with, Access, AllTenants, Tx};
+pub use tx::{begin, begin_all_tenants, begin_batch, begin_with, Access, AllTenants, Tx};
 
 mod embedded {
     refinery::embed_migrations!("../../migrations");

@@ -100,9 +100,24 @@ pub async fn begin(client: &mut deadpool_postgres::Client, tenant: TenantId) -> 
 /// Starts a transaction of `access` that sees only `tenant`'s rows: `BEGIN` and the tenant
 /// setting travel in one message (one round trip, like a plain `BEGIN`).
 pub async fn begin_with(client: &mut deadpool_postgres::Client, tenant: TenantId, access: Access) -> Result<Tx<'_>, tokio_postgres::Error> {
+    start(client, &tenant_begin(tenant, access, "")).await
+}
+
+/// `BEGIN` of `access`, the tenant setting and `then`, as one message.
+fn tenant_begin(tenant: TenantId, access: Access, then: &str) -> String {
     // A UUID's text form is hex digits and dashes only: nothing to quote.
-    let sql = format!("{}; SELECT set_config('allot.tenant_id', '{}', true)", access.begin(), tenant.0.hyphenated());
-    start(client, &sql).await
+    format!("{}; SELECT set_config('allot.tenant_id', '{}', true){then}", access.begin(), tenant.0.hyphenated())
+}
+
+/// [`begin_with`] for a batch of requests (group-committed debits, checks sharing a snapshot):
+/// its statements are always executed with their generic (cached) plan. Batch statements look
+/// each key up on its own (a lateral subquery per key), so the generic plan is the right one for
+/// any batch size; left to `plan_cache_mode = auto`, PostgreSQL judged a small batch's custom
+/// plan cheaper than the generic one (which assumes ten keys) and planned the statement again
+/// on every execution: 190–250 µs of planning per batch at 16 clients (docs/benchmarks.md,
+/// finding 18).
+pub async fn begin_batch(client: &mut deadpool_postgres::Client, tenant: TenantId, access: Access) -> Result<Tx<'_>, tokio_postgres::Error> {
+    start(client, &tenant_begin(tenant, access, "; SET LOCAL plan_cache_mode = force_generic_plan")).await
 }
 
 /// Starts a read-write transaction for a job that spans tenants (see [`AllTenants`]).

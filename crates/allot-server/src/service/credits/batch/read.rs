@@ -88,7 +88,7 @@ impl Credits {
     async fn check_group(&self, tenant: TenantId, checks: &[&QueuedCheck]) -> Result<Vec<Option<Result<Decision, Error>>>, Error> {
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = crate::db::begin_with(&mut client, tenant, crate::db::Access::Snapshot).await?;
+        let tx = crate::db::begin_batch(&mut client, tenant, crate::db::Access::Snapshot).await?;
         let accounts: Vec<&str> = checks.iter().map(|c| c.cmd.account.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
         let (payers, settings) = futures::try_join!(in_force::resolve_many(&tx, tenant, &accounts, now), repo::fair_use::settings(&tx, tenant))?;
 
