@@ -77,61 +77,6 @@ pub struct NewEntry {
     pub refs: EntryRefs,
 }
 
-/// Appends entries with consecutive `seq` numbers after `last_seq`; returns the new last seq.
-pub async fn append(
-    tx: &Tx<'_>,
-    tenant: TenantId,
-    account: &AccountId,
-    meter: &Meter,
-    last_seq: i64,
-    entries: &[NewEntry],
-    now: OffsetDateTime,
-) -> Result<i64, Error> {
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO ledger_entries (tenant_id, id, account_id, meter, seq, kind, delta_credits, breakdown, period_start, period_end, \
-             refunds_entry_id, hold_id, idempotency_key, created_at, acting_account_id, attributes, rating) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
-        )
-        .await?;
-    let no_attributes = serde_json::Value::Object(serde_json::Map::new());
-    let mut rows = Vec::with_capacity(entries.len());
-    for (i, entry) in entries.iter().enumerate() {
-        let breakdown = serde_json::to_value(&entry.effect.breakdown).map_err(|e| Error::Internal(format!("breakdown: {e}")))?;
-        rows.push((last_seq + 1 + i as i64, breakdown));
-    }
-    // All inserts are sent at once (pipelined); they run in order on the connection.
-    let (stmt, no_attributes) = (&stmt, &no_attributes);
-    let inserts = entries.iter().zip(&rows).map(|(entry, (seq, breakdown))| async move {
-        let (account, meter, kind) = (account.as_str(), meter.as_str(), entry.effect.kind.as_str());
-        tx.execute(
-            stmt,
-            &[
-                &tenant.0,
-                &entry.id,
-                &account,
-                &meter,
-                seq,
-                &kind,
-                &entry.effect.delta_credits,
-                breakdown,
-                &entry.period.start,
-                &entry.period.end,
-                &entry.refs.refunds_entry_id,
-                &entry.refs.hold_id,
-                &entry.refs.idempotency_key,
-                &now,
-                &entry.refs.acting_account_id,
-                entry.refs.attributes.as_ref().unwrap_or(no_attributes),
-                &entry.refs.rating,
-            ],
-        )
-        .await
-    });
-    futures::future::try_join_all(inserts).await?;
-    Ok(rows.last().map_or(last_seq, |(seq, _)| *seq))
-}
-
 pub async fn get(tx: &Tx<'_>, tenant: TenantId, id: Uuid) -> Result<Option<EntryRow>, Error> {
     let sql = format!("SELECT {COLUMNS} FROM ledger_entries WHERE tenant_id = $1 AND id = $2");
     let stmt = tx.prepare_cached(&sql).await?;
@@ -175,7 +120,8 @@ pub struct MeterEntries<'a> {
     pub entries: &'a [NewEntry],
 }
 
-/// [`append`] for several meters (a batch of debits) in one statement.
+/// Appends the entries of one or more meters (a session's, or a batch's) in one statement, each
+/// meter's with consecutive `seq` numbers after its `last_seq`.
 pub async fn append_many(tx: &Tx<'_>, tenant: TenantId, meters: &[MeterEntries<'_>], now: OffsetDateTime) -> Result<(), Error> {
     let count: usize = meters.iter().map(|m| m.entries.len()).sum();
     if count == 0 {

@@ -20,7 +20,7 @@ use super::rate::RateView;
 use crate::error::Error;
 use crate::ids::{AccountId, Meter, TenantId};
 use crate::repo::balances::BalanceRow;
-use crate::repo::ledger::{EntryRefs, NewEntry};
+use crate::repo::ledger::{EntryRefs, MeterEntries, NewEntry};
 use crate::repo::usage::Rollup;
 use crate::repo::{self, Tx};
 
@@ -289,8 +289,9 @@ impl MeterSession {
             .then(|| (self.in_force.payer.period.start, self.in_force.payer.acting.clone(), self.member_delta_credits));
         let changes = self.take_changes()?;
         // The entries and the row in one pipelined round trip (the row's `seq` is known before).
+        let entries = [MeterEntries { account: &account, meter: &meter, last_seq: changes.last_seq, entries: &changes.entries }];
         futures::try_join!(
-            repo::ledger::append(tx, tenant, &account, &meter, changes.last_seq, &changes.entries, now),
+            repo::ledger::append_many(tx, tenant, &entries, now),
             repo::balances::save(tx, tenant, &account, &meter, &changes.row, now),
         )?;
         for (stored, amount_credits) in &new_grants {
