@@ -19,7 +19,8 @@ pub struct BalanceRow {
     pub seq: i64,
     /// What was charged in the period starting `period_usage_start` (refunds subtracted) and
     /// how many charges: that period's overall usage, kept here rather than in `usage_rollups`
-    /// while the meter is in it (`None` while both are zero). See migration V12.
+    /// until the row is saved in a later period (`None` on a row no save has set it on yet,
+    /// whose figures are zero). See migration V12.
     pub period_usage_start: Option<OffsetDateTime>,
     pub period_charged_credits: i64,
     pub period_charges: i64,

@@ -44,9 +44,9 @@ pub struct MeterSession {
     entries: Vec<NewEntry>,
     member_delta_credits: i64,
     rollups: Vec<Rollup>,
-    /// The period of the row's overall usage and that usage, as loaded (see
-    /// [`BalanceRow::period_usage_start`]).
-    stored_period_start: OffsetDateTime,
+    /// The period the row's overall usage belongs to (not always the row's own period: see
+    /// [`BalanceRow::period_usage_start`]) and that usage, as loaded.
+    stored_usage_period_start: OffsetDateTime,
     stored_usage: (i64, i64),
 }
 
@@ -177,7 +177,7 @@ impl MeterSession {
     ) -> MeterSession {
         let grants_before = grants.iter().map(|g| (g.id, g.remaining_credits)).collect();
         // Figures without a period are zero: any period will do.
-        let stored_period_start = row.period_usage_start.unwrap_or(row.period.start);
+        let stored_usage_period_start = row.period_usage_start.unwrap_or(row.period.start);
         let stored_usage = (row.period_charged_credits, row.period_charges);
         let state = MeterState {
             period: row.period,
@@ -204,7 +204,7 @@ impl MeterSession {
             entries: Vec::new(),
             member_delta_credits: 0,
             rollups: Vec::new(),
-            stored_period_start,
+            stored_usage_period_start,
             stored_usage,
         }
     }
@@ -313,11 +313,11 @@ impl MeterSession {
     /// period and attributes (a batch) are one upsert.
     fn period_usage(&mut self) -> (Vec<Rollup>, (i64, i64)) {
         let current = self.state.period.start;
-        let mut usage = if self.stored_period_start == current { self.stored_usage } else { (0, 0) };
+        let mut usage = if self.stored_usage_period_start == current { self.stored_usage } else { (0, 0) };
         let mut changes = std::mem::take(&mut self.rollups);
-        if self.stored_period_start != current && self.stored_usage != (0, 0) {
+        if self.stored_usage_period_start != current && self.stored_usage != (0, 0) {
             let (total_credits, charges) = self.stored_usage;
-            changes.push(Rollup { period_start: self.stored_period_start, attributes: BTreeMap::new(), total_credits, charges, overall: true });
+            changes.push(Rollup { period_start: self.stored_usage_period_start, attributes: BTreeMap::new(), total_credits, charges, overall: true });
         }
         let mut rollups: Vec<Rollup> = Vec::with_capacity(changes.len());
         for mut rollup in changes {
