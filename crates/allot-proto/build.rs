@@ -22,6 +22,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::write(out_dir.join("allot_descriptor.bin"), fds.encode_to_vec())?;
 
     // Our codec: prost's, with undecodable requests answered INVALID_ARGUMENT (src/codec.rs).
-    tonic_prost_build::configure().build_client(true).build_server(true).codec_path("crate::codec::Codec").compile_fds(fds)?;
+    // `google.rpc.Status` (the error of one call in a stream) is tonic-types' own type, the one
+    // `tonic_types::StatusExt` reads and writes.
+    tonic_prost_build::configure()
+        .build_client(true)
+        .build_server(true)
+        .codec_path("crate::codec::Codec")
+        .extern_path(".google.rpc", "::tonic_types::pb")
+        .compile_fds(fds)?;
     Ok(())
 }

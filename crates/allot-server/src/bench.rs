@@ -26,6 +26,7 @@ use crate::server::{serve, App};
 
 mod cpu;
 mod statements;
+mod streams;
 
 /// Accounts the uniform scenarios spread over.
 pub const ACCOUNTS: u32 = 10_000;
@@ -61,7 +62,7 @@ pub struct Row {
 }
 
 /// Scenario → the baseline row it is compared with.
-const SCENARIOS: [(&str, &str); 7] = [
+const SCENARIOS: [(&str, &str); 11] = [
     ("check", "check"),
     ("debit-uniform", "debit"),
     // The same debits over the same accounts, paid by a subsidy pool (16 shards).
@@ -71,6 +72,11 @@ const SCENARIOS: [(&str, &str); 7] = [
     ("debit-hot", "debit-hot"),
     ("reserve-commit", "reserve-commit"),
     ("classify-cooldown", "cooldown-held"),
+    // The same calls, sent one at a time on one long-lived stream per client (bench/streams.rs).
+    ("check-stream", "check"),
+    ("debit-uniform-stream", "debit"),
+    ("debit-hot-stream", "debit-hot"),
+    ("classify-cooldown-stream", "cooldown-held"),
 ];
 
 #[derive(Clone)]
@@ -269,10 +275,15 @@ async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
+/// The account call `n` of client `worker` uses in the uniform scenarios.
+fn account_of(worker: usize, n: u64) -> String {
+    format!("a{}", (worker as u64 * 7_919 + n * 104_729) % u64::from(ACCOUNTS))
+}
+
 /// One operation of a scenario by client `worker`, call number `n`; `Ok(false)` is an error answer.
 async fn operation(clients: &Clients, scenario: &str, c: usize, worker: usize, n: u64) -> bool {
     let channel = worker % CHANNELS;
-    let account = format!("a{}", (worker as u64 * 7_919 + n * 104_729) % u64::from(ACCOUNTS));
+    let account = account_of(worker, n);
     let key = format!("{scenario}-{c}-{worker}-{n}");
     let mut entitlements = clients.entitlements[channel].clone();
     match scenario {
@@ -340,6 +351,9 @@ async fn scenario_row(clients: &Clients, scenario: &'static str, c: usize, lengt
     for worker in 0..c {
         let clients = clients.clone();
         tasks.push(tokio::spawn(async move {
+            if streams::is_stream(scenario) {
+                return streams::worker(&clients, scenario, c, worker, deadline).await;
+            }
             let mut latencies_us = Vec::new();
             let mut errors = 0u64;
             let mut n = 0u64;
@@ -351,13 +365,13 @@ async fn scenario_row(clients: &Clients, scenario: &'static str, c: usize, lengt
                 latencies_us.push(u32::try_from(started.elapsed().as_micros()).unwrap_or(u32::MAX));
                 n += 1;
             }
-            (latencies_us, errors)
+            Ok((latencies_us, errors))
         }));
     }
     let mut latencies_us = Vec::new();
     let mut errors = 0;
     for task in tasks {
-        let (l, e) = task.await?;
+        let (l, e) = task.await??;
         latencies_us.extend(l);
         errors += e;
     }

@@ -22,6 +22,7 @@ use crate::grpc::admin::AdminApi;
 use crate::grpc::entitlements::EntitlementsApi;
 use crate::grpc::fair_use::FairUseApi;
 use crate::grpc::pricing::PricingApi;
+use crate::grpc::streams::Streams;
 use crate::grpc::subsidy::SubsidyApi;
 use crate::service::admin::Admin;
 use crate::service::classification::Classifier;
@@ -146,14 +147,16 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
     let reflection_v1alpha = reflection().build_v1alpha()?;
     let max_message_bytes = usize::try_from(config.max_message_bytes)?;
     let rate = RateLimiter::new(app.redis.clone(), Duration::from_millis(config.redis_timeout_ms));
+    let streams = Streams::new(app.gate.clone(), Duration::from_millis(config.request_timeout_ms), draining_rx.clone());
     let entitlements = EntitlementsServer::new(EntitlementsApi {
         credits: Credits::new(app.ctx.clone(), rate, pricing.clone(), usize::try_from(config.debit_batch_workers)?),
         reports: Reports::new(app.ctx.clone()),
+        streams: streams.clone(),
     })
     .max_decoding_message_size(max_message_bytes)
     .max_encoding_message_size(max_message_bytes);
     let classifier = Classifier::new(app.ctx.clone(), app.redis.clone(), Duration::from_millis(config.redis_timeout_ms));
-    let fair_use = FairUseServer::new(FairUseApi { classifier, ctx: app.ctx.clone() })
+    let fair_use = FairUseServer::new(FairUseApi { classifier, ctx: app.ctx.clone(), streams })
         .max_decoding_message_size(max_message_bytes)
         .max_encoding_message_size(max_message_bytes);
     let admin = AdminServer::new(AdminApi { admin: Admin::new(app.ctx.clone()), trials: Trials::new(app.ctx.clone()) })

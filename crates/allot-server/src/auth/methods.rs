@@ -30,6 +30,9 @@ pub const METHODS: &[(&str, Role)] = &[
     ("/allot.v1.Entitlements/Refund", Role::Charge),
     ("/allot.v1.Entitlements/GetUsageSummary", Role::Check),
     ("/allot.v1.Entitlements/GetUsageBreakdown", Role::Check),
+    // Streams of calls open with their unary twin's role; each request is checked again.
+    ("/allot.v1.Entitlements/CheckStream", Role::Check),
+    ("/allot.v1.Entitlements/DebitStream", Role::Charge),
     // Set-up: reads are `check`, every change is `admin` (and audited).
     ("/allot.v1.Admin/UpsertPlan", Role::Admin),
     ("/allot.v1.Admin/GetPlan", Role::Check),
@@ -51,6 +54,7 @@ pub const METHODS: &[(&str, Role)] = &[
     ("/allot.v1.FairUse/SetExempt", Role::Admin),
     ("/allot.v1.FairUse/SetSoftCaps", Role::Admin),
     ("/allot.v1.FairUse/WatchEvents", Role::Check),
+    ("/allot.v1.FairUse/RequestClassificationStream", Role::Charge),
     // Prices: reads and estimates are `check`, the price book and policy are `admin`.
     ("/allot.v1.Pricing/UpsertPrice", Role::Admin),
     ("/allot.v1.Pricing/ListPrices", Role::Check),

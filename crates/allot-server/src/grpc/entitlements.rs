@@ -1,8 +1,11 @@
 //! `allot.v1.Entitlements` handlers: authenticate, convert, delegate (on a detached task), convert.
 
 use allot_proto::v1 as pb;
-use tonic::{Request, Response, Status};
+use pb::check_stream_response::Outcome as CheckOutcome;
+use pb::debit_stream_response::Outcome as DebitOutcome;
+use tonic::{Request, Response, Status, Streaming};
 
+use super::streams::{Answers, Shape, Streams};
 use super::{detached, from_proto, to_proto};
 use crate::service::credits::Credits;
 use crate::service::summary::Reports;
@@ -10,7 +13,22 @@ use crate::service::summary::Reports;
 pub struct EntitlementsApi {
     pub credits: Credits,
     pub reports: Reports,
+    pub streams: Streams,
 }
+
+const CHECK_STREAM: Shape<pb::CheckStreamRequest, pb::CheckRequest, pb::CheckResponse, pb::CheckStreamResponse> = Shape {
+    unary_path: "/allot.v1.Entitlements/Check",
+    field: "check",
+    open: |request| (request.sequence, request.check),
+    answer: |sequence, outcome| pb::CheckStreamResponse { sequence, outcome: Some(outcome.map_or_else(CheckOutcome::Error, CheckOutcome::Check)) },
+};
+
+const DEBIT_STREAM: Shape<pb::DebitStreamRequest, pb::DebitRequest, pb::DebitResponse, pb::DebitStreamResponse> = Shape {
+    unary_path: "/allot.v1.Entitlements/Debit",
+    field: "debit",
+    open: |request| (request.sequence, request.debit),
+    answer: |sequence, outcome| pb::DebitStreamResponse { sequence, outcome: Some(outcome.map_or_else(DebitOutcome::Error, DebitOutcome::Debit)) },
+};
 
 #[tonic::async_trait]
 impl pb::entitlements_server::Entitlements for EntitlementsApi {
@@ -64,6 +82,34 @@ impl pb::entitlements_server::Entitlements for EntitlementsApi {
         let outcome = detached(async move { credits.refund(tenant, cmd).await }).await?;
         crate::failpoint::after_commit("refund");
         Ok(Response::new(to_proto::refund(outcome)))
+    }
+
+    type CheckStreamStream = Answers<pb::CheckStreamResponse>;
+
+    async fn check_stream(&self, request: Request<Streaming<pb::CheckStreamRequest>>) -> Result<Response<Self::CheckStreamStream>, Status> {
+        let credits = self.credits.clone();
+        self.streams.serve(request, CHECK_STREAM, move |tenant, request| {
+            let credits = credits.clone();
+            async move {
+                let cmd = from_proto::check(request)?;
+                Ok(to_proto::check(credits.check(tenant, cmd).await?))
+            }
+        })
+    }
+
+    type DebitStreamStream = Answers<pb::DebitStreamResponse>;
+
+    async fn debit_stream(&self, request: Request<Streaming<pb::DebitStreamRequest>>) -> Result<Response<Self::DebitStreamStream>, Status> {
+        let credits = self.credits.clone();
+        self.streams.serve(request, DEBIT_STREAM, move |tenant, request| {
+            let credits = credits.clone();
+            async move {
+                let cmd = from_proto::debit(request)?;
+                let outcome = credits.debit(tenant, cmd).await?;
+                crate::failpoint::after_commit("debit");
+                Ok(to_proto::debit(outcome))
+            }
+        })
     }
 
     async fn get_usage_summary(&self, request: Request<pb::GetUsageSummaryRequest>) -> Result<Response<pb::GetUsageSummaryResponse>, Status> {

@@ -7,9 +7,11 @@ use std::pin::Pin;
 use allot_domain::escalation::{Ladder, SoftCap, SCORE_MAX_MILLI};
 use allot_domain::limits::MAX_AMOUNT_CREDITS;
 use allot_proto::v1 as pb;
+use pb::request_classification_stream_response::Outcome as ClassificationOutcome;
 use tokio_stream::{Stream, StreamExt};
-use tonic::{Request, Response, Status};
+use tonic::{Request, Response, Status, Streaming};
 
+use super::streams::{Answers, Shape, Streams};
 use super::{detached, from_proto, to_proto};
 use crate::error::Error;
 use crate::repo::fair_use::Settings;
@@ -28,6 +30,41 @@ const DAY_MS: i64 = 24 * HOUR_MS;
 pub struct FairUseApi {
     pub classifier: Classifier,
     pub ctx: Ctx,
+    pub streams: Streams,
+}
+
+const CLASSIFICATION_STREAM: Shape<
+    pb::RequestClassificationStreamRequest,
+    pb::RequestClassificationRequest,
+    pb::RequestClassificationResponse,
+    pb::RequestClassificationStreamResponse,
+> = Shape {
+    unary_path: "/allot.v1.FairUse/RequestClassification",
+    field: "request",
+    open: |request| (request.sequence, request.request),
+    answer: |sequence, outcome| pb::RequestClassificationStreamResponse {
+        sequence,
+        outcome: Some(outcome.map_or_else(ClassificationOutcome::Error, ClassificationOutcome::Response)),
+    },
+};
+
+/// A classification request's outcome as the API answers it.
+fn classification(outcome: crate::service::classification::RequestOutcome) -> pb::RequestClassificationResponse {
+    let mut response =
+        pb::RequestClassificationResponse { stage: to_proto::stage(outcome.stage.as_str()) as i32, reason: outcome.reason, ..Default::default() };
+    match outcome.verdict {
+        Verdict::Run { ticket, expires_at } => {
+            response.verdict = pb::ClassificationVerdict::Run as i32;
+            response.ticket = ticket.to_string();
+            response.ticket_expires_at = Some(to_proto::timestamp(expires_at));
+        }
+        Verdict::Cooldown { ends_at } => {
+            response.verdict = pb::ClassificationVerdict::Cooldown as i32;
+            response.cooldown_ends_at = ends_at.map(to_proto::timestamp);
+        }
+        Verdict::NotNeeded => response.verdict = pb::ClassificationVerdict::NotNeeded as i32,
+    }
+    response
 }
 
 fn score_milli(score: f64) -> Result<u32, Error> {
@@ -116,21 +153,23 @@ impl pb::fair_use_server::FairUse for FairUseApi {
         let account = from_proto::account("account_id", &request.into_inner().account_id)?;
         let classifier = self.classifier.clone();
         let outcome = detached(async move { classifier.request(tenant, &account).await }).await?;
-        let mut response =
-            pb::RequestClassificationResponse { stage: to_proto::stage(outcome.stage.as_str()) as i32, reason: outcome.reason, ..Default::default() };
-        match outcome.verdict {
-            Verdict::Run { ticket, expires_at } => {
-                response.verdict = pb::ClassificationVerdict::Run as i32;
-                response.ticket = ticket.to_string();
-                response.ticket_expires_at = Some(to_proto::timestamp(expires_at));
+        Ok(Response::new(classification(outcome)))
+    }
+
+    type RequestClassificationStreamStream = Answers<pb::RequestClassificationStreamResponse>;
+
+    async fn request_classification_stream(
+        &self,
+        request: Request<Streaming<pb::RequestClassificationStreamRequest>>,
+    ) -> Result<Response<Self::RequestClassificationStreamStream>, Status> {
+        let classifier = self.classifier.clone();
+        self.streams.serve(request, CLASSIFICATION_STREAM, move |tenant, request| {
+            let classifier = classifier.clone();
+            async move {
+                let account = from_proto::account("account_id", &request.account_id)?;
+                Ok(classification(classifier.request(tenant, &account).await?))
             }
-            Verdict::Cooldown { ends_at } => {
-                response.verdict = pb::ClassificationVerdict::Cooldown as i32;
-                response.cooldown_ends_at = ends_at.map(to_proto::timestamp);
-            }
-            Verdict::NotNeeded => response.verdict = pb::ClassificationVerdict::NotNeeded as i32,
-        }
-        Ok(Response::new(response))
+        })
     }
 
     async fn submit_classification(

@@ -9,6 +9,7 @@ pub mod from_proto;
 pub mod pricing;
 pub mod pricing_proto;
 pub mod status;
+pub mod streams;
 pub mod subsidy;
 pub mod subsidy_proto;
 pub mod to_proto;

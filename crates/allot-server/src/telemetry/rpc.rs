@@ -58,26 +58,7 @@ where
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let started = Instant::now();
         let path = request.uri().path().to_owned();
-        let (service, method) = split(&path);
-        macro_rules! rpc_span {
-            ($level:expr) => {
-                tracing::span!(
-                    $level,
-                    "rpc",
-                    otel.name = %path,
-                    otel.kind = "server",
-                    otel.status_code = Empty,
-                    rpc.system = "grpc",
-                    rpc.service = %service,
-                    rpc.method = %method,
-                    rpc.grpc.status_code = Empty,
-                    allot.decision = Empty,
-                    allot.reason = Empty,
-                )
-            };
-        }
-        // Probes and reflection are timed but not traced (DEBUG, below what is exported).
-        let span = if service.starts_with("grpc.") { rpc_span!(tracing::Level::DEBUG) } else { rpc_span!(tracing::Level::INFO) };
+        let span = span(&path);
         let parent = opentelemetry::global::get_text_map_propagator(|propagator| propagator.extract(&Metadata(request.headers())));
         // Without the OpenTelemetry layer (no OTLP endpoint) there is no parent to set.
         let _ = span.set_parent(parent);
@@ -103,8 +84,38 @@ where
     }
 }
 
+/// The span of a call to `path` (or of one request of a stream of calls, which records its
+/// `allot.sequence`). Probes and reflection (`grpc.*`) are timed but not traced: DEBUG, below what
+/// is exported.
+pub(crate) fn span(path: &str) -> tracing::Span {
+    let (service, method) = split(path);
+    macro_rules! rpc_span {
+        ($level:expr) => {
+            tracing::span!(
+                $level,
+                "rpc",
+                otel.name = %path,
+                otel.kind = "server",
+                otel.status_code = Empty,
+                rpc.system = "grpc",
+                rpc.service = %service,
+                rpc.method = %method,
+                rpc.grpc.status_code = Empty,
+                allot.sequence = Empty,
+                allot.decision = Empty,
+                allot.reason = Empty,
+            )
+        };
+    }
+    if service.starts_with("grpc.") {
+        rpc_span!(tracing::Level::DEBUG)
+    } else {
+        rpc_span!(tracing::Level::INFO)
+    }
+}
+
 /// `/allot.v1.Entitlements/Debit` → (`allot.v1.Entitlements`, `Debit`).
-fn split(path: &str) -> (&str, &str) {
+pub(crate) fn split(path: &str) -> (&str, &str) {
     let trimmed = path.trim_start_matches('/');
     trimmed.split_once('/').unwrap_or((trimmed, ""))
 }
@@ -114,12 +125,12 @@ fn code_of(headers: &http::HeaderMap) -> Code {
 }
 
 /// The codes OpenTelemetry counts as a server's fault.
-fn is_server_error(code: Code) -> bool {
+pub(crate) fn is_server_error(code: Code) -> bool {
     matches!(code, Code::Unknown | Code::DeadlineExceeded | Code::Unimplemented | Code::Internal | Code::Unavailable | Code::DataLoss)
 }
 
 /// The canonical name of a gRPC code (`INVALID_ARGUMENT`), as Prometheus labels usually carry it.
-fn code_name(code: Code) -> &'static str {
+pub(crate) fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",

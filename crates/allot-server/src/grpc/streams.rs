@@ -1,0 +1,237 @@
+//! Streams of calls (`Entitlements.CheckStream`, `Entitlements.DebitStream`,
+//! `FairUse.RequestClassificationStream`): many unary calls on one HTTP/2 stream, for callers
+//! that make many. A unary call costs its client and server ~60 µs of CPU here before it does
+//! anything (an HTTP/2 stream, headers both ways, the tower layers); a request on an open stream
+//! costs ~14 µs (docs/benchmarks.md, finding 19).
+//!
+//! Each request of a stream is treated as its unary twin would be, by [`Streams::serve`]:
+//! authenticated again with the stream's credential (so a revoked key or an expired token stops
+//! working mid-stream), authorised with the twin's role (`auth::methods`), admitted by the
+//! tenant's concurrency limit, run on its own task (a broken stream cannot interrupt a debit
+//! half-way, as `grpc::detached`) and bounded by `request_timeout_ms`. Its answer carries the
+//! request's `sequence` and either the reply or the error as a `google.rpc.Status` with the
+//! twin's code, message and details; the stream goes on. At most [`IN_FLIGHT_PER_STREAM_MAX`]
+//! requests of a stream run at once, and the stream is not read further until one is answered.
+//! The stream ends with OK after the client half-closes and every request is answered; with the
+//! decoder's status for a message it cannot read; with UNAVAILABLE (and `RetryInfo`) when the
+//! server starts draining, after answering what is in flight.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use prost::Message as _;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::codegen::http;
+use tonic::{Request, Response, Status, Streaming};
+use tonic_types::{ErrorDetails, StatusExt as _};
+use tracing::Instrument as _;
+
+use crate::auth::layer::Gate;
+use crate::auth::methods::{access, Access};
+use crate::auth::Role;
+use crate::error::Error;
+use crate::ids::TenantId;
+
+/// Most requests of one stream in flight at once.
+pub const IN_FLIGHT_PER_STREAM_MAX: usize = 256;
+
+/// The answers of a stream, as tonic sends them.
+pub type Answers<T> = ReceiverStream<Result<T, Status>>;
+
+/// How one kind of stream wraps its unary twin: the twin's path (its role and its metric label)
+/// and the conversions between stream messages and the twin's request and reply.
+pub struct Shape<In, Call, Reply, Out> {
+    /// The unary twin, e.g. `/allot.v1.Entitlements/Check`.
+    pub unary_path: &'static str,
+    /// The request field that holds the twin's request, e.g. `check` (for INVALID_ARGUMENT).
+    pub field: &'static str,
+    pub open: fn(In) -> (u64, Option<Call>),
+    pub answer: fn(u64, Result<Reply, tonic_types::pb::Status>) -> Out,
+}
+
+/// What every stream of the server shares.
+#[derive(Clone)]
+pub struct Streams {
+    gate: Arc<Gate>,
+    request_timeout: Duration,
+    draining: watch::Receiver<bool>,
+}
+
+/// The stream's caller, kept to authenticate each of its requests.
+struct Caller {
+    headers: http::HeaderMap,
+    extensions: http::Extensions,
+    required: Role,
+}
+
+impl Streams {
+    pub fn new(gate: Arc<Gate>, request_timeout: Duration, draining: watch::Receiver<bool>) -> Streams {
+        Streams { gate, request_timeout, draining }
+    }
+
+    /// Serves one stream: reads its requests, runs each with `handle` (the unary twin's service
+    /// call) and sends the answers as they come.
+    pub fn serve<In, Call, Reply, Out, H, Fut>(
+        &self,
+        request: Request<Streaming<In>>,
+        shape: Shape<In, Call, Reply, Out>,
+        handle: H,
+    ) -> Result<Response<Answers<Out>>, Status>
+    where
+        In: Send + 'static,
+        Call: Send + 'static,
+        Reply: Send + 'static,
+        Out: Send + 'static,
+        H: Fn(TenantId, Call) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<Reply, Error>> + Send + 'static,
+    {
+        let Access::Requires(required) = access(shape.unary_path) else {
+            return Err(Error::Internal(format!("{} has no role", shape.unary_path)).into());
+        };
+        let (metadata, extensions, inbound) = request.into_parts();
+        let caller = Arc::new(Caller { headers: metadata.into_headers(), extensions, required });
+        let (answers, receiver) = mpsc::channel(IN_FLIGHT_PER_STREAM_MAX);
+        let stream = Stream { streams: self.clone(), caller, shape: Arc::new(shape), handle: Arc::new(handle), answers };
+        tokio::spawn(stream.run(inbound));
+        Ok(Response::new(ReceiverStream::new(receiver)))
+    }
+}
+
+/// One open stream.
+struct Stream<In, Call, Reply, Out, H> {
+    streams: Streams,
+    caller: Arc<Caller>,
+    shape: Arc<Shape<In, Call, Reply, Out>>,
+    handle: Arc<H>,
+    answers: mpsc::Sender<Result<Out, Status>>,
+}
+
+impl<In, Call, Reply, Out, H, Fut> Stream<In, Call, Reply, Out, H>
+where
+    In: Send + 'static,
+    Call: Send + 'static,
+    Reply: Send + 'static,
+    Out: Send + 'static,
+    H: Fn(TenantId, Call) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<Reply, Error>> + Send + 'static,
+{
+    async fn run(self, mut inbound: Streaming<In>) {
+        let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_STREAM_MAX));
+        let drained = drained(self.streams.draining.clone());
+        tokio::pin!(drained);
+        let end = loop {
+            let permit = tokio::select! {
+                permit = in_flight.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+                () = &mut drained => break Some(draining()),
+                () = self.answers.closed() => break None,
+            };
+            let message = tokio::select! {
+                message = inbound.message() => message,
+                () = &mut drained => break Some(draining()),
+                () = self.answers.closed() => break None,
+            };
+            match message {
+                Ok(Some(message)) => {
+                    let (sequence, call) = (self.shape.open)(message);
+                    let request = self.request(sequence, call);
+                    tokio::spawn(async move {
+                        request.await;
+                        drop(permit);
+                    });
+                }
+                // The client half-closed: answer what is in flight, then end with OK.
+                Ok(None) => break None,
+                // Unreadable (or the client went away): nothing more can be matched to a sequence.
+                Err(status) => break Some(status),
+            }
+        };
+        let all = u32::try_from(IN_FLIGHT_PER_STREAM_MAX).expect("a small constant");
+        let _ = in_flight.acquire_many(all).await;
+        if let Some(status) = end {
+            let _ = self.answers.send(Err(status)).await;
+        }
+    }
+
+    /// One request, from authentication to its answer on the stream.
+    fn request(&self, sequence: u64, call: Option<Call>) -> impl Future<Output = ()> + Send + 'static {
+        let (streams, caller, shape, handle, answers) =
+            (self.streams.clone(), self.caller.clone(), self.shape.clone(), self.handle.clone(), self.answers.clone());
+        // The request's own span, a child of the stream's: what the unary call's span would be.
+        let span = crate::telemetry::rpc::span(shape.unary_path);
+        span.record("allot.sequence", sequence);
+        let recorded = span.clone();
+        async move {
+            let started = Instant::now();
+            let outcome = async {
+                let principal = streams.gate.authenticator.authenticate(&caller.headers, &caller.extensions).await?;
+                if !principal.role.allows(caller.required) {
+                    crate::telemetry::count_auth_refused("permission_denied");
+                    return Err(Status::from(Error::PermissionDenied));
+                }
+                let call = call.ok_or_else(|| Error::invalid(shape.field, "required"))?;
+                let _slot = streams.gate.limiter.acquire(principal.tenant).await?;
+                match tokio::time::timeout(streams.request_timeout, handle(principal.tenant, call)).await {
+                    Ok(outcome) => Ok(outcome?),
+                    Err(_) => Err(super::status::request_timeout(streams.request_timeout)),
+                }
+            }
+            .await;
+            let code = outcome.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
+            recorded.record("rpc.grpc.status_code", code as i32);
+            if crate::telemetry::rpc::is_server_error(code) {
+                recorded.record("otel.status_code", "ERROR");
+            }
+            let (service, method) = crate::telemetry::rpc::split(shape.unary_path);
+            crate::telemetry::record_rpc(service, &format!("{method}Stream.request"), crate::telemetry::rpc::code_name(code), started.elapsed());
+            let answer = (shape.answer)(sequence, outcome.map_err(|status| rpc_status(&status)));
+            // A closed stream (the client went away) loses the answer, not the call's effect.
+            let _ = answers.send(Ok(answer)).await;
+        }
+        .instrument(span)
+    }
+}
+
+/// `status` as a `google.rpc.Status`: what a unary call sends in `grpc-status-details-bin`. The
+/// code and message are the status's own; the details, when it has any, are decoded from it.
+pub fn rpc_status(status: &Status) -> tonic_types::pb::Status {
+    let details = tonic_types::pb::Status::decode(status.details()).map(|decoded| decoded.details).unwrap_or_default();
+    tonic_types::pb::Status { code: status.code() as i32, message: status.message().to_owned(), details }
+}
+
+/// Completes when the server starts draining; never, if it stops without draining.
+async fn drained(mut draining: watch::Receiver<bool>) {
+    if draining.wait_for(|draining| *draining).await.is_err() {
+        std::future::pending::<()>().await;
+    }
+}
+
+/// The end of a stream the server stops reading because it is shutting down.
+fn draining() -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info("SERVER_DRAINING", super::status::ERROR_DOMAIN, std::collections::HashMap::<String, String>::new());
+    details.set_retry_info(Some(Duration::from_millis(100)));
+    Status::with_error_details(tonic::Code::Unavailable, "the server is shutting down; open a new stream", details)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_becomes_the_google_rpc_status_a_unary_call_would_carry() {
+        let status = Status::from(Error::invalid("amount_credits", "must be greater than zero"));
+        let rpc = rpc_status(&status);
+        assert_eq!(rpc.code, tonic::Code::InvalidArgument as i32);
+        assert_eq!(rpc.message, status.message());
+        assert!(rpc.details.iter().any(|any| any.type_url.ends_with("google.rpc.BadRequest")));
+        assert!(rpc.details.iter().any(|any| any.type_url.ends_with("google.rpc.ErrorInfo")));
+
+        let bare = rpc_status(&Status::cancelled("gone"));
+        assert_eq!((bare.code, bare.message.as_str()), (tonic::Code::Cancelled as i32, "gone"));
+        let draining = rpc_status(&draining());
+        assert_eq!(draining.code, tonic::Code::Unavailable as i32);
+        assert!(draining.details.iter().any(|any| any.type_url.ends_with("google.rpc.RetryInfo")));
+    }
+}
