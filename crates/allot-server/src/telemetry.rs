@@ -78,7 +78,13 @@ pub fn init(format: LogFormat, otlp_endpoint: Option<&str>) -> anyhow::Result<Te
     // Logs are events with their own fields. Spans are not formatted into them: doing so for
     // every span of every call cost 25–50 µs of CPU a call (docs/benchmarks.md, finding 13);
     // a call's context is in its trace.
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")).and(filter_fn(|meta| meta.is_event()));
+    //
+    // The events-only filter states that it passes every level, so that the combination keeps
+    // the level filter's hint: without a hint the global maximum level is TRACE, and every
+    // `log::trace!` of a dependency (fred logs each command) was built and offered to the
+    // subscriber only to be dropped (docs/benchmarks.md, finding 20).
+    let events = filter_fn(|meta| meta.is_event()).with_max_level_hint(LevelFilter::TRACE);
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")).and(events);
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let fmt = match format {
         LogFormat::Json => fmt.json().flatten_event(true).with_current_span(false).with_span_list(false).with_filter(filter).boxed(),

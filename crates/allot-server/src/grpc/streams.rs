@@ -45,6 +45,10 @@ pub type Answers<T> = ReceiverStream<Result<T, Status>>;
 pub struct Shape<In, Call, Reply, Out> {
     /// The unary twin, e.g. `/allot.v1.Entitlements/Check`.
     pub unary_path: &'static str,
+    /// The twin's service and the method label of the stream's requests in
+    /// `allot_rpc_duration_seconds`, e.g. `allot.v1.Entitlements` and `CheckStream.request`.
+    pub service: &'static str,
+    pub metric_method: &'static str,
     /// The request field that holds the twin's request, e.g. `check` (for INVALID_ARGUMENT).
     pub field: &'static str,
     pub open: fn(In) -> (u64, Option<Call>),
@@ -87,6 +91,7 @@ impl Streams {
         H: Fn(TenantId, Call) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Reply, Error>> + Send + 'static,
     {
+        debug_assert!(shape.unary_path.strip_prefix('/').is_some_and(|p| p.starts_with(shape.service)), "the twin's service");
         let Access::Requires(required) = access(shape.unary_path) else {
             return Err(Error::Internal(format!("{} has no role", shape.unary_path)).into());
         };
@@ -172,7 +177,9 @@ where
                 }
                 let call = call.ok_or_else(|| Error::invalid(shape.field, "required"))?;
                 let _slot = streams.gate.limiter.acquire(principal.tenant).await?;
-                match tokio::time::timeout(streams.request_timeout, handle(principal.tenant, call)).await {
+                // Boxed: the request's future is moved (into its task) while the call's is not.
+                let call = Box::pin(handle(principal.tenant, call));
+                match tokio::time::timeout(streams.request_timeout, call).await {
                     Ok(outcome) => Ok(outcome?),
                     Err(_) => Err(super::status::request_timeout(streams.request_timeout)),
                 }
@@ -183,8 +190,7 @@ where
             if crate::telemetry::rpc::is_server_error(code) {
                 recorded.record("otel.status_code", "ERROR");
             }
-            let (service, method) = crate::telemetry::rpc::split(shape.unary_path);
-            crate::telemetry::record_rpc(service, &format!("{method}Stream.request"), crate::telemetry::rpc::code_name(code), started.elapsed());
+            crate::telemetry::record_rpc(shape.service, shape.metric_method, crate::telemetry::rpc::code_name(code), started.elapsed());
             let answer = (shape.answer)(sequence, outcome.map_err(|status| rpc_status(&status)));
             // A closed stream (the client went away) loses the answer, not the call's effect.
             let _ = answers.send(Ok(answer)).await;
