@@ -149,19 +149,37 @@ async fn metrics_endpoint_counts_decisions_latency_pool_locks_redis_and_sweeper_
         assert!(allowed(task.await.expect("check").decision));
     }
 
+    // Requests on a stream of calls: counted one by one, and their decisions like any other.
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    let mut answers = entitlements.clone().check_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await.expect("stream").into_inner();
+    for sequence in 0..3 {
+        let check = pb::CheckRequest { account_id: "streamed".into(), meter: "tokens".into(), amount_credits: 1, ..Default::default() };
+        tx.send(pb::CheckStreamRequest { sequence, check: Some(check) }).await.expect("send");
+    }
+    tx.send(pb::CheckStreamRequest { sequence: 3, check: None }).await.expect("send");
+    drop(tx);
+    let mut streamed = 0;
+    while answers.message().await.expect("stream ends with OK").is_some() {
+        streamed += 1;
+    }
+    assert_eq!(streamed, 4);
+
     let after = scrape(metrics_addr).await;
     let count = |name: &str, labels: &[(&str, &str)]| sample(&after, name, labels).unwrap_or_else(|| panic!("no {name} {labels:?} in:\n{after}"));
     assert_eq!(count("allot_decisions_total", &[("rpc", "debit"), ("outcome", "allowed")]) - allowed_before, 2.0, "m1 and the fail-open debit");
     assert_eq!(count("allot_decisions_total", &[("rpc", "debit"), ("outcome", "denied")]) - denied_before, 2.0, "m2 and m3");
     assert_eq!(count("allot_price_refusals_total", &[("reason", "unknown")]) - refusals_before, 1.0, "m3's refusal, once");
 
-    assert_eq!(count("allot_decisions_total", &[("rpc", "check")]) - checks_before, 32.0, "every check once");
+    assert_eq!(count("allot_decisions_total", &[("rpc", "check")]) - checks_before, 35.0, "every check once, streamed ones too");
     assert!(count("allot_check_batch_size_count", &[]) >= 1.0, "32 concurrent checks formed no batch");
 
     // RPC latency by service, method and code.
     assert!(count("allot_rpc_duration_seconds_count", &[("service", "allot.v1.Entitlements"), ("method", "Debit"), ("code", "OK")]) >= 3.0);
     assert!(count("allot_rpc_duration_seconds_count", &[("method", "Check"), ("code", "UNAUTHENTICATED")]) >= 1.0);
     assert!(after.contains("allot_rpc_duration_seconds_bucket{"), "a histogram, not a summary");
+    let streamed =
+        |code| count("allot_rpc_duration_seconds_count", &[("service", "allot.v1.Entitlements"), ("method", "CheckStream.request"), ("code", code)]);
+    assert_eq!((streamed("OK"), streamed("INVALID_ARGUMENT")), (3.0, 1.0), "each request of a stream, with its code");
 
     // Pool use and wait, lock wait.
     assert!(count("allot_db_pool_max", &[]) >= 1.0);

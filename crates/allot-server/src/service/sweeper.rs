@@ -11,9 +11,11 @@ use super::Ctx;
 /// Most holds voided per statement.
 pub const SWEEP_BATCH_MAX: i64 = 1_000;
 
-/// Sweeps every `interval` until `shutdown` fires.
+/// Sweeps every `interval`, the first time one interval after start, until `shutdown` fires.
+/// (Not at once: a sweep at start-up, late on a loaded machine, raced the tests that settle by
+/// hand with a long interval.)
 pub async fn run(ctx: Ctx, interval: Duration, mut shutdown: tokio::sync::watch::Receiver<bool>) {
-    let mut ticker = tokio::time::interval(interval);
+    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
