@@ -86,8 +86,8 @@ async fn metrics_endpoint_counts_decisions_latency_pool_locks_redis_and_sweeper_
         anonymous.check(pb::CheckRequest { account_id: "acct".into(), meter: "tokens".into(), amount_credits: 1, ..Default::default() }).await;
     assert_eq!(refused.expect_err("no credential").code(), tonic::Code::Unauthenticated);
 
-    // A replica whose Redis is gone: a fail-open rate cap decides, and is counted. (Started before
-    // the hold below, so its start-up sweep is long done when this test sweeps by hand.)
+    // A replica whose Redis is gone: a fail-open rate cap decides, and is counted. (Its sweeper
+    // waits an hour before its first sweep, so only this test's sweep by hand voids the hold.)
     let closed = allot_server::localstack::free_port().expect("port");
     let lost_redis = server
         .replica(|c| {

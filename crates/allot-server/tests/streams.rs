@@ -282,24 +282,106 @@ async fn classification_requests_on_a_stream_share_one_cooldown_lock() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_draining_server_ends_streams_with_unavailable() {
-    let mut server = TestServer::start().await;
+async fn a_draining_server_answers_what_it_read_and_ends_streams_with_unavailable() {
+    // A grace far longer than the wait below: a stream that held the drain would show.
+    let mut server = TestServer::start_with(time::OffsetDateTime::now_utc(), |c| c.shutdown_grace_ms = 600_000).await;
     let (_, mut admin) = server.clients().await;
-    free_plan(&mut admin, "tokens", Some(1_000), 0, 0).await;
-    let mut stream = check_stream(&server, &server.tenant.api_key).await.expect("open");
-    stream.send(check_at(1, "acct", 1)).await;
+    free_plan(&mut admin, "tokens", Some(1_000_000), 0, 0).await;
+    let mut stream = debit_stream(&server, &server.tenant.api_key).await.expect("open");
+    stream.send(debit_at(0, "acct", 1, "first")).await;
     assert!(stream.next().await.expect("answer").is_some());
 
+    // More debits than a stream runs at once, then the server drains while they are in flight.
+    let total = 2 * allot_server::grpc::streams::IN_FLIGHT_PER_STREAM_MAX as u64;
+    for i in 1..=total {
+        stream.send(debit_at(i, &format!("acct-{}", i % 5), 1, &format!("key-{i}"))).await;
+    }
     server.begin_shutdown();
+    let mut answered = vec![0];
     let end = loop {
         match stream.next().await {
-            Ok(Some(_)) => continue,
+            Ok(Some(answer)) => {
+                assert!(matches!(&answer.outcome, Some(DebitOutcome::Debit(d)) if allowed(d.decision)), "{answer:?}");
+                answered.push(answer.sequence);
+            }
             Ok(None) => panic!("the stream ended with OK while the client still had it open"),
             Err(status) => break status,
         }
     };
     assert_eq!(end.code(), Code::Unavailable);
     assert_eq!(reason(&end), "SERVER_DRAINING");
+    // The client still holds its stream open: the server stops anyway, long before its grace.
+    let pool = server.pool.clone();
+    tokio::time::timeout(Duration::from_secs(60), server.stopped()).await.expect("the drain did not wait for the stream").expect("clean stop");
+
+    // Every answered debit is charged, and nothing unanswered is.
+    let db = pool.get().await.expect("database");
+    let keys: Vec<String> = db
+        .query("SELECT idempotency_key FROM ledger_entries WHERE kind = 'debit'", &[])
+        .await
+        .expect("entries")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(keys.len(), answered.len(), "{} answered, {} charged", answered.len(), keys.len());
     drop(stream);
-    tokio::time::timeout(HANG, server.stopped()).await.expect("the server stops without waiting out its grace").expect("clean stop");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_debit_past_its_deadline_is_answered_deadline_exceeded_and_still_commits() {
+    let server = TestServer::start_with(time::OffsetDateTime::now_utc(), |c| {
+        c.request_timeout_ms = 300;
+        c.db_lock_timeout_ms = 10_000;
+    })
+    .await;
+    let (mut entitlements, mut admin) = server.clients().await;
+    let meter = |name: &str| pb::MeterAllowance { meter: name.into(), allowance_credits: Some(1_000), ..Default::default() };
+    let plan = pb::Plan {
+        plan_id: "free".into(),
+        tier: "free".into(),
+        name: "Free".into(),
+        meters: vec![meter("tokens"), meter("calls")],
+        is_free_default: true,
+        ..Default::default()
+    };
+    admin.upsert_plan(pb::UpsertPlanRequest { plan: Some(plan) }).await.expect("plan");
+    // Two meters at once: decided alone, on the request's own task (not by a group-commit lane).
+    let usage = |key: &str| pb::DebitRequest {
+        account_id: "acct".into(),
+        usage: vec![
+            pb::MeterAmount { meter: "tokens".into(), amount_credits: 5, ..Default::default() },
+            pb::MeterAmount { meter: "calls".into(), amount_credits: 1, ..Default::default() },
+        ],
+        idempotency_key: key.into(),
+        ..Default::default()
+    };
+    assert!(allowed(entitlements.debit(usage("opening")).await.expect("debit").into_inner().decision));
+
+    // The test holds the account's balance row, so its next debit waits past the deadline.
+    let mut blocker = server.sql().await;
+    let lock = blocker.transaction().await.expect("begin");
+    lock.execute("SELECT 1 FROM meter_balances WHERE account_id = 'acct' AND meter = 'tokens' FOR UPDATE", &[]).await.expect("lock");
+    let mut stream = debit_stream(&server, &server.tenant.api_key).await.expect("open");
+    stream.send(pb::DebitStreamRequest { sequence: 1, debit: Some(usage("slow")) }).await;
+    let answer = stream.next().await.expect("answer").expect("open");
+    let Some(DebitOutcome::Error(late)) = &answer.outcome else { panic!("the held debit: {answer:?}") };
+    assert_eq!((answer.sequence, error_of(late).1.as_str()), (1, "DEADLINE_EXCEEDED"));
+
+    // The debit was not dropped with its answer: it commits once the lock is gone.
+    lock.rollback().await.expect("release");
+    let db = server.sql().await;
+    let mut charged = 0;
+    for _ in 0..200 {
+        charged = db.query_one("SELECT COUNT(*) FROM ledger_entries WHERE idempotency_key = 'slow'", &[]).await.expect("count").get::<_, i64>(0);
+        if charged > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(charged, 2, "the debit that ran out of time still committed (an entry per meter)");
+    let retry = entitlements.debit(usage("slow")).await.expect("retry").into_inner();
+    assert!(allowed(retry.decision));
+    let total: i64 = db.query_one("SELECT COUNT(*) FROM ledger_entries WHERE idempotency_key = 'slow'", &[]).await.expect("count").get(0);
+    assert_eq!(total, 2, "the retry replays, it does not charge again");
+    assert_eq!(stream.finish().await.len(), 0);
 }

@@ -7,14 +7,21 @@
 //! Each request of a stream is treated as its unary twin would be, by [`Streams::serve`]:
 //! authenticated again with the stream's credential (so a revoked key or an expired token stops
 //! working mid-stream), authorised with the twin's role (`auth::methods`), admitted by the
-//! tenant's concurrency limit, run on its own task (a broken stream cannot interrupt a debit
-//! half-way, as `grpc::detached`) and bounded by `request_timeout_ms`. Its answer carries the
-//! request's `sequence` and either the reply or the error as a `google.rpc.Status` with the
-//! twin's code, message and details; the stream goes on. At most [`IN_FLIGHT_PER_STREAM_MAX`]
-//! requests of a stream run at once, and the stream is not read further until one is answered.
-//! The stream ends with OK after the client half-closes and every request is answered; with the
-//! decoder's status for a message it cannot read; with UNAVAILABLE (and `RetryInfo`) when the
-//! server starts draining, after answering what is in flight.
+//! tenant's concurrency limit, run on its own task, and bounded by `request_timeout_ms`: past it
+//! the answer is DEADLINE_EXCEEDED, but a call that has started is never dropped — neither a
+//! broken stream nor the deadline interrupts a debit half-way (as `grpc::detached` for unary
+//! calls). Its answer carries the request's `sequence` and either the reply or the error as a
+//! `google.rpc.Status` with the twin's code, message and details; the stream goes on. At most
+//! [`IN_FLIGHT_PER_STREAM_MAX`] requests of a stream run at once, and the stream is not read
+//! further until one is answered (a request the server has not read has not started). The
+//! stream ends with OK after the client half-closes and every request is answered; with the
+//! decoder's status for a message it cannot read; with UNAVAILABLE (`SERVER_DRAINING`, with
+//! `RetryInfo`) when the server starts draining, after answering what is in flight. A client
+//! that stops reading holds its stream (and its in-flight requests' answers) until it reads
+//! again, or until the drain's grace ends at shutdown.
+//!
+//! `concurrency_limit_per_connection` counts a stream as one call; what bounds a stream's work
+//! is this module's in-flight limit and, for the database, the tenant's concurrency limit.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,6 +35,7 @@ use tonic::{Request, Response, Status, Streaming};
 use tonic_types::{ErrorDetails, StatusExt as _};
 use tracing::Instrument as _;
 
+use crate::auth::fairness::Slot;
 use crate::auth::layer::Gate;
 use crate::auth::methods::{access, Access};
 use crate::auth::Role;
@@ -99,7 +107,8 @@ impl Streams {
         let caller = Arc::new(Caller { headers: metadata.into_headers(), extensions, required });
         let (answers, receiver) = mpsc::channel(IN_FLIGHT_PER_STREAM_MAX);
         let stream = Stream { streams: self.clone(), caller, shape: Arc::new(shape), handle: Arc::new(handle), answers };
-        tokio::spawn(stream.run(inbound));
+        // In the stream's span (the RPC's), so that each request's span is its child.
+        tokio::spawn(stream.run(inbound).in_current_span());
         Ok(Response::new(ReceiverStream::new(receiver)))
     }
 }
@@ -159,7 +168,11 @@ where
         }
     }
 
-    /// One request, from authentication to its answer on the stream.
+    /// One request, from authentication to its answer on the stream. The request's deadline
+    /// (`request_timeout_ms`, from when it is read, as the unary call's runs from its arrival)
+    /// may cut its admission, where nothing has started; a call that has started is never
+    /// dropped: past the deadline its answer is DEADLINE_EXCEEDED and the call still finishes
+    /// (commit or roll back whole), as a detached unary call does.
     fn request(&self, sequence: u64, call: Option<Call>) -> impl Future<Output = ()> + Send + 'static {
         let (streams, caller, shape, handle, answers) =
             (self.streams.clone(), self.caller.clone(), self.shape.clone(), self.handle.clone(), self.answers.clone());
@@ -169,22 +182,28 @@ where
         let recorded = span.clone();
         async move {
             let started = Instant::now();
-            let outcome = async {
-                let principal = streams.gate.authenticator.authenticate(&caller.headers, &caller.extensions).await?;
-                if !principal.role.allows(caller.required) {
-                    crate::telemetry::count_auth_refused("permission_denied");
-                    return Err(Status::from(Error::PermissionDenied));
+            let deadline = tokio::time::sleep(streams.request_timeout);
+            tokio::pin!(deadline);
+            let timed_out = || super::status::request_timeout(streams.request_timeout);
+            let admitted = tokio::select! {
+                admitted = admit(&streams, &caller, shape.field, call) => admitted,
+                () = &mut deadline => Err(timed_out()),
+            };
+            let mut overran = None;
+            let outcome = match admitted {
+                Err(status) => Err(status),
+                Ok((tenant, slot, call)) => {
+                    // Boxed: the request's future is moved (into its task) while the call's is not.
+                    let mut call = Box::pin(handle(tenant, call));
+                    tokio::select! {
+                        outcome = &mut call => outcome.map_err(Status::from),
+                        () = &mut deadline => {
+                            overran = Some((call, slot));
+                            Err(timed_out())
+                        }
+                    }
                 }
-                let call = call.ok_or_else(|| Error::invalid(shape.field, "required"))?;
-                let _slot = streams.gate.limiter.acquire(principal.tenant).await?;
-                // Boxed: the request's future is moved (into its task) while the call's is not.
-                let call = Box::pin(handle(principal.tenant, call));
-                match tokio::time::timeout(streams.request_timeout, call).await {
-                    Ok(outcome) => Ok(outcome?),
-                    Err(_) => Err(super::status::request_timeout(streams.request_timeout)),
-                }
-            }
-            .await;
+            };
             let code = outcome.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
             recorded.record("rpc.grpc.status_code", code as i32);
             if crate::telemetry::rpc::is_server_error(code) {
@@ -194,9 +213,30 @@ where
             let answer = (shape.answer)(sequence, outcome.map_err(|status| rpc_status(&status)));
             // A closed stream (the client went away) loses the answer, not the call's effect.
             let _ = answers.send(Ok(answer)).await;
+            if let Some((call, _slot)) = overran {
+                let _ = call.await;
+            }
         }
         .instrument(span)
     }
+}
+
+/// Admits one request as the auth layer admits a unary call: the stream's credential
+/// authenticated again, the twin's role, then the request's presence, then a slot of the
+/// tenant's concurrency limit (held until the call finishes).
+async fn admit<Call>(streams: &Streams, caller: &Caller, field: &'static str, call: Option<Call>) -> Result<(TenantId, Slot, Call), Status> {
+    let principal = streams.gate.authenticator.authenticate(&caller.headers, &caller.extensions).await.inspect_err(|err| {
+        if matches!(err, Error::Unauthenticated) {
+            crate::telemetry::count_auth_refused("unauthenticated");
+        }
+    })?;
+    if !principal.role.allows(caller.required) {
+        crate::telemetry::count_auth_refused("permission_denied");
+        return Err(Error::PermissionDenied.into());
+    }
+    let call = call.ok_or_else(|| Error::invalid(field, "required"))?;
+    let slot = streams.gate.limiter.acquire(principal.tenant).await?;
+    Ok((principal.tenant, slot, call))
 }
 
 /// `status` as a `google.rpc.Status`: what a unary call sends in `grpc-status-details-bin`. The
