@@ -385,3 +385,44 @@ async fn a_streamed_debit_past_its_deadline_is_answered_deadline_exceeded_and_st
     assert_eq!(total, 2, "the retry replays, it does not charge again");
     assert_eq!(stream.finish().await.len(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streams_requests_take_the_tenants_concurrency_slots() {
+    // One slot per tenant and no queue: a second request while the first runs is refused.
+    let server = TestServer::start_with(time::OffsetDateTime::now_utc(), |c| {
+        c.tenant_concurrency_max = 1;
+        c.tenant_queue_max = 0;
+        c.db_lock_timeout_ms = 10_000;
+    })
+    .await;
+    let (mut entitlements, mut admin) = server.clients().await;
+    free_plan(&mut admin, "tokens", Some(1_000), 0, 0).await;
+    assert!(allowed(debit(&mut entitlements, "acct", "tokens", 1, "opening").await.decision));
+
+    // The first request holds the tenant's slot while it waits for a row the test holds.
+    let mut blocker = server.sql().await;
+    let lock = blocker.transaction().await.expect("begin");
+    lock.execute("SELECT 1 FROM meter_balances WHERE account_id = 'acct' FOR UPDATE", &[]).await.expect("lock");
+    let mut stream = debit_stream(&server, &server.tenant.api_key).await.expect("open");
+    stream.send(debit_at(1, "acct", 5, "held")).await;
+    let db = server.sql().await;
+    for _ in 0..400 {
+        let waiting: i64 = db.query_one("SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'", &[]).await.expect("activity").get(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    stream.send(debit_at(2, "other", 5, "refused")).await;
+    let refused = stream.next().await.expect("answer").expect("open");
+    let Some(DebitOutcome::Error(status)) = &refused.outcome else { panic!("the second request ran: {refused:?}") };
+    assert_eq!((refused.sequence, error_of(status).0, error_of(status).1.as_str()), (2, Code::ResourceExhausted, "TENANT_CONCURRENCY_LIMIT"));
+
+    // Once the row is free the first one completes, and the stream goes on.
+    lock.rollback().await.expect("release");
+    let first = stream.next().await.expect("answer").expect("open");
+    assert!(matches!(&first.outcome, Some(DebitOutcome::Debit(d)) if allowed(d.decision)), "{first:?}");
+    stream.send(debit_at(3, "other", 5, "after")).await;
+    let rest = stream.finish().await;
+    assert!(matches!(&rest[0].outcome, Some(DebitOutcome::Debit(d)) if allowed(d.decision)), "{rest:?}");
+}

@@ -105,8 +105,10 @@ pub async fn begin_with(client: &mut deadpool_postgres::Client, tenant: TenantId
 
 /// `BEGIN` of `access`, the tenant setting and `then`, as one message.
 fn tenant_begin(tenant: TenantId, access: Access, then: &str) -> String {
-    // A UUID's text form is hex digits and dashes only: nothing to quote.
-    format!("{}; SELECT set_config('allot.tenant_id', '{}', true){then}", access.begin(), tenant.0.hyphenated())
+    // A UUID's text form is hex digits and dashes only: nothing to quote. `SET LOCAL`, not
+    // `SELECT set_config(…, true)`: the same transaction-local setting without a query to plan
+    // and execute (~11 µs of PostgreSQL CPU per transaction, finding 21).
+    format!("{}; SET LOCAL allot.tenant_id = '{}'{then}", access.begin(), tenant.0.hyphenated())
 }
 
 /// [`begin_with`] for a batch of requests (group-committed debits, checks sharing a snapshot):
@@ -123,7 +125,7 @@ pub async fn begin_batch(client: &mut deadpool_postgres::Client, tenant: TenantI
 /// Starts a read-write transaction for a job that spans tenants (see [`AllTenants`]).
 pub async fn begin_all_tenants(client: &mut deadpool_postgres::Client, why: AllTenants) -> Result<Tx<'_>, tokio_postgres::Error> {
     tracing::trace!(why = ?why, "transaction across tenants");
-    start(client, "BEGIN; SELECT set_config('allot.all_tenants', 'on', true)").await
+    start(client, "BEGIN; SET LOCAL allot.all_tenants = 'on'").await
 }
 
 async fn start<'a>(client: &'a mut deadpool_postgres::Client, sql: &str) -> Result<Tx<'a>, tokio_postgres::Error> {
