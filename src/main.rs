@@ -64,7 +64,9 @@ enum Command {
         /// Also write the table to this file.
         #[arg(long)]
         out: Option<std::path::PathBuf>,
-        /// Only these scenarios, space-separated (default: all).
+        /// Only these scenarios, space-separated (default: all): check debit-uniform
+        /// debit-subsidised debit-rated debit-hot reserve-commit classify-cooldown check-stream
+        /// debit-uniform-stream debit-hot-stream classify-cooldown-stream.
         #[arg(long)]
         scenarios: Option<String>,
     },

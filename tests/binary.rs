@@ -11,6 +11,8 @@
 //!   denied, replayed), rejects missing credentials and invalid input with the right codes and
 //!   details, and exits cleanly on SIGTERM.
 //! - `version_names_the_commit`: `allot --version` prints `allot <version> (<commit>)`.
+//! - `bench_refuses_an_unknown_scenario_before_starting_anything`: a misspelt `--scenarios`
+//!   name fails `allot bench` with the list of scenarios, instead of measuring nothing.
 //!
 //! The throwaway PostgreSQL comes from `allot_server::testkit`. Every child is wrapped in
 //! [`Child`], which kills it by its own PID if a test fails midway; its stdout and stderr go to
@@ -480,4 +482,13 @@ async fn version_names_the_commit() {
     } else {
         assert_eq!(commit, "unknown");
     }
+}
+
+#[tokio::test]
+async fn bench_refuses_an_unknown_scenario_before_starting_anything() {
+    let mut child = Child::spawn("bench-unknown", &["bench", "--scenarios", "check chek"], &[]);
+    let status = child.wait_for_exit(CLI_TIMEOUT).await;
+    assert!(!status.success(), "an unknown scenario must fail the bench; {}", child.logs());
+    let stderr = child.stderr();
+    assert!(stderr.contains("no scenario \"chek\"") && stderr.contains("classify-cooldown-stream"), "the error names the scenarios: {stderr}");
 }

@@ -98,6 +98,10 @@ impl Clients {
 
 /// Runs every scenario and the baseline; returns the Markdown report.
 pub async fn run(options: Options) -> anyhow::Result<String> {
+    if let Some(unknown) = options.scenarios.iter().find(|s| !SCENARIOS.iter().any(|(name, _)| name == s)) {
+        let known: Vec<&str> = SCENARIOS.iter().map(|(name, _)| *name).collect();
+        anyhow::bail!("no scenario {unknown:?}; the scenarios are: {}", known.join(" "));
+    }
     let root = tempfile::Builder::new().prefix("allot-bench-").tempdir()?;
     let stack_root = root.path().to_owned();
     // Extra PostgreSQL settings for a diagnosis (`auto_explain.log_min_duration=5,…`).
