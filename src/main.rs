@@ -64,9 +64,8 @@ enum Command {
         /// Also write the table to this file.
         #[arg(long)]
         out: Option<std::path::PathBuf>,
-        /// Only these scenarios, space-separated (default: all): check debit-uniform
-        /// debit-subsidised debit-rated debit-hot reserve-commit classify-cooldown check-stream
-        /// debit-uniform-stream debit-hot-stream classify-cooldown-stream.
+        /// Only these scenarios, space-separated (default: all; an unknown name is refused with
+        /// the list of scenarios).
         #[arg(long)]
         scenarios: Option<String>,
     },

@@ -18,8 +18,6 @@ pub struct EntitlementsApi {
 
 const CHECK_STREAM: Shape<pb::CheckStreamRequest, pb::CheckRequest, pb::CheckResponse, pb::CheckStreamResponse> = Shape {
     unary_path: "/allot.v1.Entitlements/Check",
-    service: "allot.v1.Entitlements",
-    metric_method: "CheckStream.request",
     field: "check",
     open: |request| (request.sequence, request.check),
     answer: |sequence, outcome| pb::CheckStreamResponse { sequence, outcome: Some(outcome.map_or_else(CheckOutcome::Error, CheckOutcome::Check)) },
@@ -27,8 +25,6 @@ const CHECK_STREAM: Shape<pb::CheckStreamRequest, pb::CheckRequest, pb::CheckRes
 
 const DEBIT_STREAM: Shape<pb::DebitStreamRequest, pb::DebitRequest, pb::DebitResponse, pb::DebitStreamResponse> = Shape {
     unary_path: "/allot.v1.Entitlements/Debit",
-    service: "allot.v1.Entitlements",
-    metric_method: "DebitStream.request",
     field: "debit",
     open: |request| (request.sequence, request.debit),
     answer: |sequence, outcome| pb::DebitStreamResponse { sequence, outcome: Some(outcome.map_or_else(DebitOutcome::Error, DebitOutcome::Debit)) },

@@ -40,8 +40,6 @@ const CLASSIFICATION_STREAM: Shape<
     pb::RequestClassificationStreamResponse,
 > = Shape {
     unary_path: "/allot.v1.FairUse/RequestClassification",
-    service: "allot.v1.FairUse",
-    metric_method: "RequestClassificationStream.request",
     field: "request",
     open: |request| (request.sequence, request.request),
     answer: |sequence, outcome| pb::RequestClassificationStreamResponse {

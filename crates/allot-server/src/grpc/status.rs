@@ -74,6 +74,15 @@ pub fn request_timeout(timeout: Duration) -> Status {
     Status::with_error_details(Code::DeadlineExceeded, format!("the call took longer than the server allows ({} ms)", timeout.as_millis()), details)
 }
 
+/// The end of a stream of calls the server stops reading because it is shutting down
+/// (`grpc::streams`): UNAVAILABLE, with `RetryInfo` (open a new stream, on another replica).
+pub fn server_draining() -> Status {
+    let mut details = ErrorDetails::new();
+    details.set_error_info("SERVER_DRAINING", ERROR_DOMAIN, HashMap::<String, String>::new());
+    details.set_retry_info(Some(Duration::from_millis(100)));
+    Status::with_error_details(Code::Unavailable, "the server is shutting down; open a new stream", details)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,5 +121,14 @@ mod tests {
         assert_eq!(details.error_info().map(|i| i.reason.as_str()), Some("DEADLINE_EXCEEDED"));
         assert!(details.retry_info().is_some());
         assert!(status.message().contains("1500 ms"));
+    }
+
+    #[test]
+    fn a_draining_server_ends_streams_unavailable_with_retry_info() {
+        let status = server_draining();
+        assert_eq!(status.code(), Code::Unavailable);
+        let details = status.get_error_details();
+        assert_eq!(details.error_info().map(|i| i.reason.as_str()), Some("SERVER_DRAINING"));
+        assert!(details.retry_info().is_some());
     }
 }

@@ -32,7 +32,6 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::http;
 use tonic::{Request, Response, Status, Streaming};
-use tonic_types::{ErrorDetails, StatusExt as _};
 use tracing::Instrument as _;
 
 use crate::auth::fairness::Slot;
@@ -53,10 +52,6 @@ pub type Answers<T> = ReceiverStream<Result<T, Status>>;
 pub struct Shape<In, Call, Reply, Out> {
     /// The unary twin, e.g. `/allot.v1.Entitlements/Check`.
     pub unary_path: &'static str,
-    /// The twin's service and the method label of the stream's requests in
-    /// `allot_rpc_duration_seconds`, e.g. `allot.v1.Entitlements` and `CheckStream.request`.
-    pub service: &'static str,
-    pub metric_method: &'static str,
     /// The request field that holds the twin's request, e.g. `check` (for INVALID_ARGUMENT).
     pub field: &'static str,
     pub open: fn(In) -> (u64, Option<Call>),
@@ -71,11 +66,16 @@ pub struct Streams {
     draining: watch::Receiver<bool>,
 }
 
-/// The stream's caller, kept to authenticate each of its requests.
+/// What a stream knows from its opening: its caller, kept to authenticate each request, and
+/// the labels its requests are counted under.
 struct Caller {
     headers: http::HeaderMap,
     extensions: http::Extensions,
     required: Role,
+    /// The twin's service, and the method label of the stream's requests in
+    /// `allot_rpc_duration_seconds`: `CheckStream.request` for the twin `Check`.
+    service: &'static str,
+    metric_method: String,
 }
 
 impl Streams {
@@ -99,12 +99,13 @@ impl Streams {
         H: Fn(TenantId, Call) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Reply, Error>> + Send + 'static,
     {
-        debug_assert!(shape.unary_path.strip_prefix('/').is_some_and(|p| p.starts_with(shape.service)), "the twin's service");
         let Access::Requires(required) = access(shape.unary_path) else {
             return Err(Error::Internal(format!("{} has no role", shape.unary_path)).into());
         };
+        let (service, method) = crate::telemetry::rpc::split(shape.unary_path);
         let (metadata, extensions, inbound) = request.into_parts();
-        let caller = Arc::new(Caller { headers: metadata.into_headers(), extensions, required });
+        let caller =
+            Arc::new(Caller { headers: metadata.into_headers(), extensions, required, service, metric_method: format!("{method}Stream.request") });
         let (answers, receiver) = mpsc::channel(IN_FLIGHT_PER_STREAM_MAX);
         let stream = Stream { streams: self.clone(), caller, shape: Arc::new(shape), handle: Arc::new(handle), answers };
         // In the stream's span (the RPC's), so that each request's span is its child.
@@ -138,12 +139,12 @@ where
         let end = loop {
             let permit = tokio::select! {
                 permit = in_flight.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
-                () = &mut drained => break Some(draining()),
+                () = &mut drained => break Some(super::status::server_draining()),
                 () = self.answers.closed() => break None,
             };
             let message = tokio::select! {
                 message = inbound.message() => message,
-                () = &mut drained => break Some(draining()),
+                () = &mut drained => break Some(super::status::server_draining()),
                 () = self.answers.closed() => break None,
             };
             match message {
@@ -205,11 +206,7 @@ where
                 }
             };
             let code = outcome.as_ref().map_or_else(Status::code, |_| tonic::Code::Ok);
-            recorded.record("rpc.grpc.status_code", code as i32);
-            if crate::telemetry::rpc::is_server_error(code) {
-                recorded.record("otel.status_code", "ERROR");
-            }
-            crate::telemetry::record_rpc(shape.service, shape.metric_method, crate::telemetry::rpc::code_name(code), started.elapsed());
+            crate::telemetry::rpc::finish(&recorded, caller.service, &caller.metric_method, code, started.elapsed());
             let answer = (shape.answer)(sequence, outcome.map_err(|status| rpc_status(&status)));
             // A closed stream (the client went away) loses the answer, not the call's effect.
             let _ = answers.send(Ok(answer)).await;
@@ -253,14 +250,6 @@ async fn drained(mut draining: watch::Receiver<bool>) {
     }
 }
 
-/// The end of a stream the server stops reading because it is shutting down.
-fn draining() -> Status {
-    let mut details = ErrorDetails::new();
-    details.set_error_info("SERVER_DRAINING", super::status::ERROR_DOMAIN, std::collections::HashMap::<String, String>::new());
-    details.set_retry_info(Some(Duration::from_millis(100)));
-    Status::with_error_details(tonic::Code::Unavailable, "the server is shutting down; open a new stream", details)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -276,7 +265,7 @@ mod tests {
 
         let bare = rpc_status(&Status::cancelled("gone"));
         assert_eq!((bare.code, bare.message.as_str()), (tonic::Code::Cancelled as i32, "gone"));
-        let draining = rpc_status(&draining());
+        let draining = rpc_status(&super::super::status::server_draining());
         assert_eq!(draining.code, tonic::Code::Unavailable as i32);
         assert!(draining.details.iter().any(|any| any.type_url.ends_with("google.rpc.RetryInfo")));
     }

@@ -13,7 +13,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use opentelemetry::propagation::Extractor;
 use tonic::codegen::http;
@@ -71,12 +71,8 @@ where
                     Ok(response) => code_of(response.headers()),
                     Err(_) => Code::Unknown,
                 };
-                recorded.record("rpc.grpc.status_code", code as i32);
-                if is_server_error(code) {
-                    recorded.record("otel.status_code", "ERROR");
-                }
                 let (service, method) = if code == Code::Unimplemented { ("unknown", "unknown") } else { split(&path) };
-                super::record_rpc(service, method, code_name(code), started.elapsed());
+                finish(&recorded, service, method, code, started.elapsed());
                 result
             }
             .instrument(span),
@@ -114,6 +110,17 @@ pub(crate) fn span(path: &str) -> tracing::Span {
     }
 }
 
+/// Ends a call (or one request of a stream of calls) that took `elapsed`: its code on its span,
+/// marked an error when the code is the server's fault, and its latency by service, method and
+/// code.
+pub(crate) fn finish(span: &tracing::Span, service: &str, method: &str, code: Code, elapsed: Duration) {
+    span.record("rpc.grpc.status_code", code as i32);
+    if is_server_error(code) {
+        span.record("otel.status_code", "ERROR");
+    }
+    super::record_rpc(service, method, code_name(code), elapsed);
+}
+
 /// `/allot.v1.Entitlements/Debit` → (`allot.v1.Entitlements`, `Debit`).
 pub(crate) fn split(path: &str) -> (&str, &str) {
     let trimmed = path.trim_start_matches('/');
@@ -125,12 +132,12 @@ fn code_of(headers: &http::HeaderMap) -> Code {
 }
 
 /// The codes OpenTelemetry counts as a server's fault.
-pub(crate) fn is_server_error(code: Code) -> bool {
+fn is_server_error(code: Code) -> bool {
     matches!(code, Code::Unknown | Code::DeadlineExceeded | Code::Unimplemented | Code::Internal | Code::Unavailable | Code::DataLoss)
 }
 
 /// The canonical name of a gRPC code (`INVALID_ARGUMENT`), as Prometheus labels usually carry it.
-pub(crate) fn code_name(code: Code) -> &'static str {
+fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",
