@@ -115,6 +115,8 @@ pub struct TestServer {
     pub tls: Option<Arc<crate::tls::Reloadable>>,
     /// Connections the server's services took (see `Ctx::db`).
     pub db_checkouts: Arc<std::sync::atomic::AtomicU64>,
+    /// The server's cache of tenants' configuration (see `service::plan_book`).
+    pub plan_book: Arc<crate::service::plan_book::PlanBook>,
     pub tenant: TenantKey,
     /// The configuration the server was started with.
     pub config: Config,
@@ -181,13 +183,14 @@ impl TestServer {
         let app_pool = app.ctx.pool.clone();
         let tls = app.tls.clone();
         let db_checkouts = app.ctx.db_checkouts.clone();
+        let plan_book = app.ctx.plan_book.clone();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         let task = tokio::spawn(serve(app, listener, async {
             let _ = rx.await;
         }));
-        TestServer { addr, database_url, clock, pool, app_pool, tls, db_checkouts, tenant, config, shutdown: Some(tx), task: Some(task) }
+        TestServer { addr, database_url, clock, pool, app_pool, tls, db_checkouts, plan_book, tenant, config, shutdown: Some(tx), task: Some(task) }
     }
 
     /// A new API key of `role` for the test tenant (the default clients carry an admin key).

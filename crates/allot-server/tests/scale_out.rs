@@ -227,3 +227,74 @@ async fn redis_cluster_holds_rate_caps_and_cooldowns() {
     stop_all(servers).await;
     tokio::task::block_in_place(|| cluster.stop());
 }
+
+/// Checks of `accounts` sent all at once (so that they share batches): each one's limit and
+/// whether a soft cap was triggered, in order.
+async fn checks_at_once(client: &Entitlements, accounts: &[String], amount: i64) -> Vec<(bool, Option<i64>, bool)> {
+    let mut tasks = Vec::new();
+    for account in accounts {
+        let (mut client, account) = (client.clone(), account.clone());
+        tasks.push(tokio::spawn(async move { check(&mut client, &account, "tokens", amount).await }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        let answer = task.await.expect("task");
+        let limit = answer.meters.first().and_then(|m| m.meter.as_ref()).and_then(|m| m.limit_credits);
+        let capped = !answer.fair_use.as_ref().expect("fair use").soft_caps_triggered.is_empty();
+        answers.push((allowed(answer.decision), limit, capped));
+    }
+    answers
+}
+
+fn fresh(prefix: &str) -> Vec<String> {
+    (0..32).map(|i| format!("{prefix}-{i}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_configuration_change_governs_the_next_batch_on_every_replica() {
+    let primary = TestServer::start_at(datetime!(2026-11-10 12:00 UTC)).await;
+    let replica = primary.replica(|_| {}).await;
+    let tenant = primary.tenant.tenant;
+    let (_, mut admin) = primary.clients().await;
+    let mut fair = primary.fair_use_for(&primary.tenant.api_key).await;
+    let (on_replica, _) = replica.clients().await;
+    free_plan(&mut admin, "tokens", Some(1_000), 0, 0).await;
+
+    // The replica's batches fill its plan book.
+    assert!(checks_at_once(&on_replica, &fresh("first"), 300).await.iter().all(|a| *a == (true, Some(1_000), false)));
+    let first = replica.plan_book.version_of(tenant).expect("the replica's batches read through its plan book");
+
+    // Through the primary's API: a smaller allowance and a soft cap. The replica's very next
+    // batches decide by them: fresh meters open with 100, the cap's usage is counted.
+    free_plan(&mut admin, "tokens", Some(100), 0, 0).await;
+    fair.set_soft_caps(pb::SetSoftCapsRequest {
+        plan_id: "free".into(),
+        caps: vec![pb::SoftCap { meter: "tokens".into(), window_ms: 3_600_000, threshold_credits: 50 }],
+    })
+    .await
+    .expect("caps");
+    assert!(checks_at_once(&on_replica, &fresh("second"), 300).await.iter().all(|a| *a == (false, Some(100), false)));
+    let mut debits = Vec::new();
+    for account in fresh("second") {
+        let mut client = on_replica.clone();
+        debits.push(tokio::spawn(async move { debit(&mut client, &account, "tokens", 60, &format!("{account}-60")).await }));
+    }
+    for task in debits {
+        assert!(allowed(task.await.expect("task").decision), "60 of 100 fit");
+    }
+    assert!(
+        checks_at_once(&on_replica, &fresh("second"), 10).await.iter().all(|a| *a == (true, Some(100), true)),
+        "the debits counted toward the new soft cap"
+    );
+    let second = replica.plan_book.version_of(tenant).expect("book");
+    assert!(second > first, "the book moved to the new version: {first} → {second}");
+
+    // Written by hand, outside Allot: the version moves all the same.
+    let sql = primary.sql().await;
+    let changed = sql.execute("UPDATE plan_meters SET allowance_credits = 5000 WHERE plan_id = 'free'", &[]).await.expect("update");
+    assert_eq!(changed, 1);
+    sql.execute("DELETE FROM soft_caps WHERE plan_id = 'free'", &[]).await.expect("delete");
+    assert!(checks_at_once(&on_replica, &fresh("third"), 300).await.iter().all(|a| *a == (true, Some(5_000), false)));
+    assert!(checks_at_once(&on_replica, &fresh("second"), 10).await.iter().all(|a| !a.2), "the removed soft cap no longer triggers");
+    stop_all(vec![primary, replica]).await;
+}

@@ -1,6 +1,6 @@
-//! `tenants` and `api_keys`: who may call, for which tenant and in which role. Keys are random,
-//! shown once and stored only as SHA-256 hashes; revoked keys stay (with `revoked_at`) so the
-//! audit trail can name them.
+//! `tenants` and `api_keys`: who may call, for which tenant and in which role, and the version of
+//! each tenant's configuration. Keys are random, shown once and stored only as SHA-256 hashes;
+//! revoked keys stay (with `revoked_at`) so the audit trail can name them.
 
 use rand::RngCore;
 use sha2::{Digest, Sha256};
@@ -30,6 +30,13 @@ pub fn new_id() -> TenantId {
 pub async fn create(tx: &Tx<'_>, id: TenantId, name: &str) -> Result<(), Error> {
     tx.execute("INSERT INTO tenants (id, name) VALUES ($1, $2)", &[&id.0, &name]).await?;
     Ok(())
+}
+
+/// The version of the tenant's configuration (plans, their meters and soft caps, fair-use
+/// settings), moved by every write to it (migration V14); 0 for a tenant never configured.
+pub async fn config_version(tx: &Tx<'_>, tenant: TenantId) -> Result<i64, Error> {
+    let stmt = tx.prepare_cached("SELECT config_version FROM tenants WHERE id = $1").await?;
+    Ok(tx.query_opt(&stmt, &[&tenant.0]).await?.map_or(0, |row| row.get(0)))
 }
 
 /// A key in clear (the only time it is seen) and its id.

@@ -13,6 +13,8 @@ use crate::error::Error;
 use crate::ids::{AccountId, Meter, TenantId};
 use std::collections::HashMap;
 
+use super::plan_book::PlanBook;
+use crate::repo::fair_use::Settings;
 use crate::repo::plans::{MeterTerms, PlanHeader, RateCap};
 use crate::repo::subscriptions::SubscriptionRecord;
 use crate::repo::{self, Tx};
@@ -77,14 +79,23 @@ pub async fn resolve(tx: &Tx<'_>, tenant: TenantId, acting: &AccountId, now: Off
     Ok(payer_of(acting, org, subscription, entitled, plan, trial_ends_at, now))
 }
 
-/// Resolves several accounts at once (a batch of debits): the payers of those that belong to no
-/// org, by account (members of an org are absent: their payer is decided on its own). The same
-/// rules as [`resolve`], in two round trips for the whole batch.
-pub async fn resolve_many(tx: &Tx<'_>, tenant: TenantId, accounts: &[&str], now: OffsetDateTime) -> Result<HashMap<String, Payer>, Error> {
-    let (members, mut subscriptions, free_plan) = futures::try_join!(
+/// What [`resolve_many`] found: the payers, and the tenant's configuration version and fair-use
+/// settings it read them at (see `plan_book`).
+pub struct ResolvedMany {
+    /// By account; members of an org are absent (their payer is decided on its own).
+    pub payers: HashMap<String, Payer>,
+    pub config_version: i64,
+    pub settings: Settings,
+}
+
+/// Resolves several accounts at once (a batch): the payers of those that belong to no org. The
+/// same rules as [`resolve`], in one round trip for the whole batch when the plan book holds the
+/// tenant's configuration at its current version (two more when it does not).
+pub async fn resolve_many(tx: &Tx<'_>, tenant: TenantId, accounts: &[&str], now: OffsetDateTime, book: &PlanBook) -> Result<ResolvedMany, Error> {
+    let (config_version, members, mut subscriptions) = futures::try_join!(
+        repo::tenants::config_version(tx, tenant),
         repo::accounts::members_among(tx, tenant, accounts),
         repo::subscriptions::get_many(tx, tenant, accounts),
-        repo::plans::free_default(tx, tenant),
     )?;
     let entitled_plans: Vec<&str> = subscriptions
         .values()
@@ -93,15 +104,15 @@ pub async fn resolve_many(tx: &Tx<'_>, tenant: TenantId, accounts: &[&str], now:
         .collect::<std::collections::BTreeSet<_>>()
         .into_iter()
         .collect();
-    let headers = if entitled_plans.is_empty() { Vec::new() } else { repo::plans::headers(tx, tenant, &entitled_plans).await? };
+    let base = book.base(tx, tenant, config_version, &entitled_plans).await?;
     let mut payers = HashMap::with_capacity(accounts.len());
     for account in accounts.iter().filter(|a| !members.contains(**a)) {
         let acting = AccountId::parse(account).map_err(|e| Error::Internal(format!("batched account id: {e}")))?;
         let subscription = subscriptions.remove(*account);
         let entitled = subscription.as_ref().is_some_and(|s| s.entitled_at(now));
         let plan = match (&subscription, entitled) {
-            (Some(sub), true) => headers.iter().find(|h| h.id == sub.plan_id.as_str()).cloned(),
-            _ => free_plan.clone(),
+            (Some(sub), true) => base.headers.get(sub.plan_id.as_str()).cloned(),
+            _ => base.free_plan.clone(),
         };
         // Trials are few: their ends are read one by one.
         let trial_ends_at = match trialing(subscription.as_ref(), entitled) {
@@ -110,7 +121,7 @@ pub async fn resolve_many(tx: &Tx<'_>, tenant: TenantId, accounts: &[&str], now:
         };
         payers.insert((*account).to_owned(), payer_of(&acting, None, subscription, entitled, plan, trial_ends_at, now));
     }
-    Ok(payers)
+    Ok(ResolvedMany { payers, config_version, settings: base.settings })
 }
 
 /// Whether the governing subscription is an entitled trial.

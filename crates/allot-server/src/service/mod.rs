@@ -19,6 +19,7 @@ pub mod idempotent;
 pub mod in_force;
 pub mod meter_session;
 pub mod outcome;
+pub mod plan_book;
 pub mod pools;
 pub mod pricing;
 pub mod rate;
@@ -41,11 +42,13 @@ pub struct Ctx {
     /// Connections taken by services (health probes excluded): proves paths that must not touch
     /// the database (a held classifier cooldown) do not.
     pub db_checkouts: Arc<AtomicU64>,
+    /// Tenants' configuration as batches read it, at each tenant's configuration version.
+    pub plan_book: Arc<plan_book::PlanBook>,
 }
 
 impl Ctx {
     pub fn new(pool: deadpool_postgres::Pool, clock: Arc<dyn Clock>) -> Ctx {
-        Ctx { pool, clock, db_checkouts: Arc::new(AtomicU64::new(0)) }
+        Ctx { pool, clock, db_checkouts: Arc::new(AtomicU64::new(0)), plan_book: Arc::default() }
     }
 
     /// A pooled connection for one operation.

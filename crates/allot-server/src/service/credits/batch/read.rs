@@ -1,8 +1,9 @@
 //! One snapshot for a batch of checks. Concurrent single-line checks of credits of one tenant
 //! queue in lanes like debits (see `batch`); a lane's worker reads, in one read-only
-//! repeatable-read transaction, who pays for every account, the plans' terms and soft caps, every
-//! meter's row, grants, live holds, standings and hourly usage — each table once for the whole
-//! batch — and then decides each check on its own exactly as `check` does alone. A check sees
+//! repeatable-read transaction, who pays for every account, the plans' terms and soft caps (through
+//! the plan book, at the configuration version of that snapshot), every meter's row, grants, live
+//! holds, standings and hourly usage — each table once for the whole batch — and then decides
+//! each check on its own exactly as `check` does alone. A check sees
 //! every debit committed before it was queued (the snapshot is taken after the batch is taken).
 //!
 //! Checks it leaves to be decided alone (their result is `None`): a member of an org (pooled
@@ -90,7 +91,8 @@ impl Credits {
         let mut client = self.ctx.db().await?;
         let tx = crate::db::begin_batch(&mut client, tenant, crate::db::Access::Snapshot).await?;
         let accounts: Vec<&str> = checks.iter().map(|c| c.cmd.account.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
-        let (payers, settings) = futures::try_join!(in_force::resolve_many(&tx, tenant, &accounts, now), repo::fair_use::settings(&tx, tenant))?;
+        let book = &self.ctx.plan_book;
+        let in_force::ResolvedMany { payers, config_version, settings } = in_force::resolve_many(&tx, tenant, &accounts, now, book).await?;
 
         let keys: Vec<(&str, &str)> = checks
             .iter()
@@ -101,10 +103,9 @@ impl Credits {
             .collect();
         let (plan_meters, plan_ids) = plans::wanted(&payers, &keys);
         let since = now - time::Duration::milliseconds(settings.violation_window_ms);
-        let (terms, mut rows, soft_caps, standings) = futures::try_join!(
-            repo::plans::meter_terms_many(&tx, tenant, &plan_meters),
+        let ((terms, soft_caps), mut rows, standings) = futures::try_join!(
+            book.terms(&tx, tenant, config_version, &plan_meters, &plan_ids),
             repo::balances::read_many(&tx, tenant, &keys),
-            repo::fair_use::soft_caps_of(&tx, tenant, &plan_ids),
             repo::fair_use::standings(&tx, tenant, &accounts, since),
         )?;
         let plans = Plans { payers: &payers, terms, soft_caps };
