@@ -20,6 +20,7 @@ use crate::ids::TenantId;
 pub struct Tx<'a> {
     client: &'a deadpool_postgres::ClientWrapper,
     done: bool,
+    read_only: bool,
 }
 
 impl Deref for Tx<'_> {
@@ -36,6 +37,14 @@ impl Tx<'_> {
     pub async fn commit(mut self) -> Result<(), tokio_postgres::Error> {
         self.done = true;
         self.client.batch_execute("COMMIT").await
+    }
+
+    /// Ends a read-only transaction without waiting: its `ROLLBACK` (for a transaction that wrote
+    /// nothing, the same as `COMMIT`) is queued on the connection, ahead of whatever its next user
+    /// sends.
+    pub fn end_read_only(self) {
+        assert!(self.read_only, "only a read-only transaction ends without waiting");
+        // Dropping the guard queues the ROLLBACK.
     }
 
     /// Rolls back and waits for it.
@@ -100,7 +109,7 @@ pub async fn begin(client: &mut deadpool_postgres::Client, tenant: TenantId) -> 
 /// Starts a transaction of `access` that sees only `tenant`'s rows: `BEGIN` and the tenant
 /// setting travel in one message (one round trip, like a plain `BEGIN`).
 pub async fn begin_with(client: &mut deadpool_postgres::Client, tenant: TenantId, access: Access) -> Result<Tx<'_>, tokio_postgres::Error> {
-    start(client, &tenant_begin(tenant, access, "")).await
+    start(client, &tenant_begin(tenant, access, ""), access).await
 }
 
 /// `BEGIN` of `access`, the tenant setting and `then`, as one message.
@@ -111,27 +120,41 @@ fn tenant_begin(tenant: TenantId, access: Access, then: &str) -> String {
     format!("{}; SET LOCAL allot.tenant_id = '{}'{then}", access.begin(), tenant.0.hyphenated())
 }
 
-/// [`begin_with`] for a batch of requests (group-committed debits, checks sharing a snapshot):
-/// its statements are always executed with their generic (cached) plan. Batch statements look
-/// each key up on its own (a lateral subquery per key), so the generic plan is the right one for
-/// any batch size; left to `plan_cache_mode = auto`, PostgreSQL judged a small batch's custom
-/// plan cheaper than the generic one (which assumes ten keys) and planned the statement again
-/// on every execution: 190–250 µs of planning per batch at 16 clients (docs/benchmarks.md,
-/// finding 18).
-pub async fn begin_batch(client: &mut deadpool_postgres::Client, tenant: TenantId, access: Access) -> Result<Tx<'_>, tokio_postgres::Error> {
-    start(client, &tenant_begin(tenant, access, "; SET LOCAL plan_cache_mode = force_generic_plan")).await
+/// [`begin_with`] for a batch of requests (group-committed debits, checks sharing a snapshot),
+/// in two ways:
+/// - `BEGIN` is not waited for. It is queued on the connection and travels ahead of the batch's
+///   first statements, one round trip fewer. The batch's first round trip must show that the
+///   transaction began: `repo::tenants::config_version` fails when the tenant's row is not
+///   visible, and it is visible only once `BEGIN` and the tenant setting have run (they are one
+///   message, executed in order, before anything sent after it).
+/// - Its statements are always executed with their generic (cached) plan. Batch statements look
+///   each key up on its own (a lateral subquery per key), so the generic plan is the right one
+///   for any batch size; left to `plan_cache_mode = auto`, PostgreSQL judged a small batch's
+///   custom plan cheaper than the generic one (which assumes ten keys) and planned the statement
+///   again on every execution: 190–250 µs of planning per batch at 16 clients
+///   (docs/benchmarks.md, finding 18).
+pub fn begin_batch(client: &mut deadpool_postgres::Client, tenant: TenantId, access: Access) -> Result<Tx<'_>, tokio_postgres::Error> {
+    let client: &deadpool_postgres::ClientWrapper = client;
+    let tx = Tx { client, done: false, read_only: access != Access::ReadWrite };
+    let sql = tenant_begin(tenant, access, "; SET LOCAL plan_cache_mode = force_generic_plan");
+    // Polling once queues the message (as `Drop` does for its ROLLBACK); the connection reads
+    // and discards the answer. An error already known (a closed connection) is returned.
+    if let Some(Err(err)) = client.batch_execute(&sql).now_or_never() {
+        return Err(err);
+    }
+    Ok(tx)
 }
 
 /// Starts a read-write transaction for a job that spans tenants (see [`AllTenants`]).
 pub async fn begin_all_tenants(client: &mut deadpool_postgres::Client, why: AllTenants) -> Result<Tx<'_>, tokio_postgres::Error> {
     tracing::trace!(why = ?why, "transaction across tenants");
-    start(client, "BEGIN; SET LOCAL allot.all_tenants = 'on'").await
+    start(client, "BEGIN; SET LOCAL allot.all_tenants = 'on'", Access::ReadWrite).await
 }
 
-async fn start<'a>(client: &'a mut deadpool_postgres::Client, sql: &str) -> Result<Tx<'a>, tokio_postgres::Error> {
+async fn start<'a>(client: &'a mut deadpool_postgres::Client, sql: &str, access: Access) -> Result<Tx<'a>, tokio_postgres::Error> {
     let client: &'a deadpool_postgres::ClientWrapper = client;
     // The guard is live before `BEGIN` is sent: a caller that gives up mid-way rolls back.
-    let tx = Tx { client, done: false };
+    let tx = Tx { client, done: false, read_only: access != Access::ReadWrite };
     client.batch_execute(sql).await?;
     Ok(tx)
 }

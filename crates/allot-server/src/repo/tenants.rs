@@ -34,9 +34,12 @@ pub async fn create(tx: &Tx<'_>, id: TenantId, name: &str) -> Result<(), Error> 
 
 /// The version of the tenant's configuration (plans, their meters and soft caps, fair-use
 /// settings), moved by every write to it (migration V14); 0 for a tenant never configured.
+/// Fails when the tenant's row is not visible: the transaction has not begun for the tenant
+/// (row-level security shows it only then; see `db::begin_batch`).
 pub async fn config_version(tx: &Tx<'_>, tenant: TenantId) -> Result<i64, Error> {
     let stmt = tx.prepare_cached("SELECT config_version FROM tenants WHERE id = $1").await?;
-    Ok(tx.query_opt(&stmt, &[&tenant.0]).await?.map_or(0, |row| row.get(0)))
+    let row = tx.query_opt(&stmt, &[&tenant.0]).await?;
+    row.map(|row| row.get(0)).ok_or_else(|| Error::Internal(format!("tenant {tenant} is not visible: its transaction did not begin")))
 }
 
 /// A key in clear (the only time it is seen) and its id.

@@ -125,6 +125,14 @@ impl PlanBook {
         Ok((terms, caps))
     }
 
+    /// The fair-use settings the book holds for `tenant`, with their version: a batch may start
+    /// reads that need them before it knows the current version, and redo them if it differs.
+    pub fn settings_hint(&self, tenant: TenantId) -> Option<(i64, Settings)> {
+        let books = self.lock();
+        let book = books.get(&tenant)?;
+        book.settings.clone().map(|settings| (book.version, settings))
+    }
+
     /// The configuration version the book holds for `tenant`, if any.
     pub fn version_of(&self, tenant: TenantId) -> Option<i64> {
         self.lock().get(&tenant).map(|book| book.version)

@@ -48,7 +48,7 @@ impl Credits {
         let commands: Vec<&DebitCommand> = queued.iter().map(|q| &q.cmd).collect();
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = crate::db::begin_batch(&mut client, tenant, crate::db::Access::ReadWrite).await?;
+        let tx = crate::db::begin_batch(&mut client, tenant, crate::db::Access::ReadWrite)?;
         let accounts: Vec<&str> = commands.iter().map(|c| c.account.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
         let book = &self.ctx.plan_book;
         let in_force::ResolvedMany { payers, config_version, settings } = in_force::resolve_many(&tx, tenant, &accounts, now, book).await?;

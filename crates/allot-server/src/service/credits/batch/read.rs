@@ -89,26 +89,44 @@ impl Credits {
     async fn check_group(&self, tenant: TenantId, checks: &[&QueuedCheck]) -> Result<Vec<Option<Result<Decision, Error>>>, Error> {
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
-        let tx = crate::db::begin_batch(&mut client, tenant, crate::db::Access::Snapshot).await?;
+        let tx = crate::db::begin_batch(&mut client, tenant, crate::db::Access::Snapshot)?;
         let accounts: Vec<&str> = checks.iter().map(|c| c.cmd.account.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
+        let asked: Vec<(&str, &str)> =
+            checks.iter().map(|c| (c.cmd.account.as_str(), c.meter.as_str())).collect::<BTreeSet<_>>().into_iter().collect();
+        // One round trip for all of it (`BEGIN` included), before who pays is known: the rows of
+        // every meter asked (an org member's are read and left unused) and, with the fair-use
+        // settings the plan book last held, the standings (read again if those settings turn out
+        // not to be the current version's).
         let book = &self.ctx.plan_book;
-        let in_force::ResolvedMany { payers, config_version, settings } = in_force::resolve_many(&tx, tenant, &accounts, now, book).await?;
-
-        let keys: Vec<(&str, &str)> = checks
-            .iter()
-            .filter(|c| payers.contains_key(c.cmd.account.as_str()))
-            .map(|c| (c.cmd.account.as_str(), c.meter.as_str()))
-            .collect::<BTreeSet<_>>()
-            .into_iter()
-            .collect();
-        let (plan_meters, plan_ids) = plans::wanted(&payers, &keys);
-        let since = now - time::Duration::milliseconds(settings.violation_window_ms);
-        let ((terms, soft_caps), mut rows, standings) = futures::try_join!(
-            book.terms(&tx, tenant, config_version, &plan_meters, &plan_ids),
-            repo::balances::read_many(&tx, tenant, &keys),
-            repo::fair_use::standings(&tx, tenant, &accounts, since),
+        let hint = book.settings_hint(tenant);
+        let standings_since = |settings: &repo::fair_use::Settings| now - time::Duration::milliseconds(settings.violation_window_ms);
+        let early_standings = async {
+            match &hint {
+                Some((_, settings)) => repo::fair_use::standings(&tx, tenant, &accounts, standings_since(settings)).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (resolved, mut rows, mut grants, held, early_standings) = futures::try_join!(
+            in_force::resolve_many(&tx, tenant, &accounts, now, book),
+            repo::balances::read_many(&tx, tenant, &asked),
+            repo::grants::for_meters(&tx, tenant, &asked),
+            repo::holds::held_totals(&tx, tenant, &asked, now),
+            early_standings,
         )?;
+        let in_force::ResolvedMany { payers, config_version, settings } = resolved;
+        let keys: Vec<(&str, &str)> = asked.iter().copied().filter(|(account, _)| payers.contains_key(*account)).collect();
+        let (plan_meters, plan_ids) = plans::wanted(&payers, &keys);
+        let (terms, soft_caps) = book.terms(&tx, tenant, config_version, &plan_meters, &plan_ids).await?;
         let plans = Plans { payers: &payers, terms, soft_caps };
+        let capped: Vec<(&str, &str)> = keys.iter().copied().filter(|(a, m)| !plans.caps_of(a, m).is_empty()).collect();
+        let standings = async {
+            match (early_standings, &hint) {
+                (Some(standings), Some((version, _))) if *version == config_version => Ok(standings),
+                _ => repo::fair_use::standings(&tx, tenant, &accounts, standings_since(&settings)).await,
+            }
+        };
+        let (standings, hourly) = futures::try_join!(standings, plans.hourly(&tx, tenant, &capped, now))?;
+        tx.end_read_only();
         let standing_of = plans::standings(&settings, &standings, payers.keys().map(String::as_str));
         // Meters decided here: no rate cap, no daily budget.
         let decided: Vec<(&str, &str)> = keys
@@ -116,13 +134,6 @@ impl Credits {
             .copied()
             .filter(|(a, m)| plans.terms_of(a, m).rate.is_none() && Meter::parse(m).is_ok_and(|meter| standing_of[a].daily_budget(&meter).is_none()))
             .collect();
-        let capped: Vec<(&str, &str)> = decided.iter().copied().filter(|(a, m)| !plans.caps_of(a, m).is_empty()).collect();
-        let (mut grants, held, hourly) = futures::try_join!(
-            repo::grants::for_meters(&tx, tenant, &decided),
-            repo::holds::held_totals(&tx, tenant, &decided, now),
-            plans.hourly(&tx, tenant, &capped, now),
-        )?;
-        tx.commit().await?;
 
         let mut sessions: HashMap<plans::Key, MeterSession> = HashMap::new();
         for (account, meter) in &decided {
