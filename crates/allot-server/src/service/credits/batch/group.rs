@@ -50,16 +50,18 @@ impl Credits {
         let mut client = self.ctx.db().await?;
         let tx = crate::db::begin_batch(&mut client, tenant, crate::db::Access::ReadWrite)?;
         let accounts: Vec<&str> = commands.iter().map(|c| c.account.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
+        let asked: Vec<(&str, &str)> =
+            commands.iter().map(|c| (c.account.as_str(), c.lines[0].0.as_str())).collect::<BTreeSet<_>>().into_iter().collect();
+        // Who pays, and every meter asked locked, in one round trip (`BEGIN` included). An org
+        // member's own rows are locked too and left unused: its debit is decided alone, after
+        // this batch commits.
         let book = &self.ctx.plan_book;
-        let in_force::ResolvedMany { payers, config_version, settings } = in_force::resolve_many(&tx, tenant, &accounts, now, book).await?;
-
-        // Who pays is known: lock every meter, with the plans' terms and soft caps.
-        let keys: BTreeSet<(&str, &str)> =
-            commands.iter().filter(|c| payers.contains_key(c.account.as_str())).map(|c| (c.account.as_str(), c.lines[0].0.as_str())).collect();
-        let keys: Vec<(&str, &str)> = keys.into_iter().collect();
+        let (resolved, mut rows) =
+            futures::try_join!(in_force::resolve_many(&tx, tenant, &accounts, now, book), repo::balances::lock_many(&tx, tenant, &asked))?;
+        let in_force::ResolvedMany { payers, config_version, settings } = resolved;
+        let keys: Vec<(&str, &str)> = asked.iter().copied().filter(|(account, _)| payers.contains_key(*account)).collect();
         let (plan_meters, plan_ids) = plans::wanted(&payers, &keys);
-        let ((terms, soft_caps), mut rows) =
-            futures::try_join!(book.terms(&tx, tenant, config_version, &plan_meters, &plan_ids), repo::balances::lock_many(&tx, tenant, &keys))?;
+        let (terms, soft_caps) = book.terms(&tx, tenant, config_version, &plan_meters, &plan_ids).await?;
         let plans = Plans { payers: &payers, terms, soft_caps };
         // Meters used for the first time get their opening row, then are locked like the others.
         // Not those with a rate cap: they are decided (and opened) alone. A row created here is
