@@ -339,3 +339,56 @@ async fn a_batch_leaves_what_live_holds_keep() {
     assert!(most_accounts_in_one_transaction(&server).await >= 2, "no transaction decided debits of more than one account");
     assert_eq!(assert_ledger_explains_balances(&server).await, 16);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn holds_taken_while_a_batch_waits_for_its_locks_are_counted() {
+    let server = TestServer::start().await;
+    let (entitlements, mut admin) = server.clients().await;
+    free_plan(&mut admin, "tokens", Some(100), 0, 0).await;
+    // Per account, reserves of 30 and debits of 10 race: whatever order they commit in, what
+    // was admitted fits in 100 (a batch reads holds only once its row locks are held).
+    let mut tasks = Vec::new();
+    for a in 0..16 {
+        for i in 0..12 {
+            let mut client = entitlements.clone();
+            let account = format!("acct-{a}");
+            tasks.push(tokio::spawn(async move {
+                let credits = if i % 3 == 0 {
+                    let hold = client
+                        .reserve(pb::ReserveRequest {
+                            account_id: account,
+                            meter: "tokens".into(),
+                            amount_credits: 30,
+                            ttl_ms: 600_000,
+                            idempotency_key: format!("hold-{a}-{i}"),
+                            ..Default::default()
+                        })
+                        .await
+                        .expect("reserve")
+                        .into_inner();
+                    if allowed(hold.decision) {
+                        30
+                    } else {
+                        0
+                    }
+                } else {
+                    let response = debit(&mut client, &account, "tokens", 10, &format!("k{a}-{i}")).await;
+                    if allowed(response.decision) {
+                        10
+                    } else {
+                        0
+                    }
+                };
+                (a, credits)
+            }));
+        }
+    }
+    let mut admitted = [0i64; 16];
+    for task in tasks {
+        let (a, credits) = task.await.expect("task");
+        admitted[a] += credits;
+    }
+    assert!(admitted.iter().all(|credits| *credits <= 100), "holds and debits admitted per account: {admitted:?}");
+    assert!(admitted.iter().all(|credits| *credits >= 80), "each account spent what it had: {admitted:?}");
+    assert_eq!(assert_ledger_explains_balances(&server).await, 16);
+}

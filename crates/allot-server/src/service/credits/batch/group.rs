@@ -52,20 +52,40 @@ impl Credits {
         let accounts: Vec<&str> = commands.iter().map(|c| c.account.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
         let asked: Vec<(&str, &str)> =
             commands.iter().map(|c| (c.account.as_str(), c.lines[0].0.as_str())).collect::<BTreeSet<_>>().into_iter().collect();
-        // Who pays, and every meter asked locked, in one round trip (`BEGIN` included). An org
-        // member's own rows are locked too and left unused: its debit is decided alone, after
-        // this batch commits.
+        // One round trip (`BEGIN` included): who pays, every meter asked locked, and — sent
+        // after the lock on the same connection, so executed once it is held — the meters'
+        // grants and live holds, the batch's idempotency records and (with the fair-use settings
+        // the plan book last held) the accounts' standings. tokio-postgres sends a statement
+        // when its future is first polled and `try_join!` polls in order; PostgreSQL runs one
+        // connection's statements in order. An org member's own rows are locked too and left
+        // unused: its debit is decided alone, after this batch commits.
         let book = &self.ctx.plan_book;
-        let (resolved, mut rows) =
-            futures::try_join!(in_force::resolve_many(&tx, tenant, &accounts, now, book), repo::balances::lock_many(&tx, tenant, &asked))?;
+        let hint = book.settings_hint(tenant);
+        let since = |settings: &repo::fair_use::Settings| now - time::Duration::milliseconds(settings.violation_window_ms);
+        let command_keys: Vec<&str> = commands.iter().map(|c| c.key.as_str()).collect();
+        let early_standings = async {
+            match &hint {
+                Some((_, settings)) => repo::fair_use::standings(&tx, tenant, &accounts, since(settings)).await.map(Some),
+                None => Ok(None),
+            }
+        };
+        let (resolved, mut rows, mut grants, mut held, stored, early_standings) = futures::try_join!(
+            in_force::resolve_many(&tx, tenant, &accounts, now, book),
+            repo::balances::lock_many(&tx, tenant, &asked),
+            repo::grants::for_meters(&tx, tenant, &asked),
+            repo::holds::held_totals(&tx, tenant, &asked, now),
+            repo::idempotency::find_many(&tx, tenant, &command_keys),
+            early_standings,
+        )?;
         let in_force::ResolvedMany { payers, config_version, settings } = resolved;
         let keys: Vec<(&str, &str)> = asked.iter().copied().filter(|(account, _)| payers.contains_key(*account)).collect();
         let (plan_meters, plan_ids) = plans::wanted(&payers, &keys);
         let (terms, soft_caps) = book.terms(&tx, tenant, config_version, &plan_meters, &plan_ids).await?;
         let plans = Plans { payers: &payers, terms, soft_caps };
-        // Meters used for the first time get their opening row, then are locked like the others.
-        // Not those with a rate cap: they are decided (and opened) alone. A row created here is
-        // saved with its opening entry even when its debit is then left to the ordinary path.
+        // Meters used for the first time get their opening row, then are locked like the others,
+        // and their grants and holds read again under that lock. Not those with a rate cap: they
+        // are decided (and opened) alone. A row created here is saved with its opening entry even
+        // when its debit is then left to the ordinary path.
         let mut openings = HashMap::new();
         let missing: Vec<(&str, &str)> = keys
             .iter()
@@ -84,7 +104,19 @@ impl Credits {
                 let effect = effects.remove(&key).ok_or_else(|| Error::Internal("opened a meter nobody asked for".into()))?;
                 openings.insert(key, effect);
             }
-            rows.extend(repo::balances::lock_many(&tx, tenant, &missing).await?);
+            let (locked_now, grants_now, held_now) = futures::try_join!(
+                repo::balances::lock_many(&tx, tenant, &missing),
+                repo::grants::for_meters(&tx, tenant, &missing),
+                repo::holds::held_totals(&tx, tenant, &missing, now),
+            )?;
+            for (account, meter) in &missing {
+                let key = ((*account).to_owned(), (*meter).to_owned());
+                grants.remove(&key);
+                held.remove(&key);
+            }
+            rows.extend(locked_now);
+            grants.extend(grants_now);
+            held.extend(held_now);
         }
         let locked: Vec<(&str, &str)> = keys
             .iter()
@@ -94,18 +126,16 @@ impl Credits {
         let capped: Vec<(&str, &str)> = locked.iter().copied().filter(|(a, m)| !plans.caps_of(a, m).is_empty()).collect();
         // Hourly usage is kept for soft caps only (as `fair_use::record_usage` keeps it).
         let capped_keys: BTreeSet<(&str, &str)> = capped.iter().copied().collect();
-
-        // Everything else about the locked meters, read after the locks in one round trip.
         let locked_accounts: Vec<&str> = locked.iter().map(|(a, _)| *a).collect::<BTreeSet<_>>().into_iter().collect();
-        let command_keys: Vec<&str> = commands.iter().map(|c| c.key.as_str()).collect();
-        let since = now - time::Duration::milliseconds(settings.violation_window_ms);
-        let (mut grants, held, stored, standings, hourly) = futures::try_join!(
-            repo::grants::for_meters(&tx, tenant, &locked),
-            repo::holds::held_totals(&tx, tenant, &locked, now),
-            repo::idempotency::find_many(&tx, tenant, &command_keys),
-            repo::fair_use::standings(&tx, tenant, &locked_accounts, since),
-            plans.hourly(&tx, tenant, &capped, now),
-        )?;
+        // Standings read again only when the book's settings were not this version's; hourly
+        // usage only for soft-capped meters.
+        let standings = async {
+            match (early_standings, &hint) {
+                (Some(standings), Some((version, _))) if *version == config_version => Ok(standings),
+                _ => repo::fair_use::standings(&tx, tenant, &accounts, since(&settings)).await,
+            }
+        };
+        let (standings, hourly) = futures::try_join!(standings, plans.hourly(&tx, tenant, &capped, now))?;
         let mut standing_of = plans::standings(&settings, &standings, locked_accounts.iter().copied());
         let mut sessions: BTreeMap<Key, MeterSession> = BTreeMap::new();
         // Meters this batch opened but does not decide: saved (row and opening entry) only.
