@@ -1,7 +1,7 @@
 //! One transaction for a batch of single-line debits (credits, or usage rated before it was
-//! queued) over any accounts of one tenant: who pays
-//! for every account, every meter's row lock (one statement, `(account, meter)` order), the
-//! grants, holds, idempotency records and fair-use standings of all of them, then each debit
+//! queued) over any accounts of one tenant: in one round trip, who pays for every account, every
+//! meter's row lock (one statement, `(account, meter)` order) and, executed after the lock, the
+//! grants, holds, idempotency records and fair-use standings of all of them; then each debit
 //! decided on its own in arrival order, then every write sent together (one statement per table),
 //! one commit.
 //!
