@@ -392,3 +392,76 @@ async fn holds_taken_while_a_batch_waits_for_its_locks_are_counted() {
     assert!(admitted.iter().all(|credits| *credits >= 80), "each account spent what it had: {admitted:?}");
     assert_eq!(assert_ledger_explains_balances(&server).await, 16);
 }
+
+/// A connection of the test's own, beside the server's pool (of one).
+async fn connect(database_url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_reads_holds_after_its_locks_even_on_a_connection_new_to_locking() {
+    // One connection and one lane, so the order of events is the test's to set.
+    let server = TestServer::start_with(time::OffsetDateTime::now_utc(), |c| {
+        c.db_pool_size_max = 1;
+        c.debit_batch_workers = 1;
+    })
+    .await;
+    let (entitlements, mut admin) = server.clients().await;
+    free_plan(&mut admin, "tokens", Some(100), 0, 0).await;
+    let mut client = entitlements.clone();
+    for account in ["a", "c"] {
+        assert!(allowed(debit(&mut client, account, "tokens", 10, &format!("open-{account}")).await.decision));
+    }
+    // Batches of checks prepare, on the one connection, the statements that read grants, holds
+    // and standings, which a debit batch shares; never the debit batch's row lock.
+    for round in 0..3 {
+        let mut tasks = Vec::new();
+        for i in 0..8 {
+            let (mut client, account) = (entitlements.clone(), if i % 2 == 0 { "a" } else { "c" });
+            tasks.push(tokio::spawn(async move { check(&mut client, account, "tokens", 1).await }));
+        }
+        for task in tasks {
+            assert!(allowed(task.await.expect("task").decision), "round {round}");
+        }
+    }
+    let tenant = server.tenant.tenant.0;
+    let mut holding_c = connect(&server.database_url).await;
+    let hold_c = holding_c.transaction().await.expect("begin");
+    hold_c.execute("SELECT 1 FROM meter_balances WHERE tenant_id = $1 AND account_id = 'c' FOR UPDATE", &[&tenant]).await.expect("lock c");
+    // Another transaction reserves 80 of a's 90 under a's row lock, and has not committed yet.
+    let mut holding_a = connect(&server.database_url).await;
+    let hold_a = holding_a.transaction().await.expect("begin");
+    hold_a.execute("SELECT 1 FROM meter_balances WHERE tenant_id = $1 AND account_id = 'a' FOR UPDATE", &[&tenant]).await.expect("lock a");
+    hold_a
+        .execute(
+            "INSERT INTO holds (tenant_id, id, account_id, acting_account_id, meter, amount_credits, status, expires_at, created_at) \
+             VALUES ($1, gen_random_uuid(), 'a', 'a', 'tokens', 80, 'held', now() + interval '1 hour', now())",
+            &[&tenant],
+        )
+        .await
+        .expect("hold");
+    // A debit of c takes the connection and waits for c's lock; meanwhile ten debits of a
+    // queue behind it in the lane, to be decided as one batch.
+    let mut waiting = vec![{
+        let mut client = entitlements.clone();
+        tokio::spawn(async move { debit(&mut client, "c", "tokens", 10, "c-1").await })
+    }];
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    for i in 0..10 {
+        let mut client = entitlements.clone();
+        waiting.push(tokio::spawn(async move { debit(&mut client, "a", "tokens", 10, &format!("a-{i}")).await }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // c's debit goes through; a's batch starts and waits for a's lock, then the hold commits.
+    hold_c.commit().await.expect("commit c");
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    hold_a.commit().await.expect("commit a");
+    let mut admitted = 0;
+    for task in waiting.split_off(1) {
+        admitted += usize::from(allowed(task.await.expect("task").decision));
+    }
+    assert!(allowed(waiting.pop().expect("c").await.expect("task").decision));
+    assert_eq!(admitted, 1, "90 left, 80 of it held: one debit of 10 fits");
+}

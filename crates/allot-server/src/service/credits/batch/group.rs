@@ -57,8 +57,11 @@ impl Credits {
         // grants and live holds, the batch's idempotency records and (with the fair-use settings
         // the plan book last held) the accounts' standings. tokio-postgres sends a statement
         // when its future is first polled and `try_join!` polls in order; PostgreSQL runs one
-        // connection's statements in order. An org member's own rows are locked too and left
-        // unused: its debit is decided alone, after this batch commits.
+        // connection's statements in order — provided the lock's statement is prepared, or its
+        // Execute would follow the reads by a round trip, hence `prepare_lock_many` first
+        // (`group_commit::a_batch_reads_holds_after_its_locks_even_on_a_connection_new_to_locking`).
+        // An org member's own rows are locked too and left unused: its debit is decided alone,
+        // after this batch commits.
         let book = &self.ctx.plan_book;
         let hint = book.settings_hint(tenant);
         let since = |settings: &repo::fair_use::Settings| now - time::Duration::milliseconds(settings.violation_window_ms);
@@ -69,6 +72,7 @@ impl Credits {
                 None => Ok(None),
             }
         };
+        repo::balances::prepare_lock_many(&tx).await?;
         let (resolved, mut rows, mut grants, mut held, stored, early_standings) = futures::try_join!(
             in_force::resolve_many(&tx, tenant, &accounts, now, book),
             repo::balances::lock_many(&tx, tenant, &asked),
