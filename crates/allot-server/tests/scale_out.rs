@@ -298,3 +298,31 @@ async fn a_configuration_change_governs_the_next_batch_on_every_replica() {
     assert!(checks_at_once(&on_replica, &fresh("second"), 10).await.iter().all(|a| !a.2), "the removed soft cap no longer triggers");
     stop_all(vec![primary, replica]).await;
 }
+
+#[tokio::test]
+async fn the_configuration_version_moves_with_every_write_and_refuses_blind_ones() {
+    let server = TestServer::start().await;
+    let tenant = server.tenant.tenant.0;
+    let sql = server.sql().await;
+    let version = |row: tokio_postgres::Row| row.get::<_, i64>(0);
+    let read = "SELECT config_version FROM tenants WHERE id = $1";
+    let before = version(sql.query_one(read, &[&tenant]).await.expect("version"));
+    let (_, mut admin) = server.clients().await;
+    free_plan(&mut admin, "tokens", Some(100), 0, 0).await;
+    let after_plan = version(sql.query_one(read, &[&tenant]).await.expect("version"));
+    assert!(after_plan > before, "a plan written through the API moves the version: {before} → {after_plan}");
+
+    // A job across tenants does not see the tenant's row: its write to the configuration is refused.
+    let mut app = server.app_pool.get().await.expect("app connection");
+    let tx = app.transaction().await.expect("begin");
+    tx.batch_execute("SET LOCAL allot.all_tenants = 'on'").await.expect("across tenants");
+    let refused = tx.execute("DELETE FROM plans WHERE tenant_id = $1", &[&tenant]).await.expect_err("refused");
+    assert!(refused.as_db_error().is_some_and(|e| e.message().contains("not visible")), "{refused}");
+    drop(tx);
+
+    // By hand, a TRUNCATE too.
+    sql.batch_execute("TRUNCATE soft_caps").await.expect("truncate");
+    let after_truncate = version(sql.query_one(read, &[&tenant]).await.expect("version"));
+    assert!(after_truncate > after_plan, "{after_plan} → {after_truncate}");
+    stop_all(vec![server]).await;
+}

@@ -7,12 +7,14 @@
 //! statements, and takes from the book only what was stored at that same version; what is
 //! missing it reads in that transaction and stores at that version. So a cached answer is exactly
 //! what the batch's transaction would have read, on any replica, with no notification to wait
-//! for. (In a READ COMMITTED batch a write may commit between the version and the configuration
-//! statements; what is stored is then newer than its version, never older, and the next batch
-//! reads the new version and misses.)
+//! for. A READ COMMITTED batch (debits) sees each statement's own snapshot, so a write may commit
+//! between its version read and its configuration reads: what it read is stored only if the
+//! version, read again after them, has not moved (no write committed in between, so every read
+//! saw that version's configuration); otherwise it is used by that batch alone.
 //!
-//! Bounded: at most [`TENANTS_MAX`] tenants (the book is emptied when a new one would exceed it)
-//! and [`ENTRIES_MAX`] plans, meter terms and soft-cap lists per tenant (its entry is emptied).
+//! Bounded: at most [`TENANTS_MAX`] tenants (one is dropped to make room for another) and
+//! [`ENTRIES_MAX`] plans, meter terms and soft-cap lists per tenant (its entry is emptied when
+//! full: meter names come from requests).
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard};
@@ -28,7 +30,7 @@ use crate::repo::{self, Tx};
 /// Most tenants in the book.
 pub const TENANTS_MAX: usize = 1_000;
 /// Most entries (plan headers, meter terms, plans' soft caps) kept for one tenant.
-pub const ENTRIES_MAX: usize = 10_000;
+pub const ENTRIES_MAX: usize = 4_096;
 
 /// A meter of a plan: `(plan, meter)`.
 pub type PlanMeter = (String, String);
@@ -87,13 +89,14 @@ impl PlanBook {
         let (settings, free_plan, headers) =
             futures::try_join!(repo::fair_use::settings(tx, tenant), repo::plans::free_default(tx, tenant), headers)?;
         let base = Base { settings, free_plan, headers: headers.into_iter().map(|h| (h.id.clone(), h)).collect() };
-        self.store(tenant, version, |book| {
+        self.store_if_unmoved(tx, tenant, version, |book| {
             book.settings = Some(base.settings.clone());
             book.free_plan = Some(base.free_plan.clone());
             for plan in plans {
                 book.headers.insert((*plan).to_owned(), base.headers.get(*plan).cloned());
             }
-        });
+        })
+        .await?;
         Ok(base)
     }
 
@@ -111,7 +114,7 @@ impl PlanBook {
             return Ok(found);
         }
         let (terms, caps) = futures::try_join!(repo::plans::meter_terms_many(tx, tenant, pairs), repo::fair_use::soft_caps_of(tx, tenant, plans))?;
-        self.store(tenant, version, |book| {
+        self.store_if_unmoved(tx, tenant, version, |book| {
             for (plan, meter) in pairs {
                 let pair = ((*plan).to_owned(), (*meter).to_owned());
                 let found = terms.get(&pair).copied();
@@ -121,7 +124,8 @@ impl PlanBook {
                 let of_plan = caps.iter().filter(|(p, _, _)| p == plan).map(|(_, meter, cap)| (meter.clone(), *cap)).collect();
                 book.caps.insert((*plan).to_owned(), of_plan);
             }
-        });
+        })
+        .await?;
         Ok((terms, caps))
     }
 
@@ -174,12 +178,24 @@ impl PlanBook {
         Some((terms, caps))
     }
 
+    /// Stores what `tx` read after it read `version`, if the version has not moved since (read
+    /// again now, after those reads: they all saw `version`'s configuration). One more round trip,
+    /// on a miss only.
+    async fn store_if_unmoved(&self, tx: &Tx<'_>, tenant: TenantId, version: i64, fill: impl FnOnce(&mut Book)) -> Result<(), Error> {
+        if repo::tenants::config_version(tx, tenant).await? == version {
+            self.store(tenant, version, fill);
+        }
+        Ok(())
+    }
+
     /// Stores what was read at `version`: dropped when the book already holds a later version (the
     /// reader's view is older), and the tenant's entry started afresh at a later one.
     fn store(&self, tenant: TenantId, version: i64, fill: impl FnOnce(&mut Book)) {
         let mut books = self.lock();
         if !books.contains_key(&tenant) && books.len() >= TENANTS_MAX {
-            books.clear();
+            // Any one tenant makes room: its next batch reads its configuration again.
+            let dropped = *books.keys().next().expect("the book is full");
+            books.remove(&dropped);
         }
         let book = books.entry(tenant).or_default();
         if book.version > version {
@@ -260,7 +276,8 @@ mod tests {
         }
         assert_eq!(book.lock().len(), TENANTS_MAX);
         put_base(&book, tenant(u128::MAX), 1, "pro");
-        assert_eq!(book.lock().len(), 1, "a tenant past the limit empties the book");
+        assert_eq!(book.lock().len(), TENANTS_MAX, "a tenant past the limit takes another's place");
+        assert!(book.version_of(tenant(u128::MAX)).is_some());
 
         book.store(tenant(7), 1, |b| {
             for n in 0..ENTRIES_MAX {
