@@ -140,6 +140,10 @@ pub struct Config {
     /// acknowledged charge could then be lost in a crash). For throwaway environments only.
     #[arg(long, env = "ALLOT_ALLOW_UNSAFE_DURABILITY", default_value_t = false)]
     pub allow_unsafe_durability: bool,
+    /// Concurrent single-line checks share batches (`service::credits::batch::read`). Not a flag:
+    /// tests turn it off to compare batched answers with answers decided alone.
+    #[arg(skip = true)]
+    pub check_batching: bool,
 }
 
 impl Config {
@@ -165,6 +169,7 @@ impl Config {
             otlp_endpoint: None,
             shutdown_grace_ms: 20_000,
             allow_unsafe_durability: false,
+            check_batching: true,
             db_role: "allot_app".into(),
             auth_api_keys: true,
             tenant_concurrency_max: 8,

@@ -149,7 +149,7 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
     let rate = RateLimiter::new(app.redis.clone(), Duration::from_millis(config.redis_timeout_ms));
     let streams = Streams::new(app.gate.clone(), Duration::from_millis(config.request_timeout_ms), draining_rx.clone());
     let entitlements = EntitlementsServer::new(EntitlementsApi {
-        credits: Credits::new(app.ctx.clone(), rate, pricing.clone(), usize::try_from(config.debit_batch_workers)?),
+        credits: Credits::new(app.ctx.clone(), rate, pricing.clone(), usize::try_from(config.debit_batch_workers)?, config.check_batching),
         reports: Reports::new(app.ctx.clone()),
         streams: streams.clone(),
     })

@@ -1,5 +1,5 @@
-//! Checks that share one snapshot (concurrent single-line checks of a tenant) answer exactly as
-//! checks decided alone: the same decision, denial, meter figures (allowance, grants, live
+//! Checks that share one snapshot (concurrent single-line checks of a tenant, or one on its own)
+//! answer exactly as checks decided alone (by a server that batches none): the same decision, denial, meter figures (allowance, grants, live
 //! holds), fair-use stage and soft caps, for accounts in every state, an org member and a meter
 //! nobody has used yet among them. A check sees the debits committed before it was made.
 
@@ -58,8 +58,9 @@ async fn concurrent_checks_answer_as_checks_alone() {
     let accounts = varied_accounts(&server).await;
     let (entitlements, _) = server.clients().await;
 
-    // One at a time: each check is alone in its lane.
-    let mut client = entitlements.clone();
+    // Decided alone: by a replica of the same database that batches no check.
+    let unbatched = server.replica(|c| c.check_batching = false).await;
+    let mut client = unbatched.clients().await.0;
     let mut alone = Vec::new();
     for account in &accounts {
         alone.push(check(&mut client, account, "tokens", 300).await);
@@ -67,6 +68,12 @@ async fn concurrent_checks_answer_as_checks_alone() {
     let denied = alone.iter().filter(|r| !allowed(r.decision)).count();
     assert!(denied > 0 && denied < alone.len(), "the accounts span allowed and denied checks ({denied} denied)");
     assert!(alone.iter().any(|r| !r.fair_use.as_ref().expect("fair use").soft_caps_triggered.is_empty()), "some are over the soft cap");
+
+    // One at a time on the batching server: each is a batch of one.
+    let mut one_by_one = entitlements.clone();
+    for (i, account) in accounts.iter().enumerate() {
+        assert_eq!(check(&mut one_by_one, account, "tokens", 300).await, alone[i], "a batch of one: {account}");
+    }
 
     // The same checks, all at once, several times over (batches of any shape).
     for round in 0..3 {

@@ -134,8 +134,9 @@ pub struct Credits {
     pricing: Pricing,
     /// Debits queued per tenant (group commit, see `batch`).
     batches: std::sync::Arc<batch::Batches<batch::Queued>>,
-    /// Checks queued per tenant (one snapshot for a batch, see `batch`).
-    check_batches: std::sync::Arc<batch::Batches<batch::QueuedCheck>>,
+    /// Checks queued per tenant (one snapshot for a batch, see `batch`); `None` when every check
+    /// is decided alone (`Config::check_batching` off).
+    check_batches: Option<std::sync::Arc<batch::Batches<batch::QueuedCheck>>>,
 }
 
 /// What a keyed operation did inside its transaction.
@@ -362,8 +363,8 @@ fn overlay(denials: &mut [Option<Denial>], price_denials: &[Option<Denial>]) {
 
 impl Credits {
     /// `batch_workers`: group-commit transactions one tenant runs at once (see `batch`).
-    pub fn new(ctx: Ctx, rate: RateLimiter, pricing: Pricing, batch_workers: usize) -> Credits {
-        let check_batches = std::sync::Arc::new(batch::Batches::new(batch_workers));
+    pub fn new(ctx: Ctx, rate: RateLimiter, pricing: Pricing, batch_workers: usize, check_batching: bool) -> Credits {
+        let check_batches = check_batching.then(|| std::sync::Arc::new(batch::Batches::new(batch_workers)));
         Credits { ctx, rate, pricing, batches: std::sync::Arc::new(batch::Batches::new(batch_workers)), check_batches }
     }
 

@@ -1,6 +1,7 @@
 //! `Check`: would the usage be allowed now, as a gate? A dry run of the debit's admission on a
-//! consistent snapshot: it locks nothing, writes nothing and counts no rate cap. Concurrent
-//! single-line checks share one snapshot (see `batch::read`); the others are decided here alone.
+//! consistent snapshot: it locks nothing, writes nothing and counts no rate cap. Single-line
+//! checks are decided in batches, of one or of many sharing a snapshot (see `batch::read`); the
+//! others, and every check while `Config::check_batching` is off, are decided here alone.
 
 use super::*;
 
@@ -9,7 +10,8 @@ impl Credits {
     /// only looks at the rate caps.
     pub async fn check(&self, tenant: TenantId, cmd: CheckCommand) -> Result<Decision, Error> {
         match batch::QueuedCheck::of(cmd) {
-            Ok(queued) => self.queue(tenant, queued).await,
+            Ok(queued) if self.check_batches.is_some() => self.queue(tenant, queued).await,
+            Ok(queued) => self.check_alone(tenant, queued.cmd).await,
             Err(cmd) => self.check_alone(tenant, cmd).await,
         }
     }
