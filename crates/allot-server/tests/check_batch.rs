@@ -6,12 +6,13 @@
 mod common;
 
 use allot_proto::v1 as pb;
-use allot_server::testkit::TestServer;
+use allot_server::testkit::{Admin, Entitlements, TestServer};
 use common::*;
 use time::macros::datetime;
 
 /// Accounts in varied states: `a{i}` has used `i * 40` of an allowance of 1,000, every third
-/// has a purchased grant of 500, every fourth a live hold of 150; `member` belongs to an org.
+/// has a purchased grant of 500, every fourth a live hold of 150; `member` belongs to an org; and
+/// the accounts of `subscribed_accounts`.
 async fn varied_accounts(server: &TestServer) -> Vec<String> {
     let (mut entitlements, mut admin) = server.clients().await;
     free_plan(&mut admin, "tokens", Some(1_000), 0, 0).await;
@@ -23,7 +24,7 @@ async fn varied_accounts(server: &TestServer) -> Vec<String> {
     .await
     .expect("caps");
     admin.upsert_account(pb::Account { account_id: "member".into(), org_id: "acme".into() }).await.expect("member");
-    let mut accounts = Vec::new();
+    let mut accounts = subscribed_accounts(&mut admin, &mut entitlements).await;
     for i in 0..24 {
         let account = format!("a{i}");
         if i > 0 {
@@ -50,6 +51,51 @@ async fn varied_accounts(server: &TestServer) -> Vec<String> {
     accounts.push("member".into());
     accounts.push("never-seen".into());
     accounts
+}
+
+/// Accounts under a paid plan: `sub-active` (entitled, its own billing period, some used),
+/// `sub-lapsed` (canceled: the free plan) and `trialist` (trialing, with the trial's grant).
+async fn subscribed_accounts(admin: &mut Admin, entitlements: &mut Entitlements) -> Vec<String> {
+    admin
+        .upsert_plan(pb::UpsertPlanRequest {
+            plan: Some(pb::Plan {
+                plan_id: "pro".into(),
+                tier: "pro".into(),
+                name: "Pro".into(),
+                trial_days: 14,
+                meters: vec![pb::MeterAllowance {
+                    meter: "tokens".into(),
+                    allowance_credits: Some(5_000),
+                    trial_grant_credits: 500,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("pro plan");
+    let ts = allot_server::grpc::to_proto::timestamp;
+    for (account, status) in [("sub-active", pb::SubscriptionStatus::Active), ("sub-lapsed", pb::SubscriptionStatus::Canceled)] {
+        admin
+            .upsert_subscription(pb::UpsertSubscriptionRequest {
+                subscription: Some(pb::Subscription {
+                    account_id: account.into(),
+                    plan_id: "pro".into(),
+                    status: status as i32,
+                    current_period_start: Some(ts(datetime!(2026-11-05 00:00 UTC))),
+                    current_period_end: Some(ts(datetime!(2026-12-05 00:00 UTC))),
+                    ..Default::default()
+                }),
+            })
+            .await
+            .expect("subscription");
+    }
+    let trial = pb::StartTrialRequest { account_id: "trialist".into(), plan_id: "pro".into(), fingerprint: "fingerprint-trialist".into() };
+    assert!(admin.start_trial(trial).await.expect("trial").into_inner().started);
+    for account in ["sub-active", "trialist"] {
+        assert!(allowed(debit(entitlements, account, "tokens", 4_500, &format!("use-{account}")).await.decision));
+    }
+    vec!["sub-active".into(), "sub-lapsed".into(), "trialist".into()]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -85,6 +131,24 @@ async fn concurrent_checks_answer_as_checks_alone() {
         for (i, task) in tasks.into_iter().enumerate() {
             assert_eq!(task.await.expect("task"), alone[i], "round {round}: {}", accounts[i]);
         }
+    }
+
+    // Past every period's end (calendar months, and the subscriptions' own): periods roll over
+    // in memory alike on both paths.
+    server.clock.set(datetime!(2026-12-06 12:00 UTC));
+    let mut client = unbatched.clients().await.0;
+    let mut rolled = Vec::new();
+    for account in &accounts {
+        rolled.push(check(&mut client, account, "tokens", 300).await);
+    }
+    assert_ne!(rolled, alone, "the new periods show");
+    let mut tasks = Vec::new();
+    for account in &accounts {
+        let (mut client, account) = (entitlements.clone(), account.clone());
+        tasks.push(tokio::spawn(async move { check(&mut client, &account, "tokens", 300).await }));
+    }
+    for (i, task) in tasks.into_iter().enumerate() {
+        assert_eq!(task.await.expect("task"), rolled[i], "after the roll-over: {}", accounts[i]);
     }
 }
 

@@ -137,6 +137,14 @@ impl PlanBook {
         book.settings.clone().map(|settings| (book.version, settings))
     }
 
+    /// Whether a plan of `tenant` rate-caps `meter`, as far as the book knows (any version): such
+    /// a check or debit is decided alone after a batch read it, so a lone one goes alone at once.
+    /// Only a hint for choosing a path: a wrong answer costs time, never correctness.
+    pub fn may_rate_cap(&self, tenant: TenantId, meter: &str) -> bool {
+        let books = self.lock();
+        books.get(&tenant).is_some_and(|book| book.terms.iter().any(|((_, m), terms)| m == meter && terms.is_some_and(|t| t.rate.is_some())))
+    }
+
     /// The configuration version the book holds for `tenant`, if any.
     pub fn version_of(&self, tenant: TenantId) -> Option<i64> {
         self.lock().get(&tenant).map(|book| book.version)
@@ -266,6 +274,23 @@ mod tests {
         assert!(terms.is_empty(), "the plan does not list the meter");
         assert_eq!(caps, vec![("pro".to_owned(), "tokens".to_owned(), SoftCap { window_ms: 60_000, threshold_credits: 5 })]);
         assert!(book.cached_terms(tenant(1), 1, &[("pro", "images")], &["pro"]).is_none());
+    }
+
+    #[test]
+    fn a_rate_cap_of_any_plan_is_a_hint_for_its_meter() {
+        let book = PlanBook::default();
+        assert!(!book.may_rate_cap(tenant(1), "requests"), "nothing known");
+        let capped =
+            MeterTerms { rate: Some(crate::repo::plans::RateCap { limit_per_minute: 30, burst: 30, fail_open: true }), ..MeterTerms::UNLISTED };
+        book.store(tenant(1), 1, |b| {
+            b.terms.insert(("free".to_owned(), "requests".to_owned()), Some(capped));
+            b.terms.insert(("free".to_owned(), "tokens".to_owned()), Some(MeterTerms::UNLISTED));
+            b.terms.insert(("pro".to_owned(), "images".to_owned()), None);
+        });
+        assert!(book.may_rate_cap(tenant(1), "requests"));
+        assert!(!book.may_rate_cap(tenant(1), "tokens"));
+        assert!(!book.may_rate_cap(tenant(1), "images"));
+        assert!(!book.may_rate_cap(tenant(2), "requests"), "another tenant's plans are not its own");
     }
 
     #[test]

@@ -1,14 +1,16 @@
-//! One snapshot for a batch of checks. Concurrent single-line checks of credits of one tenant
-//! queue in lanes like debits (see `batch`); a lane's worker reads, in one read-only
-//! repeatable-read transaction, who pays for every account, the plans' terms and soft caps (through
-//! the plan book, at the configuration version of that snapshot), every meter's row, grants, live
-//! holds, standings and hourly usage — each table once for the whole batch — and then decides
-//! each check on its own exactly as `check` does alone. A check sees
-//! every debit committed before it was queued (the snapshot is taken after the batch is taken).
+//! One snapshot for a batch of checks. Single-line checks of credits of one tenant queue in
+//! lanes like debits (see `batch`), and a check alone in its lane is a batch of one. A lane's
+//! worker reads, in one read-only repeatable-read transaction, who pays for every account, the
+//! plans' terms and soft caps (through the plan book, at the configuration version of that
+//! snapshot), every meter's row, grants, live holds, standings and hourly usage — each table once
+//! for the whole batch — and then decides each check on its own exactly as `check` does alone. A
+//! check sees every debit committed before it was queued (the snapshot is taken after the batch
+//! is taken).
 //!
 //! Checks it leaves to be decided alone (their result is `None`): a member of an org (pooled
 //! meters, member caps), a meter with a per-minute rate cap (answered from Redis), and a meter
-//! under a restrict-stage daily budget. Any error decides every check of the batch alone.
+//! under a restrict-stage daily budget. Any error decides every check of the batch alone, but
+//! for a batch of one meeting an unavailable database: that error is its answer.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -63,17 +65,32 @@ impl Batched for QueuedCheck {
 
 impl Credits {
     async fn decide_checks(&self, tenant: TenantId, batch: Vec<Pending<QueuedCheck>>) {
-        // A batch of one too: one round trip (finding 23) against the dozen statements, in
-        // several round trips, of a check decided alone.
+        // A batch of one too: one round trip in the common case (finding 23) against the dozen
+        // statements, in several round trips, of a check decided alone.
+        // But not a lone check of a meter the batch would leave alone anyway (a rate cap).
         let queued: Vec<&QueuedCheck> = batch.iter().map(|p| &p.queued).collect();
-        let results = self.check_group(tenant, &queued).instrument(batch[0].span.clone()).await.unwrap_or_else(|err| {
-            tracing::debug!(error = %err, batch.size = batch.len(), "check batch failed; deciding its checks alone");
-            batch.iter().map(|_| None).collect()
-        });
-        let (alone, grouped) = answer(batch, results);
-        if grouped > 0 {
-            crate::telemetry::record_check_batch(grouped);
-        }
+        let lone_rate_capped = batch.len() == 1 && self.ctx.plan_book.may_rate_cap(tenant, queued[0].meter.as_str());
+        let grouped = match lone_rate_capped {
+            true => Ok(vec![None]),
+            false => self.check_group(tenant, &queued).instrument(batch[0].span.clone()).await,
+        };
+        let results = match grouped {
+            Ok(results) => {
+                let grouped = results.iter().filter(|r| r.is_some()).count();
+                if grouped > 0 {
+                    crate::telemetry::record_check_batch(grouped);
+                }
+                results
+            }
+            // Alone in its batch, the check would meet the same unavailable database again alone
+            // (and wait for a connection twice): that is its answer.
+            Err(err @ Error::Unavailable(_)) if batch.len() == 1 => vec![Some(Err(err))],
+            Err(err) => {
+                tracing::debug!(error = %err, batch.size = batch.len(), "check batch failed; deciding its checks alone");
+                batch.iter().map(|_| None).collect()
+            }
+        };
+        let (alone, _) = answer(batch, results);
         futures::stream::iter(alone)
             .for_each_concurrent(ALONE_CONCURRENCY, |pending| async move {
                 let decided = self.check_alone(tenant, pending.queued.cmd).instrument(pending.span).await;
