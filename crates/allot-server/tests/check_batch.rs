@@ -56,24 +56,7 @@ async fn varied_accounts(server: &TestServer) -> Vec<String> {
 /// Accounts under a paid plan: `sub-active` (entitled, its own billing period, some used),
 /// `sub-lapsed` (canceled: the free plan) and `trialist` (trialing, with the trial's grant).
 async fn subscribed_accounts(admin: &mut Admin, entitlements: &mut Entitlements) -> Vec<String> {
-    admin
-        .upsert_plan(pb::UpsertPlanRequest {
-            plan: Some(pb::Plan {
-                plan_id: "pro".into(),
-                tier: "pro".into(),
-                name: "Pro".into(),
-                trial_days: 14,
-                meters: vec![pb::MeterAllowance {
-                    meter: "tokens".into(),
-                    allowance_credits: Some(5_000),
-                    trial_grant_credits: 500,
-                    ..Default::default()
-                }],
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("pro plan");
+    pro_plan(admin, 5_000, 14, 500).await;
     let ts = allot_server::grpc::to_proto::timestamp;
     for (account, status) in [("sub-active", pb::SubscriptionStatus::Active), ("sub-lapsed", pb::SubscriptionStatus::Canceled)] {
         admin
@@ -98,6 +81,36 @@ async fn subscribed_accounts(admin: &mut Admin, entitlements: &mut Entitlements)
     vec!["sub-active".into(), "sub-lapsed".into(), "trialist".into()]
 }
 
+/// A check of 300 for each account, one after the other.
+async fn one_by_one(client: &Entitlements, accounts: &[String]) -> Vec<pb::CheckResponse> {
+    let mut client = client.clone();
+    let mut answers = Vec::new();
+    for account in accounts {
+        answers.push(check(&mut client, account, "tokens", 300).await);
+    }
+    answers
+}
+
+/// A check of 300 for each account, all at once (batches of any shape).
+async fn all_at_once(client: &Entitlements, accounts: &[String]) -> Vec<pb::CheckResponse> {
+    let mut tasks = Vec::new();
+    for account in accounts {
+        let (mut client, account) = (client.clone(), account.clone());
+        tasks.push(tokio::spawn(async move { check(&mut client, &account, "tokens", 300).await }));
+    }
+    let mut answers = Vec::new();
+    for task in tasks {
+        answers.push(task.await.expect("task"));
+    }
+    answers
+}
+
+fn assert_same(got: &[pb::CheckResponse], alone: &[pb::CheckResponse], accounts: &[String], what: &str) {
+    for (i, account) in accounts.iter().enumerate() {
+        assert_eq!(got[i], alone[i], "{what}: {account}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_checks_answer_as_checks_alone() {
     let server = TestServer::start_at(datetime!(2026-11-10 12:00 UTC)).await;
@@ -106,50 +119,25 @@ async fn concurrent_checks_answer_as_checks_alone() {
 
     // Decided alone: by a replica of the same database that batches no check.
     let unbatched = server.replica(|c| c.check_batching = false).await;
-    let mut client = unbatched.clients().await.0;
-    let mut alone = Vec::new();
-    for account in &accounts {
-        alone.push(check(&mut client, account, "tokens", 300).await);
-    }
+    let unbatched_client = unbatched.clients().await.0;
+    let alone = one_by_one(&unbatched_client, &accounts).await;
     let denied = alone.iter().filter(|r| !allowed(r.decision)).count();
     assert!(denied > 0 && denied < alone.len(), "the accounts span allowed and denied checks ({denied} denied)");
     assert!(alone.iter().any(|r| !r.fair_use.as_ref().expect("fair use").soft_caps_triggered.is_empty()), "some are over the soft cap");
 
-    // One at a time on the batching server: each is a batch of one.
-    let mut one_by_one = entitlements.clone();
-    for (i, account) in accounts.iter().enumerate() {
-        assert_eq!(check(&mut one_by_one, account, "tokens", 300).await, alone[i], "a batch of one: {account}");
-    }
-
-    // The same checks, all at once, several times over (batches of any shape).
+    // One at a time on the batching server (each a batch of one), then all at once, several
+    // times over.
+    assert_same(&one_by_one(&entitlements, &accounts).await, &alone, &accounts, "a batch of one");
     for round in 0..3 {
-        let mut tasks = Vec::new();
-        for account in &accounts {
-            let (mut client, account) = (entitlements.clone(), account.clone());
-            tasks.push(tokio::spawn(async move { check(&mut client, &account, "tokens", 300).await }));
-        }
-        for (i, task) in tasks.into_iter().enumerate() {
-            assert_eq!(task.await.expect("task"), alone[i], "round {round}: {}", accounts[i]);
-        }
+        assert_same(&all_at_once(&entitlements, &accounts).await, &alone, &accounts, &format!("round {round}"));
     }
 
     // Past every period's end (calendar months, and the subscriptions' own): periods roll over
     // in memory alike on both paths.
     server.clock.set(datetime!(2026-12-06 12:00 UTC));
-    let mut client = unbatched.clients().await.0;
-    let mut rolled = Vec::new();
-    for account in &accounts {
-        rolled.push(check(&mut client, account, "tokens", 300).await);
-    }
+    let rolled = one_by_one(&unbatched_client, &accounts).await;
     assert_ne!(rolled, alone, "the new periods show");
-    let mut tasks = Vec::new();
-    for account in &accounts {
-        let (mut client, account) = (entitlements.clone(), account.clone());
-        tasks.push(tokio::spawn(async move { check(&mut client, &account, "tokens", 300).await }));
-    }
-    for (i, task) in tasks.into_iter().enumerate() {
-        assert_eq!(task.await.expect("task"), rolled[i], "after the roll-over: {}", accounts[i]);
-    }
+    assert_same(&all_at_once(&entitlements, &accounts).await, &rolled, &accounts, "after the roll-over");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -333,18 +333,7 @@ async fn refunds_return_the_pool_part_to_the_pool_and_the_account_part_to_the_ac
 async fn paid_usage_funds_the_pool_and_bad_asks_are_refused() {
     let (server, mut entitlements, mut admin, mut pools) = start().await;
     pool(&mut pools, "gen", 1_000, 2, 0).await; // 10% of paid usage on `tokens`
-    admin
-        .upsert_plan(pb::UpsertPlanRequest {
-            plan: Some(pb::Plan {
-                plan_id: "pro".into(),
-                tier: "pro".into(),
-                name: "Pro".into(),
-                meters: vec![pb::MeterAllowance { meter: "tokens".into(), allowance_credits: Some(10_000), ..Default::default() }],
-                ..Default::default()
-            }),
-        })
-        .await
-        .expect("plan");
+    pro_plan(&mut admin, 10_000, 0, 0).await;
     admin
         .upsert_subscription(pb::UpsertSubscriptionRequest {
             subscription: Some(pb::Subscription {

@@ -28,6 +28,15 @@ pub async fn free_plan(admin: &mut Admin, meter: &str, allowance: Option<i64>, r
         .expect("upsert plan");
 }
 
+/// Creates or replaces the `pro` plan (tier `pro`, not the free default): `allowance` of `tokens`
+/// a period, trials of `trial_days` that grant `trial_grant` credits.
+pub async fn pro_plan(admin: &mut Admin, allowance: i64, trial_days: u32, trial_grant: i64) {
+    let tokens =
+        pb::MeterAllowance { meter: "tokens".into(), allowance_credits: Some(allowance), trial_grant_credits: trial_grant, ..Default::default() };
+    let plan = pb::Plan { plan_id: "pro".into(), tier: "pro".into(), name: "Pro".into(), trial_days, meters: vec![tokens], ..Default::default() };
+    admin.upsert_plan(pb::UpsertPlanRequest { plan: Some(plan) }).await.expect("pro plan");
+}
+
 /// Grants `amount` purchased credits of `meter` to `account` (priority 0, no expiry).
 pub async fn purchase(admin: &mut Admin, account: &str, meter: &str, amount: i64, key: &str) {
     admin
