@@ -34,17 +34,7 @@ async fn varied_accounts(server: &TestServer) -> Vec<String> {
             purchase(&mut admin, &account, "tokens", 500, &format!("grant-{i}")).await;
         }
         if i % 4 == 0 {
-            entitlements
-                .reserve(pb::ReserveRequest {
-                    account_id: account.clone(),
-                    meter: "tokens".into(),
-                    amount_credits: 150,
-                    ttl_ms: 600_000,
-                    idempotency_key: format!("hold-{i}"),
-                    ..Default::default()
-                })
-                .await
-                .expect("reserve");
+            reserve(&mut entitlements, &account, "tokens", 150, &format!("hold-{i}")).await;
         }
         accounts.push(account);
     }

@@ -309,18 +309,7 @@ async fn a_batch_leaves_what_live_holds_keep() {
     // 16 accounts each hold 40 of their 100: 60 is left, 6 debits of 10.
     for a in 0..16 {
         let mut client = entitlements.clone();
-        let hold = client
-            .reserve(pb::ReserveRequest {
-                account_id: format!("acct-{a}"),
-                meter: "tokens".into(),
-                amount_credits: 40,
-                ttl_ms: 600_000,
-                idempotency_key: format!("hold-{a}"),
-                ..Default::default()
-            })
-            .await
-            .expect("reserve")
-            .into_inner();
+        let hold = reserve(&mut client, &format!("acct-{a}"), "tokens", 40, &format!("hold-{a}")).await;
         assert!(allowed(hold.decision));
     }
     let mut tasks = Vec::new();
@@ -354,18 +343,7 @@ async fn holds_taken_while_a_batch_waits_for_its_locks_are_counted() {
             let account = format!("acct-{a}");
             tasks.push(tokio::spawn(async move {
                 let credits = if i % 3 == 0 {
-                    let hold = client
-                        .reserve(pb::ReserveRequest {
-                            account_id: account,
-                            meter: "tokens".into(),
-                            amount_credits: 30,
-                            ttl_ms: 600_000,
-                            idempotency_key: format!("hold-{a}-{i}"),
-                            ..Default::default()
-                        })
-                        .await
-                        .expect("reserve")
-                        .into_inner();
+                    let hold = reserve(&mut client, &account, "tokens", 30, &format!("hold-{a}-{i}")).await;
                     if allowed(hold.decision) {
                         30
                     } else {

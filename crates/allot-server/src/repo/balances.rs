@@ -1,5 +1,7 @@
 //! `meter_balances`: one row per account and meter, the row every charge locks.
 
+use std::sync::LazyLock;
+
 use allot_domain::period::Period;
 use time::OffsetDateTime;
 
@@ -162,7 +164,7 @@ pub type MeterKey = (String, String);
 /// with 10,000 accounts, against well under 1 ms).
 pub async fn lock_many(tx: &Tx<'_>, tenant: TenantId, keys: &[(&str, &str)]) -> Result<std::collections::HashMap<MeterKey, BalanceRow>, Error> {
     assert!(keys.windows(2).all(|w| w[0] < w[1]), "meters are locked in (account, meter) byte order");
-    by_keys(tx, tenant, keys, "FOR UPDATE").await
+    by_keys(tx, tenant, keys, &LOCK_MANY_SQL).await
 }
 
 /// Prepares [`lock_many`]'s statement on the transaction's connection: nothing is sent when it is
@@ -170,16 +172,23 @@ pub async fn lock_many(tx: &Tx<'_>, tenant: TenantId, keys: &[(&str, &str)]) -> 
 /// statement still to be prepared goes out as Parse, and its Execute one round trip later —
 /// behind reads sent after it whose statements were prepared (docs/benchmarks.md, finding 23).
 pub async fn prepare_lock_many(tx: &Tx<'_>) -> Result<(), Error> {
-    tx.prepare_cached(&by_keys_sql("FOR UPDATE")).await?;
+    tx.prepare_cached(&LOCK_MANY_SQL).await?;
     Ok(())
 }
 
 /// Reads the rows of several meters (a batch of checks), one lookup per key like [`lock_many`],
 /// locking nothing. Meters without a row are absent.
 pub async fn read_many(tx: &Tx<'_>, tenant: TenantId, keys: &[(&str, &str)]) -> Result<std::collections::HashMap<MeterKey, BalanceRow>, Error> {
-    by_keys(tx, tenant, keys, "LIMIT 1").await
+    by_keys(tx, tenant, keys, &READ_MANY_SQL).await
 }
 
+/// [`lock_many`]'s statement and [`read_many`]'s, built once.
+static LOCK_MANY_SQL: LazyLock<String> = LazyLock::new(|| by_keys_sql("FOR UPDATE"));
+static READ_MANY_SQL: LazyLock<String> = LazyLock::new(|| by_keys_sql("LIMIT 1"));
+
+/// The rows of the keys `$2`/`$3`, each looked up by a lateral subquery ending in `per_key`
+/// (`FOR UPDATE` or `LIMIT 1`: either keeps the planner from merging it into a join), in the
+/// order of the keys.
 fn by_keys_sql(per_key: &str) -> String {
     format!(
         "SELECT b.* FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS k(account_id, meter, n) \
@@ -189,15 +198,9 @@ fn by_keys_sql(per_key: &str) -> String {
     )
 }
 
-/// The rows of `keys`, each looked up by a lateral subquery ending in `per_key` (`FOR UPDATE` or
-/// `LIMIT 1`: either keeps the planner from merging it into a join), in the order of `keys`.
-async fn by_keys(
-    tx: &Tx<'_>,
-    tenant: TenantId,
-    keys: &[(&str, &str)],
-    per_key: &str,
-) -> Result<std::collections::HashMap<MeterKey, BalanceRow>, Error> {
-    let stmt = tx.prepare_cached(&by_keys_sql(per_key)).await?;
+/// The rows of `keys` by `sql` (one of the statements of [`by_keys_sql`]).
+async fn by_keys(tx: &Tx<'_>, tenant: TenantId, keys: &[(&str, &str)], sql: &str) -> Result<std::collections::HashMap<MeterKey, BalanceRow>, Error> {
+    let stmt = tx.prepare_cached(sql).await?;
     let (accounts, meters): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
     let rows = tx.query(&stmt, &[&tenant.0, &accounts, &meters]).await?;
     Ok(rows.iter().map(|row| ((row.get(10), row.get(11)), from_row(row))).collect())

@@ -68,6 +68,19 @@ pub async fn debit(client: &mut Entitlements, account: &str, meter: &str, amount
     client.debit(debit_req(account, meter, amount, key, pb::DebitMode::Gate)).await.expect("debit").into_inner()
 }
 
+/// Reserves `amount` of `meter` for `account` for ten minutes.
+pub async fn reserve(client: &mut Entitlements, account: &str, meter: &str, amount: i64, key: &str) -> pb::ReserveResponse {
+    let request = pb::ReserveRequest {
+        account_id: account.into(),
+        meter: meter.into(),
+        amount_credits: amount,
+        ttl_ms: 600_000,
+        idempotency_key: key.into(),
+        ..Default::default()
+    };
+    client.reserve(request).await.expect("reserve").into_inner()
+}
+
 pub async fn check(client: &mut Entitlements, account: &str, meter: &str, amount: i64) -> pb::CheckResponse {
     client
         .check(pb::CheckRequest { account_id: account.into(), meter: meter.into(), amount_credits: amount, ..Default::default() })

@@ -63,15 +63,7 @@ impl Credits {
         // An org member's own rows are locked too and left unused: its debit is decided alone,
         // after this batch commits.
         let book = &self.ctx.plan_book;
-        let hint = book.settings_hint(tenant);
-        let since = |settings: &repo::fair_use::Settings| now - time::Duration::milliseconds(settings.violation_window_ms);
         let command_keys: Vec<&str> = commands.iter().map(|c| c.key.as_str()).collect();
-        let early_standings = async {
-            match &hint {
-                Some((_, settings)) => repo::fair_use::standings(&tx, tenant, &accounts, since(settings)).await.map(Some),
-                None => Ok(None),
-            }
-        };
         repo::balances::prepare_lock_many(&tx).await?;
         let (resolved, mut rows, mut grants, mut held, stored, early_standings) = futures::try_join!(
             in_force::resolve_many(&tx, tenant, &accounts, now, book),
@@ -79,7 +71,7 @@ impl Credits {
             repo::grants::for_meters(&tx, tenant, &asked),
             repo::holds::held_totals(&tx, tenant, &asked, now),
             repo::idempotency::find_many(&tx, tenant, &command_keys),
-            early_standings,
+            plans::early_standings(book, &tx, tenant, &accounts, now),
         )?;
         let in_force::ResolvedMany { payers, config_version, settings } = resolved;
         let keys: Vec<(&str, &str)> = asked.iter().copied().filter(|(account, _)| payers.contains_key(*account)).collect();
@@ -133,13 +125,10 @@ impl Credits {
         let locked_accounts: Vec<&str> = locked.iter().map(|(a, _)| *a).collect::<BTreeSet<_>>().into_iter().collect();
         // Standings read again only when the book's settings were not this version's; hourly
         // usage only for soft-capped meters.
-        let standings = async {
-            match (early_standings, &hint) {
-                (Some(standings), Some((version, _))) if *version == config_version => Ok(standings),
-                _ => repo::fair_use::standings(&tx, tenant, &accounts, since(&settings)).await,
-            }
-        };
-        let (standings, hourly) = futures::try_join!(standings, plans.hourly(&tx, tenant, &capped, now))?;
+        let (standings, hourly) = futures::try_join!(
+            plans::standings_at(early_standings, config_version, &settings, &tx, tenant, &accounts, now),
+            plans.hourly(&tx, tenant, &capped, now),
+        )?;
         let mut standing_of = plans::standings(&settings, &standings, locked_accounts.iter().copied());
         let mut sessions: BTreeMap<Key, MeterSession> = BTreeMap::new();
         // Meters this batch opened but does not decide: saved (row and opening entry) only.

@@ -15,6 +15,7 @@ use crate::repo::plans::MeterTerms;
 use crate::repo::{self, Tx};
 use crate::service::fair_use::Standing;
 use crate::service::in_force::Payer;
+use crate::service::plan_book::PlanBook;
 
 /// A meter's key: `(account, meter)`.
 pub type Key = (String, String);
@@ -77,13 +78,48 @@ pub fn used_in_window(hourly: &Hourly, key: &Key, window_ms: i64, now: OffsetDat
     hourly.get(key).map_or(0, |hours| hours.iter().filter(|(hour, _)| *hour >= from).map(|(_, credits)| credits).sum())
 }
 
+/// The standings of accounts as `repo::fair_use::standings` reads them.
+pub type StandingsRead = HashMap<String, (bool, i64, Option<Stage>)>;
+
+/// Standings read before the batch knows its configuration version: with the fair-use settings
+/// the plan book last held (their violation window), and that version; `None` when it held none.
+pub async fn early_standings(
+    book: &PlanBook,
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    accounts: &[&str],
+    now: OffsetDateTime,
+) -> Result<Option<(i64, StandingsRead)>, Error> {
+    match book.settings_hint(tenant) {
+        Some((version, settings)) => Ok(Some((version, repo::fair_use::standings(tx, tenant, accounts, violations_since(&settings, now)).await?))),
+        None => Ok(None),
+    }
+}
+
+/// The standings at `version`: those read early if they were read with its settings, else read
+/// again with `settings` (the version's).
+pub async fn standings_at(
+    early: Option<(i64, StandingsRead)>,
+    version: i64,
+    settings: &Settings,
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    accounts: &[&str],
+    now: OffsetDateTime,
+) -> Result<StandingsRead, Error> {
+    match early {
+        Some((read_at, standings)) if read_at == version => Ok(standings),
+        _ => repo::fair_use::standings(tx, tenant, accounts, violations_since(settings, now)).await,
+    }
+}
+
+fn violations_since(settings: &Settings, now: OffsetDateTime) -> OffsetDateTime {
+    now - time::Duration::milliseconds(settings.violation_window_ms)
+}
+
 /// The standings of `accounts` from what `repo::fair_use::standings` read (an account it did not
 /// return has no violations, no exemption and no stored stage).
-pub fn standings<'a>(
-    settings: &Settings,
-    read: &HashMap<String, (bool, i64, Option<Stage>)>,
-    accounts: impl IntoIterator<Item = &'a str>,
-) -> HashMap<&'a str, Standing> {
+pub fn standings<'a>(settings: &Settings, read: &StandingsRead, accounts: impl IntoIterator<Item = &'a str>) -> HashMap<&'a str, Standing> {
     accounts
         .into_iter()
         .map(|account| {

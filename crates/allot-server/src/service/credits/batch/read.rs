@@ -112,20 +112,12 @@ impl Credits {
         // settings the plan book last held, the standings (read again if those settings turn out
         // not to be the current version's).
         let book = &self.ctx.plan_book;
-        let hint = book.settings_hint(tenant);
-        let standings_since = |settings: &repo::fair_use::Settings| now - time::Duration::milliseconds(settings.violation_window_ms);
-        let early_standings = async {
-            match &hint {
-                Some((_, settings)) => repo::fair_use::standings(&tx, tenant, &accounts, standings_since(settings)).await.map(Some),
-                None => Ok(None),
-            }
-        };
         let (resolved, mut rows, mut grants, held, early_standings) = futures::try_join!(
             in_force::resolve_many(&tx, tenant, &accounts, now, book),
             repo::balances::read_many(&tx, tenant, &asked),
             repo::grants::for_meters(&tx, tenant, &asked),
             repo::holds::held_totals(&tx, tenant, &asked, now),
-            early_standings,
+            plans::early_standings(book, &tx, tenant, &accounts, now),
         )?;
         let in_force::ResolvedMany { payers, config_version, settings } = resolved;
         let keys: Vec<(&str, &str)> = asked.iter().copied().filter(|(account, _)| payers.contains_key(*account)).collect();
@@ -133,13 +125,10 @@ impl Credits {
         let (terms, soft_caps) = book.terms(&tx, tenant, config_version, &plan_meters, &plan_ids).await?;
         let plans = Plans { payers: &payers, terms, soft_caps };
         let capped: Vec<(&str, &str)> = keys.iter().copied().filter(|(a, m)| !plans.caps_of(a, m).is_empty()).collect();
-        let standings = async {
-            match (early_standings, &hint) {
-                (Some(standings), Some((version, _))) if *version == config_version => Ok(standings),
-                _ => repo::fair_use::standings(&tx, tenant, &accounts, standings_since(&settings)).await,
-            }
-        };
-        let (standings, hourly) = futures::try_join!(standings, plans.hourly(&tx, tenant, &capped, now))?;
+        let (standings, hourly) = futures::try_join!(
+            plans::standings_at(early_standings, config_version, &settings, &tx, tenant, &accounts, now),
+            plans.hourly(&tx, tenant, &capped, now),
+        )?;
         tx.end_read_only();
         let standing_of = plans::standings(&settings, &standings, payers.keys().map(String::as_str));
         // Meters decided here: no rate cap, no daily budget.
