@@ -11,8 +11,8 @@ use common::*;
 use time::macros::datetime;
 
 /// Accounts in varied states: `a{i}` has used `i * 40` of an allowance of 1,000, every third
-/// has a purchased grant of 500, every fourth a live hold of 150; `member` belongs to an org; and
-/// the accounts of `subscribed_accounts`.
+/// has a purchased grant of 500, every fourth a live hold of 150, every sixth a second grant (250)
+/// and a second hold (50); `member` belongs to an org; and the accounts of `subscribed_accounts`.
 async fn varied_accounts(server: &TestServer) -> Vec<String> {
     let (mut entitlements, mut admin) = server.clients().await;
     free_plan(&mut admin, "tokens", Some(1_000), 0, 0).await;
@@ -35,6 +35,10 @@ async fn varied_accounts(server: &TestServer) -> Vec<String> {
         }
         if i % 4 == 0 {
             reserve(&mut entitlements, &account, "tokens", 150, &format!("hold-{i}")).await;
+        }
+        if i % 6 == 0 {
+            purchase(&mut admin, &account, "tokens", 250, &format!("second-grant-{i}")).await;
+            reserve(&mut entitlements, &account, "tokens", 50, &format!("second-hold-{i}")).await;
         }
         accounts.push(account);
     }

@@ -28,9 +28,3 @@ pub async fn has_members(tx: &Tx<'_>, tenant: TenantId, account: &AccountId) -> 
     let stmt = tx.prepare_cached("SELECT EXISTS (SELECT 1 FROM accounts WHERE tenant_id = $1 AND org_id = $2)").await?;
     Ok(tx.query_one(&stmt, &[&tenant.0, &account.as_str()]).await?.get(0))
 }
-
-/// Which of `accounts` belong to an org (a batch of debits decides those alone).
-pub async fn members_among(tx: &Tx<'_>, tenant: TenantId, accounts: &[&str]) -> Result<std::collections::HashSet<String>, Error> {
-    let stmt = tx.prepare_cached("SELECT id FROM accounts WHERE tenant_id = $1 AND id = ANY ($2) AND org_id IS NOT NULL").await?;
-    Ok(tx.query(&stmt, &[&tenant.0, &accounts]).await?.iter().map(|row| row.get(0)).collect())
-}

@@ -28,10 +28,11 @@ pub struct BalanceRow {
     pub period_charges: i64,
 }
 
-const COLUMNS: &str =
+/// The columns `from_row` reads, in its order.
+pub(super) const COLUMNS: &str =
     "period_start, period_end, allowance_credits, allowance_used_credits, rollover_credits, debt_credits, seq, period_usage_start, period_charged_credits, period_charges";
 
-fn from_row(row: &tokio_postgres::Row) -> BalanceRow {
+pub(super) fn from_row(row: &tokio_postgres::Row) -> BalanceRow {
     BalanceRow {
         period: Period { start: row.get(0), end: row.get(1) },
         allowance_credits: row.get(2),
@@ -164,7 +165,10 @@ pub type MeterKey = (String, String);
 /// with 10,000 accounts, against well under 1 ms).
 pub async fn lock_many(tx: &Tx<'_>, tenant: TenantId, keys: &[(&str, &str)]) -> Result<std::collections::HashMap<MeterKey, BalanceRow>, Error> {
     assert!(keys.windows(2).all(|w| w[0] < w[1]), "meters are locked in (account, meter) byte order");
-    by_keys(tx, tenant, keys, &LOCK_MANY_SQL).await
+    let stmt = tx.prepare_cached(&LOCK_MANY_SQL).await?;
+    let (accounts, meters): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
+    let rows = tx.query(&stmt, &[&tenant.0, &accounts, &meters]).await?;
+    Ok(rows.iter().map(|row| ((row.get(10), row.get(11)), from_row(row))).collect())
 }
 
 /// Prepares [`lock_many`]'s statement on the transaction's connection: nothing is sent when it is
@@ -176,35 +180,17 @@ pub async fn prepare_lock_many(tx: &Tx<'_>) -> Result<(), Error> {
     Ok(())
 }
 
-/// Reads the rows of several meters (a batch of checks), one lookup per key like [`lock_many`],
-/// locking nothing. Meters without a row are absent.
-pub async fn read_many(tx: &Tx<'_>, tenant: TenantId, keys: &[(&str, &str)]) -> Result<std::collections::HashMap<MeterKey, BalanceRow>, Error> {
-    by_keys(tx, tenant, keys, &READ_MANY_SQL).await
-}
-
-/// [`lock_many`]'s statement and [`read_many`]'s, built once.
-static LOCK_MANY_SQL: LazyLock<String> = LazyLock::new(|| by_keys_sql("FOR UPDATE"));
-static READ_MANY_SQL: LazyLock<String> = LazyLock::new(|| by_keys_sql("LIMIT 1"));
-
-/// The rows of the keys `$2`/`$3`, each looked up by a lateral subquery ending in `per_key`
-/// (`FOR UPDATE` or `LIMIT 1`: either keeps the planner from merging it into a join), in the
-/// order of the keys.
-fn by_keys_sql(per_key: &str) -> String {
+/// [`lock_many`]'s statement, built once: the rows of the keys `$2`/`$3`, each looked up by a
+/// lateral subquery (`FOR UPDATE` keeps the planner from merging it into a join), in the order of
+/// the keys.
+static LOCK_MANY_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "SELECT b.* FROM unnest($2::text[], $3::text[]) WITH ORDINALITY AS k(account_id, meter, n) \
          CROSS JOIN LATERAL (SELECT {COLUMNS}, account_id, meter FROM meter_balances \
-           WHERE tenant_id = $1 AND account_id = k.account_id AND meter = k.meter {per_key}) b \
+           WHERE tenant_id = $1 AND account_id = k.account_id AND meter = k.meter FOR UPDATE) b \
          ORDER BY k.n"
     )
-}
-
-/// The rows of `keys` by `sql` (one of the statements of [`by_keys_sql`]).
-async fn by_keys(tx: &Tx<'_>, tenant: TenantId, keys: &[(&str, &str)], sql: &str) -> Result<std::collections::HashMap<MeterKey, BalanceRow>, Error> {
-    let stmt = tx.prepare_cached(sql).await?;
-    let (accounts, meters): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
-    let rows = tx.query(&stmt, &[&tenant.0, &accounts, &meters]).await?;
-    Ok(rows.iter().map(|row| ((row.get(10), row.get(11)), from_row(row))).collect())
-}
+});
 
 /// Stores the scalars of several meters this transaction has locked, in one statement. Each key
 /// finds its row's current version on its own (a lateral subquery, like [`lock_many`]) and the

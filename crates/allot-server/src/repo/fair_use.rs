@@ -327,13 +327,12 @@ pub async fn audit(
     Ok(())
 }
 
+/// Standings of several accounts, by account: whether it is exempt, its violations since a time,
+/// and its stored stage.
+pub type Standings = std::collections::HashMap<String, (bool, i64, Option<Stage>)>;
+
 /// [`standing`] of several accounts at once (a batch of debits), by account.
-pub async fn standings(
-    tx: &Tx<'_>,
-    tenant: TenantId,
-    accounts: &[&str],
-    since: OffsetDateTime,
-) -> Result<std::collections::HashMap<String, (bool, i64, Option<Stage>)>, Error> {
+pub async fn standings(tx: &Tx<'_>, tenant: TenantId, accounts: &[&str], since: OffsetDateTime) -> Result<Standings, Error> {
     let stmt = tx
         .prepare_cached(
             "SELECT a.id, EXISTS (SELECT 1 FROM escalation_exempt x WHERE x.tenant_id = $1 AND x.account_id = a.id), \

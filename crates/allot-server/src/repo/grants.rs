@@ -16,21 +16,27 @@ pub struct GrantRow {
     pub grant: Grant,
 }
 
-const COLUMNS: &str = "id, kind, remaining_credits, priority, expires_at, created_at, meter, amount_credits";
+/// The columns `from_row` reads, in its order.
+pub(super) const COLUMNS: &str = "id, kind, remaining_credits, priority, expires_at, created_at, meter, amount_credits";
 
 fn from_row(row: &tokio_postgres::Row) -> Result<GrantRow, Error> {
-    let kind: &str = row.get(1);
+    from_row_at(row, 0)
+}
+
+/// The grant whose [`COLUMNS`] start at column `at`.
+pub(super) fn from_row_at(row: &tokio_postgres::Row, at: usize) -> Result<GrantRow, Error> {
+    let kind: &str = row.get(at + 1);
     Ok(GrantRow {
         grant: Grant {
-            id: row.get(0),
+            id: row.get(at),
             kind: GrantKind::parse(kind).ok_or_else(|| Error::Internal(format!("stored grant kind {kind}")))?,
-            remaining_credits: row.get(2),
-            priority: row.get(3),
-            expires_at: row.get(4),
-            created_at: row.get(5),
+            remaining_credits: row.get(at + 2),
+            priority: row.get(at + 3),
+            expires_at: row.get(at + 4),
+            created_at: row.get(at + 5),
         },
-        meter: row.get(6),
-        amount_credits: row.get(7),
+        meter: row.get(at + 6),
+        amount_credits: row.get(at + 7),
     })
 }
 

@@ -1,6 +1,7 @@
 //! The only place with SQL. Every function takes the caller's transaction and the tenant, and
 //! every statement filters by `tenant_id`. Functions load and store rows; they decide nothing.
 
+pub mod account_reads;
 pub mod accounts;
 pub mod audit;
 pub mod balances;
@@ -9,6 +10,7 @@ pub mod grants;
 pub mod holds;
 pub mod idempotency;
 pub mod ledger;
+pub mod meter_reads;
 pub mod outbox;
 pub mod plans;
 pub mod prices;

@@ -60,16 +60,10 @@ pub async fn get(tx: &Tx<'_>, tenant: TenantId, account: &AccountId) -> Result<O
     tx.query_opt(&stmt, &[&tenant.0, &account.as_str()]).await?.as_ref().map(from_row).transpose()
 }
 
-/// The subscriptions of several accounts at once (a batch of debits), by account.
-pub async fn get_many(tx: &Tx<'_>, tenant: TenantId, accounts: &[&str]) -> Result<std::collections::HashMap<String, SubscriptionRecord>, Error> {
-    let stmt = tx.prepare_cached(&format!("SELECT {COLUMNS} FROM subscriptions WHERE tenant_id = $1 AND account_id = ANY ($2)")).await?;
-    let rows = tx.query(&stmt, &[&tenant.0, &accounts]).await?;
-    rows.iter().map(|row| from_row(row).map(|sub| (sub.account_id.as_str().to_owned(), sub))).collect()
-}
+/// The columns `from_row` reads, in its order.
+pub(super) const COLUMNS: &str = "plan_id, status, current_period_start, current_period_end, updated_at, cancel_at_period_end, account_id";
 
-const COLUMNS: &str = "plan_id, status, current_period_start, current_period_end, updated_at, cancel_at_period_end, account_id";
-
-fn from_row(row: &tokio_postgres::Row) -> Result<SubscriptionRecord, Error> {
+pub(super) fn from_row(row: &tokio_postgres::Row) -> Result<SubscriptionRecord, Error> {
     let status: &str = row.get(1);
     Ok(SubscriptionRecord {
         account_id: AccountId::parse(row.get(6)).map_err(|e| Error::Internal(format!("stored account id: {e}")))?,

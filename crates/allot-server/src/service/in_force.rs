@@ -14,6 +14,7 @@ use crate::ids::{AccountId, Meter, TenantId};
 use std::collections::HashMap;
 
 use super::plan_book::PlanBook;
+use crate::repo::account_reads::AccountReads;
 use crate::repo::fair_use::Settings;
 use crate::repo::plans::{MeterTerms, PlanHeader, RateCap};
 use crate::repo::subscriptions::SubscriptionRecord;
@@ -88,15 +89,19 @@ pub struct ResolvedMany {
     pub settings: Settings,
 }
 
-/// Resolves several accounts at once (a batch): the payers of those that belong to no org. The
-/// same rules as [`resolve`], in one round trip for the whole batch when the plan book holds the
-/// tenant's configuration at its current version (two more when it does not).
-pub async fn resolve_many(tx: &Tx<'_>, tenant: TenantId, accounts: &[&str], now: OffsetDateTime, book: &PlanBook) -> Result<ResolvedMany, Error> {
-    let (config_version, members, mut subscriptions) = futures::try_join!(
-        repo::tenants::config_version(tx, tenant),
-        repo::accounts::members_among(tx, tenant, accounts),
-        repo::subscriptions::get_many(tx, tenant, accounts),
-    )?;
+/// Resolves several accounts at once (a batch) from what `repo::account_reads` read of them:
+/// the payers of those that belong to no org. The same rules as [`resolve`], with nothing more
+/// to read when the plan book holds the tenant's configuration at the version read (two
+/// statements more when it does not) and no account is trialing (one more each).
+pub async fn resolve_many(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    accounts: &[&str],
+    read: AccountReads,
+    now: OffsetDateTime,
+    book: &PlanBook,
+) -> Result<ResolvedMany, Error> {
+    let AccountReads { config_version, members, mut subscriptions, .. } = read;
     let entitled_plans: Vec<&str> = subscriptions
         .values()
         .filter(|s| s.entitled_at(now))

@@ -65,14 +65,15 @@ impl Credits {
         let book = &self.ctx.plan_book;
         let command_keys: Vec<&str> = commands.iter().map(|c| c.key.as_str()).collect();
         repo::balances::prepare_lock_many(&tx).await?;
-        let (resolved, mut rows, mut grants, mut held, stored, early_standings) = futures::try_join!(
-            in_force::resolve_many(&tx, tenant, &accounts, now, book),
+        let (account_reads, mut rows, mut grants, mut held, stored, early_standings) = futures::try_join!(
+            repo::account_reads::read(&tx, tenant, &accounts, None),
             repo::balances::lock_many(&tx, tenant, &asked),
             repo::grants::for_meters(&tx, tenant, &asked),
             repo::holds::held_totals(&tx, tenant, &asked, now),
             repo::idempotency::find_many(&tx, tenant, &command_keys),
             plans::early_standings(book, &tx, tenant, &accounts, now),
         )?;
+        let resolved = in_force::resolve_many(&tx, tenant, &accounts, account_reads, now, book).await?;
         let in_force::ResolvedMany { payers, config_version, settings } = resolved;
         let keys: Vec<(&str, &str)> = asked.iter().copied().filter(|(account, _)| payers.contains_key(*account)).collect();
         let (plan_meters, plan_ids) = plans::wanted(&payers, &keys);

@@ -5,7 +5,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use allot_domain::escalation::{SoftCap, Stage};
+use allot_domain::escalation::SoftCap;
 use time::OffsetDateTime;
 
 use crate::error::Error;
@@ -79,10 +79,17 @@ pub fn used_in_window(hourly: &Hourly, key: &Key, window_ms: i64, now: OffsetDat
 }
 
 /// The standings of accounts as `repo::fair_use::standings` reads them.
-pub type StandingsRead = HashMap<String, (bool, i64, Option<Stage>)>;
+pub type StandingsRead = repo::fair_use::Standings;
 
-/// Standings read before the batch knows its configuration version: with the fair-use settings
-/// the plan book last held (their violation window), and that version; `None` when it held none.
+/// For standings read before the batch knows its configuration version: the version whose
+/// fair-use settings the plan book last held, and the start of their violation window at `now`;
+/// `None` when it held none.
+pub fn standings_hint(book: &PlanBook, tenant: TenantId, now: OffsetDateTime) -> Option<(i64, OffsetDateTime)> {
+    book.settings_hint(tenant).map(|(version, settings)| (version, violations_since(&settings, now)))
+}
+
+/// Standings read before the batch knows its configuration version, with the plan book's
+/// [`standings_hint`], and that version; `None` when the book held none.
 pub async fn early_standings(
     book: &PlanBook,
     tx: &Tx<'_>,
@@ -90,8 +97,8 @@ pub async fn early_standings(
     accounts: &[&str],
     now: OffsetDateTime,
 ) -> Result<Option<(i64, StandingsRead)>, Error> {
-    match book.settings_hint(tenant) {
-        Some((version, settings)) => Ok(Some((version, repo::fair_use::standings(tx, tenant, accounts, violations_since(&settings, now)).await?))),
+    match standings_hint(book, tenant, now) {
+        Some((version, since)) => Ok(Some((version, repo::fair_use::standings(tx, tenant, accounts, since).await?))),
         None => Ok(None),
     }
 }

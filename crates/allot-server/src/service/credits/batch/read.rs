@@ -107,19 +107,21 @@ impl Credits {
         let accounts: Vec<&str> = checks.iter().map(|c| c.cmd.account.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
         let asked: Vec<(&str, &str)> =
             checks.iter().map(|c| (c.cmd.account.as_str(), c.meter.as_str())).collect::<BTreeSet<_>>().into_iter().collect();
-        // One round trip for all of it (`BEGIN` included), before who pays is known: the rows of
-        // every meter asked (an org member's are read and left unused) and, with the fair-use
-        // settings the plan book last held, the standings (read again if those settings turn out
-        // not to be the current version's).
+        // One round trip for all of it (`BEGIN` included), two statements, before who pays is
+        // known: the rows, holds and grants of every meter asked (an org member's are read and
+        // left unused) and what governs every account, with its standings under the fair-use
+        // settings the plan book last held (read again if those turn out not to be the current
+        // version's).
         let book = &self.ctx.plan_book;
-        let (resolved, mut rows, mut grants, held, early_standings) = futures::try_join!(
-            in_force::resolve_many(&tx, tenant, &accounts, now, book),
-            repo::balances::read_many(&tx, tenant, &asked),
-            repo::grants::for_meters(&tx, tenant, &asked),
-            repo::holds::held_totals(&tx, tenant, &asked, now),
-            plans::early_standings(book, &tx, tenant, &accounts, now),
+        let hint = plans::standings_hint(book, tenant, now);
+        let (mut account_reads, meter_reads) = futures::try_join!(
+            repo::account_reads::read(&tx, tenant, &accounts, hint.map(|(_, since)| since)),
+            repo::meter_reads::read(&tx, tenant, &asked, now),
         )?;
+        let early_standings = hint.zip(account_reads.standings.take()).map(|((version, _), standings)| (version, standings));
+        let resolved = in_force::resolve_many(&tx, tenant, &accounts, account_reads, now, book).await?;
         let in_force::ResolvedMany { payers, config_version, settings } = resolved;
+        let repo::meter_reads::MeterReads { mut rows, mut grants, held } = meter_reads;
         let keys: Vec<(&str, &str)> = asked.iter().copied().filter(|(account, _)| payers.contains_key(*account)).collect();
         let (plan_meters, plan_ids) = plans::wanted(&payers, &keys);
         let (terms, soft_caps) = book.terms(&tx, tenant, config_version, &plan_meters, &plan_ids).await?;
