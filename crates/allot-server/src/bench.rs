@@ -141,9 +141,12 @@ async fn measure(options: &Options, postgres: &LocalPostgres, redis: &LocalRedis
     config.db_pool_size_max = 32;
     // One tenant drives every scenario: the fairness limit between tenants must not throttle it.
     config.tenant_concurrency_max = 100_000;
-    // The server's own setting, so runs can compare batch worker counts.
+    // The server's own settings, so runs can compare batch worker counts.
     if let Ok(workers) = std::env::var("ALLOT_DEBIT_BATCH_WORKERS") {
         config.debit_batch_workers = workers.parse().map_err(|e| anyhow::anyhow!("ALLOT_DEBIT_BATCH_WORKERS: {e}"))?;
+    }
+    if let Ok(workers) = std::env::var("ALLOT_CHECK_BATCH_WORKERS") {
+        config.check_batch_workers = workers.parse().map_err(|e| anyhow::anyhow!("ALLOT_CHECK_BATCH_WORKERS: {e}"))?;
     }
     let app = App::connect(config, Arc::new(SystemClock)).await?;
     let key = crate::seed::tenant(&app.ctx.pool, "bench").await?;

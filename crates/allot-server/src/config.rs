@@ -85,9 +85,13 @@ pub struct Config {
     /// Group-commit lanes per tenant on this server, each running one transaction at a time that
     /// decides every debit queued in it. An account's debits always take the same lane (a hot
     /// account makes one big batch); more lanes overlap the PostgreSQL round trips of many accounts.
-    /// Checks get as many lanes of their own (each batch of checks shares one snapshot).
     #[arg(long, env = "ALLOT_DEBIT_BATCH_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub debit_batch_workers: u32,
+    /// Lanes per tenant on this server for concurrent checks, each running one read-only snapshot
+    /// at a time that decides every check queued in it. Fewer lanes make bigger batches: PostgreSQL's
+    /// work per check falls with batch size (docs/benchmarks.md, finding 27).
+    #[arg(long, env = "ALLOT_CHECK_BATCH_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub check_batch_workers: u32,
     /// Most calls of one tenant waiting for a slot; more are refused at once (RESOURCE_EXHAUSTED).
     #[arg(long, env = "ALLOT_TENANT_QUEUE_MAX", default_value_t = 256, value_parser = clap::value_parser!(u32).range(0..=100_000))]
     pub tenant_queue_max: u32,
@@ -174,6 +178,7 @@ impl Config {
             auth_api_keys: true,
             tenant_concurrency_max: 8,
             debit_batch_workers: 2,
+            check_batch_workers: 1,
             tenant_queue_max: 256,
             tenant_queue_wait_ms: 1_000,
             tls_cert_file: None,

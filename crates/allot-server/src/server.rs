@@ -148,8 +148,9 @@ pub async fn serve(app: App, listener: TcpListener, shutdown: impl Future<Output
     let max_message_bytes = usize::try_from(config.max_message_bytes)?;
     let rate = RateLimiter::new(app.redis.clone(), Duration::from_millis(config.redis_timeout_ms));
     let streams = Streams::new(app.gate.clone(), Duration::from_millis(config.request_timeout_ms), draining_rx.clone());
+    let check_batch_workers = config.check_batching.then(|| usize::try_from(config.check_batch_workers)).transpose()?;
     let entitlements = EntitlementsServer::new(EntitlementsApi {
-        credits: Credits::new(app.ctx.clone(), rate, pricing.clone(), usize::try_from(config.debit_batch_workers)?, config.check_batching),
+        credits: Credits::new(app.ctx.clone(), rate, pricing.clone(), usize::try_from(config.debit_batch_workers)?, check_batch_workers),
         reports: Reports::new(app.ctx.clone()),
         streams: streams.clone(),
     })

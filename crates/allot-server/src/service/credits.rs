@@ -362,9 +362,11 @@ fn overlay(denials: &mut [Option<Denial>], price_denials: &[Option<Denial>]) {
 }
 
 impl Credits {
-    /// `batch_workers`: group-commit transactions one tenant runs at once (see `batch`).
-    pub fn new(ctx: Ctx, rate: RateLimiter, pricing: Pricing, batch_workers: usize, check_batching: bool) -> Credits {
-        let check_batches = check_batching.then(|| std::sync::Arc::new(batch::Batches::new(batch_workers)));
+    /// `batch_workers`: group-commit transactions one tenant runs at once; `check_batch_workers`:
+    /// snapshots of batched checks one tenant reads at once, `None` to decide every check alone
+    /// (see `batch`).
+    pub fn new(ctx: Ctx, rate: RateLimiter, pricing: Pricing, batch_workers: usize, check_batch_workers: Option<usize>) -> Credits {
+        let check_batches = check_batch_workers.map(|workers| std::sync::Arc::new(batch::Batches::new(workers)));
         Credits { ctx, rate, pricing, batches: std::sync::Arc::new(batch::Batches::new(batch_workers)), check_batches }
     }
 

@@ -17,8 +17,9 @@
 //! error rolls the whole batch back and decides its debits alone, so a failure of one debit never
 //! fails or duplicates its neighbours.
 //!
-//! Checks queue the same way in lanes of their own (`read`): a batch of concurrent checks reads
-//! one snapshot, every table once for all of them, and decides each check on its own.
+//! Checks queue the same way in lanes of their own (`check_batch_workers` of them; `read`): a
+//! batch of concurrent checks reads one snapshot, every table once for all of them, and decides
+//! each check on its own.
 
 mod group;
 mod plans;
