@@ -122,28 +122,3 @@ pub async fn expire_now(tx: &Tx<'_>, tenant: TenantId, ids: &[Uuid], now: time::
     tx.execute(&stmt, &[&tenant.0, &ids, &now]).await?;
     Ok(())
 }
-
-/// Grants with credit left of several meters at once (a batch of debits), by `(account, meter)`,
-/// each list in the order of [`for_meter`].
-pub async fn for_meters(
-    tx: &Tx<'_>,
-    tenant: TenantId,
-    keys: &[(&str, &str)],
-) -> Result<std::collections::HashMap<(String, String), Vec<Grant>>, Error> {
-    // One lookup per key (see `balances::lock_many`); the LIMIT keeps the subquery from being
-    // merged into a join and bounds what one meter can return.
-    let sql = format!(
-        "SELECT g.* FROM unnest($2::text[], $3::text[]) AS k(account_id, meter) \
-         CROSS JOIN LATERAL (SELECT {COLUMNS}, account_id FROM grants \
-           WHERE tenant_id = $1 AND account_id = k.account_id AND meter = k.meter AND remaining_credits > 0 ORDER BY created_at, id LIMIT 10000) g \
-         ORDER BY g.created_at, g.id"
-    );
-    let stmt = tx.prepare_cached(&sql).await?;
-    let (accounts, meters): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
-    let mut by_meter: std::collections::HashMap<(String, String), Vec<Grant>> = std::collections::HashMap::new();
-    for row in tx.query(&stmt, &[&tenant.0, &accounts, &meters]).await? {
-        let stored = from_row(&row)?;
-        by_meter.entry((row.get(8), stored.meter)).or_default().push(stored.grant);
-    }
-    Ok(by_meter)
-}

@@ -198,24 +198,3 @@ pub async fn oldest_expired(client: &Tx<'_>, now: OffsetDateTime) -> Result<Opti
     let stmt = client.prepare_cached("SELECT MIN(expires_at) FROM holds WHERE status = 'held' AND expires_at <= $1").await?;
     Ok(client.query_one(&stmt, &[&now]).await?.get(0))
 }
-
-/// [`held_total`] of several meters at once (a batch of debits); meters with none are absent.
-pub async fn held_totals(
-    tx: &Tx<'_>,
-    tenant: TenantId,
-    keys: &[(&str, &str)],
-    now: OffsetDateTime,
-) -> Result<std::collections::HashMap<(String, String), i64>, Error> {
-    let stmt = tx
-        .prepare_cached(
-            // One lookup per key (see `balances::lock_many`); meters without live holds are absent.
-            "SELECT k.account_id, k.meter, h.total FROM unnest($2::text[], $3::text[]) AS k(account_id, meter) \
-             CROSS JOIN LATERAL (SELECT SUM(amount_credits)::bigint AS total FROM holds \
-               WHERE tenant_id = $1 AND account_id = k.account_id AND meter = k.meter AND status = 'held' AND expires_at > $4) h \
-             WHERE h.total IS NOT NULL",
-        )
-        .await?;
-    let (accounts, meters): (Vec<&str>, Vec<&str>) = keys.iter().copied().unzip();
-    let rows = tx.query(&stmt, &[&tenant.0, &accounts, &meters, &now]).await?;
-    Ok(rows.iter().map(|row| ((row.get(0), row.get(1)), row.get(2))).collect())
-}

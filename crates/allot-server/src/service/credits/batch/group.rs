@@ -65,16 +65,16 @@ impl Credits {
         let book = &self.ctx.plan_book;
         let command_keys: Vec<&str> = commands.iter().map(|c| c.key.as_str()).collect();
         repo::balances::prepare_lock_many(&tx).await?;
-        let (account_reads, mut rows, mut grants, mut held, stored, early_standings) = futures::try_join!(
+        let (account_reads, mut rows, meter_reads, stored, early_standings) = futures::try_join!(
             repo::account_reads::read(&tx, tenant, &accounts, None),
             repo::balances::lock_many(&tx, tenant, &asked),
-            repo::grants::for_meters(&tx, tenant, &asked),
-            repo::holds::held_totals(&tx, tenant, &asked, now),
+            repo::meter_reads::holds_and_grants(&tx, tenant, &asked, now),
             repo::idempotency::find_many(&tx, tenant, &command_keys),
             plans::early_standings(book, &tx, tenant, &accounts, now),
         )?;
         let resolved = in_force::resolve_many(&tx, tenant, &accounts, account_reads, now, book).await?;
         let in_force::ResolvedMany { payers, config_version, settings } = resolved;
+        let repo::meter_reads::MeterReads { mut grants, mut held, .. } = meter_reads;
         let keys: Vec<(&str, &str)> = asked.iter().copied().filter(|(account, _)| payers.contains_key(*account)).collect();
         let (plan_meters, plan_ids) = plans::wanted(&payers, &keys);
         let (terms, soft_caps) = book.terms(&tx, tenant, config_version, &plan_meters, &plan_ids).await?;
@@ -101,11 +101,11 @@ impl Credits {
                 let effect = effects.remove(&key).ok_or_else(|| Error::Internal("opened a meter nobody asked for".into()))?;
                 openings.insert(key, effect);
             }
-            let (locked_now, grants_now, held_now) = futures::try_join!(
+            let (locked_now, read_now) = futures::try_join!(
                 repo::balances::lock_many(&tx, tenant, &missing),
-                repo::grants::for_meters(&tx, tenant, &missing),
-                repo::holds::held_totals(&tx, tenant, &missing, now),
+                repo::meter_reads::holds_and_grants(&tx, tenant, &missing, now),
             )?;
+            let repo::meter_reads::MeterReads { grants: grants_now, held: held_now, .. } = read_now;
             for (account, meter) in &missing {
                 let key = ((*account).to_owned(), (*meter).to_owned());
                 grants.remove(&key);
