@@ -101,6 +101,12 @@ async fn an_unreachable_database_means_unavailable_and_not_serving() {
     let err = client.check(request).await.expect_err("no database");
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert_eq!(reason(&err), "DEPENDENCY_UNAVAILABLE");
+    // So does a debit.
+    let mut request = tonic::Request::new(debit_req("a", "m", 1, "no-database", pb::DebitMode::Gate));
+    request.metadata_mut().insert("authorization", "Bearer allot_abc".parse().expect("ascii"));
+    let err = client.debit(request).await.expect_err("no database");
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert_eq!(reason(&err), "DEPENDENCY_UNAVAILABLE");
 
     let _ = stop.send(());
     task.await.expect("task").expect("serve");
