@@ -41,6 +41,9 @@ pub fn pool(config: &Config) -> anyhow::Result<Pool> {
     let wait = Duration::from_millis(config.db_pool_wait_ms);
     let mut builder = Pool::builder(manager)
         .max_size(usize::try_from(config.db_pool_size_max)?)
+        // The connection used last is handed out first: the few connections a steady load needs
+        // stay warm (their PostgreSQL backends' caches, finding 29) while the others idle.
+        .queue_mode(deadpool_postgres::QueueMode::Lifo)
         .runtime(Runtime::Tokio1)
         .wait_timeout(Some(wait))
         .create_timeout(Some(wait))
