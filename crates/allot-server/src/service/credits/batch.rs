@@ -13,9 +13,9 @@
 //! same account's meters, so batches do not wait for each other.
 //!
 //! A lone debit is a batch of one (fewer round trips than the ordinary path, `debit_alone`),
-//! but for a meter the plan book knows to be rate-capped. A debit the batch does not cover (see `group`) is decided alone after the batch commits. Any
-//! error rolls the whole batch back and decides its debits alone, so a failure of one debit never
-//! fails or duplicates its neighbours.
+//! but for a meter the plan book knows to be rate-capped. A debit the batch does not cover (see
+//! `group`) is decided alone after the batch commits. Any error rolls the whole batch back and
+//! decides its debits alone, so a failure of one debit never fails or duplicates its neighbours.
 //!
 //! Checks queue the same way in lanes of their own (`check_batch_workers` of them; `read`): a
 //! batch of concurrent checks reads one snapshot, every table once for all of them, and decides
@@ -236,18 +236,20 @@ impl Credits {
         for pending in &batch[1..] {
             pending.span.in_scope(|| tracing::debug!(batch.size = batch.len(), "debit decided in a batch"));
         }
-        let results = match self.debit_group(tenant, &queued).instrument(batch[0].span.clone()).await {
-            Ok(results) => results,
+        let (results, decided) = match self.debit_group(tenant, &queued).instrument(batch[0].span.clone()).await {
+            Ok(results) => (results, true),
             // Alone in its batch, the debit would meet the same unavailable database again alone
-            // (and wait for a connection twice): that is its answer. Nothing was written.
-            Err(err @ Error::Unavailable(_)) if batch.len() == 1 => vec![Some(Err(err))],
+            // (and wait for a connection twice): that is its answer, as it would be alone. (When
+            // the commit's answer was lost the debit may have been written: a retry with its key
+            // replays it.)
+            Err(err @ Error::Unavailable(_)) if batch.len() == 1 => (vec![Some(Err(err))], false),
             Err(err) => {
                 tracing::debug!(error = %err, batch.size = batch.len(), "debit batch rolled back; deciding its debits alone");
-                queued.iter().map(|_| None).collect()
+                (queued.iter().map(|_| None).collect(), false)
             }
         };
         let (alone, grouped) = answer(batch, results);
-        if grouped > 0 {
+        if decided && grouped > 0 {
             crate::telemetry::record_debit_batch(grouped);
         }
         futures::stream::iter(alone)

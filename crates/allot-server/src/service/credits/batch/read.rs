@@ -9,8 +9,9 @@
 //!
 //! Checks it leaves to be decided alone (their result is `None`): a member of an org (pooled
 //! meters, member caps), a meter with a per-minute rate cap (answered from Redis), and a meter
-//! under a restrict-stage daily budget. Any error decides every check of the batch alone, but
-//! for a batch of one meeting an unavailable database: that error is its answer.
+//! under a restrict-stage daily budget; they are decided apart from the lane, which goes on to its
+//! next batch. Any error decides every check of the batch alone, but for a batch of one meeting
+//! an unavailable database: that error is its answer.
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -91,12 +92,22 @@ impl Credits {
             }
         };
         let (alone, _) = answer(batch, results);
-        futures::stream::iter(alone)
-            .for_each_concurrent(ALONE_CONCURRENCY, |pending| async move {
-                let decided = self.check_alone(tenant, pending.queued.cmd).instrument(pending.span).await;
-                let _ = pending.reply.send(decided);
-            })
-            .await;
+        if alone.is_empty() {
+            return;
+        }
+        // Decided apart from the lane, which takes its next batch at once: a check left alone (a
+        // rate cap answered by Redis, an org member, a daily budget) holds up no other check of
+        // the tenant. Each belongs to a call in flight, so the tenant's limit on those bounds them.
+        let this = self.clone();
+        tokio::spawn(async move {
+            let this = &this;
+            futures::stream::iter(alone)
+                .for_each_concurrent(ALONE_CONCURRENCY, |pending| async move {
+                    let decided = this.check_alone(tenant, pending.queued.cmd).instrument(pending.span).await;
+                    let _ = pending.reply.send(decided);
+                })
+                .await;
+        });
     }
 
     /// Decides `checks` on one snapshot. `Err` means every check must be decided alone.
