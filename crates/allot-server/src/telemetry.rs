@@ -163,7 +163,7 @@ fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
     describe_counter!("allot_decisions_total", "Decisions by rpc, outcome (allowed, denied) and reason");
     describe_histogram!("allot_rpc_duration_seconds", Unit::Seconds, "Server time per RPC by service, method and gRPC code");
-    describe_histogram!("allot_debit_batch_size", "Debits decided in one group-committed transaction (one account and meter)");
+    describe_histogram!("allot_debit_batch_size", "Debits decided in one group-committed transaction (a batch of one included)");
     describe_histogram!("allot_check_batch_size", "Checks decided by one batch on one shared snapshot (a batch of one included)");
     describe_gauge!("allot_db_pool_size", "PostgreSQL connections open in the pool");
     describe_gauge!("allot_db_pool_available", "Idle PostgreSQL connections in the pool");

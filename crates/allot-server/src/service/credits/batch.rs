@@ -14,8 +14,10 @@
 //!
 //! A lone debit is a batch of one (fewer round trips than the ordinary path, `debit_alone`),
 //! but for a meter the plan book knows to be rate-capped. A debit the batch does not cover (see
-//! `group`) is decided alone after the batch commits. Any error rolls the whole batch back and
-//! decides its debits alone, so a failure of one debit never fails or duplicates its neighbours.
+//! `group`) is decided alone after the batch commits, apart from the lane (which goes on to its
+//! next batch). Any error rolls the whole batch back and decides its debits alone, so a failure
+//! of one debit never fails or duplicates its neighbours. Debits and checks are run through
+//! one `Credits::decide`, each kind giving its own batch and lone decision (`Batched`).
 //!
 //! Checks queue the same way in lanes of their own (`check_batch_workers` of them; `read`): a
 //! batch of concurrent checks reads one snapshot, every table once for all of them, and decides
@@ -74,14 +76,31 @@ impl Queued {
     }
 }
 
+/// Per caller of a batch: its answer, or `None` when it is to be decided alone.
+pub type Results = Vec<Option<Result<Decision, Error>>>;
+
 /// What can be queued in lanes and decided in batches: debits (`group`) and checks (`read`).
-pub trait Batched: Sized + Send + 'static {
+/// `Credits::decide` runs a batch of either kind the same way.
+pub trait Batched: Sized + Send + Sync + 'static {
+    /// What it is, for logs.
+    const KIND: &'static str;
     /// The account whose lane it takes.
     fn account(&self) -> &str;
+    /// The meter of its one line.
+    fn meter(&self) -> &str;
     /// The lanes of its kind.
     fn batches(credits: &Credits) -> &Arc<Batches<Self>>;
-    /// Decides a batch taken from a lane and answers every caller in it.
-    fn decide(credits: &Credits, tenant: TenantId, batch: Vec<Pending<Self>>) -> impl std::future::Future<Output = ()> + Send;
+    /// Decides `batch` together, one result per item. `Err` means it decided nothing: every item
+    /// is to be decided alone.
+    fn group<'a>(
+        credits: &'a Credits,
+        tenant: TenantId,
+        batch: &'a [&'a Self],
+    ) -> impl std::future::Future<Output = Result<Results, Error>> + Send + 'a;
+    /// Decides one on its own, as if it had not been queued.
+    fn alone(credits: &Credits, tenant: TenantId, queued: Self) -> impl std::future::Future<Output = Result<Decision, Error>> + Send;
+    /// Counts a batch that decided `size` items.
+    fn record_batch(size: usize);
 }
 
 /// One queued caller.
@@ -164,16 +183,35 @@ impl<Q> Drop for Worker<Q> {
 }
 
 impl Batched for Queued {
+    const KIND: &'static str = "debit";
+
     fn account(&self) -> &str {
         self.cmd.account.as_str()
+    }
+
+    fn meter(&self) -> &str {
+        self.cmd.lines[0].0.as_str()
     }
 
     fn batches(credits: &Credits) -> &Arc<Batches<Queued>> {
         &credits.batches
     }
 
-    fn decide(credits: &Credits, tenant: TenantId, batch: Vec<Pending<Queued>>) -> impl std::future::Future<Output = ()> + Send {
-        credits.decide_batch(tenant, batch)
+    fn group<'a>(
+        credits: &'a Credits,
+        tenant: TenantId,
+        batch: &'a [&'a Queued],
+    ) -> impl std::future::Future<Output = Result<Results, Error>> + Send + 'a {
+        credits.debit_group(tenant, batch)
+    }
+
+    async fn alone(credits: &Credits, tenant: TenantId, queued: Queued) -> Result<Decision, Error> {
+        let (cmd, priced) = queued.into_priced();
+        credits.debit_alone(tenant, cmd, priced).await
+    }
+
+    fn record_batch(size: usize) {
+        crate::telemetry::record_debit_batch(size);
     }
 }
 
@@ -216,66 +254,76 @@ impl Credits {
                 let take = queue.pending.len().min(BATCH_MAX);
                 queue.pending.drain(..take).collect()
             };
-            Q::decide(&self, tenant, batch).await;
+            self.decide(tenant, batch).await;
         }
     }
 
-    async fn decide_batch(&self, tenant: TenantId, mut batch: Vec<Pending<Queued>>) {
-        // A batch of one too: three round trips against the half dozen of a debit decided alone
-        // (finding 28). But not a lone debit of a meter the batch would leave alone anyway (a
-        // rate cap, as far as the plan book knows).
-        if batch.len() == 1 && self.ctx.plan_book.may_rate_cap(tenant, batch[0].queued.cmd.lines[0].0.as_str()) {
-            let pending = batch.pop().expect("one");
-            let (cmd, priced) = pending.queued.into_priced();
-            let decided = self.debit_alone(tenant, cmd, priced).instrument(pending.span).await;
-            let _ = pending.reply.send(decided);
-            return;
-        }
-        let queued: Vec<Queued> = batch.iter().map(|p| p.queued.clone()).collect();
-        // The batch's work is traced under its first caller; the others get an event.
-        for pending in &batch[1..] {
-            pending.span.in_scope(|| tracing::debug!(batch.size = batch.len(), "debit decided in a batch"));
-        }
-        let (results, decided) = match self.debit_group(tenant, &queued).instrument(batch[0].span.clone()).await {
-            Ok(results) => (results, true),
-            // Alone in its batch, the debit would meet the same unavailable database again alone
-            // (and wait for a connection twice): that is its answer, as it would be alone. (When
-            // the commit's answer was lost the debit may have been written: a retry with its key
-            // replays it.)
-            Err(err @ Error::Unavailable(_)) if batch.len() == 1 => (vec![Some(Err(err))], false),
-            Err(err) => {
-                tracing::debug!(error = %err, batch.size = batch.len(), "debit batch rolled back; deciding its debits alone");
-                (queued.iter().map(|_| None).collect(), false)
+    /// Decides a batch taken from a lane and answers every caller in it. A batch of one too: one
+    /// transaction of few round trips against the many of deciding it alone (findings 25 and 28);
+    /// but not a lone item of a meter the batch would leave alone anyway (a rate cap, as far as
+    /// the plan book knows). What the batch leaves alone, or every item when the batch fails, is
+    /// decided apart from the lane, which takes its next batch at once: an item waiting for Redis
+    /// (a rate cap) or deciding an org member holds up no other. Each belongs to a call in
+    /// flight, so the tenant's limit on those bounds them.
+    async fn decide<Q: Batched>(&self, tenant: TenantId, batch: Vec<Pending<Q>>) {
+        let lone_rate_capped = batch.len() == 1 && self.ctx.plan_book.may_rate_cap(tenant, batch[0].queued.meter());
+        let grouped = match lone_rate_capped {
+            true => Ok(vec![None]),
+            false => {
+                // The batch's work is traced under its first caller; the others get an event.
+                for pending in &batch[1..] {
+                    pending.span.in_scope(|| tracing::debug!(batch.kind = Q::KIND, batch.size = batch.len(), "decided in a batch"));
+                }
+                let queued: Vec<&Q> = batch.iter().map(|p| &p.queued).collect();
+                Q::group(self, tenant, &queued).instrument(batch[0].span.clone()).await
             }
         };
-        let (alone, grouped) = answer(batch, results);
-        if decided && grouped > 0 {
-            crate::telemetry::record_debit_batch(grouped);
+        let results = match grouped {
+            Ok(results) => {
+                let decided = results.iter().filter(|r| r.is_some()).count();
+                if decided > 0 {
+                    Q::record_batch(decided);
+                }
+                results
+            }
+            // Alone in its batch, the item would meet the same unavailable database again alone
+            // (and wait for a connection twice): that is its answer, as it would be alone. (When
+            // a debit's commit answer was lost it may have been written: a retry with its key
+            // replays it.)
+            Err(err @ Error::Unavailable(_)) if batch.len() == 1 => vec![Some(Err(err))],
+            Err(err) => {
+                tracing::debug!(error = %err, batch.kind = Q::KIND, batch.size = batch.len(), "batch rolled back; deciding its items alone");
+                batch.iter().map(|_| None).collect()
+            }
+        };
+        let alone = answer(batch, results);
+        if alone.is_empty() {
+            return;
         }
-        futures::stream::iter(alone)
-            .for_each_concurrent(ALONE_CONCURRENCY, |pending| async move {
-                let (cmd, priced) = pending.queued.into_priced();
-                let decided = self.debit_alone(tenant, cmd, priced).instrument(pending.span).await;
-                let _ = pending.reply.send(decided);
-            })
-            .await;
+        let this = self.clone();
+        tokio::spawn(async move {
+            let this = &this;
+            futures::stream::iter(alone)
+                .for_each_concurrent(ALONE_CONCURRENCY, |pending| async move {
+                    let decided = Q::alone(this, tenant, pending.queued).instrument(pending.span).await;
+                    let _ = pending.reply.send(decided);
+                })
+                .await;
+        });
     }
 }
 
-/// Answers the callers whose work a batch decided; returns those it left to be decided alone,
-/// and how many it decided.
-fn answer<Q>(batch: Vec<Pending<Q>>, results: Vec<Option<Result<Decision, Error>>>) -> (Vec<Pending<Q>>, usize) {
+/// Answers the callers whose work a batch decided; returns those it left to be decided alone.
+fn answer<Q>(batch: Vec<Pending<Q>>, results: Results) -> Vec<Pending<Q>> {
     assert_eq!(batch.len(), results.len(), "one result per caller");
     let mut alone = Vec::new();
-    let mut decided = 0;
     for (pending, result) in batch.into_iter().zip(results) {
         match result {
             Some(result) => {
-                decided += 1;
                 let _ = pending.reply.send(result);
             }
             None => alone.push(pending),
         }
     }
-    (alone, decided)
+    alone
 }

@@ -18,7 +18,7 @@ use allot_domain::{advance, charge};
 use time::OffsetDateTime;
 
 use super::plans::{self, Key, Plans};
-use super::Queued;
+use super::{Queued, Results};
 use crate::error::Error;
 use crate::repo::idempotency::NewRecord;
 use crate::repo::ledger::MeterEntries;
@@ -29,10 +29,6 @@ use crate::service::in_force::{self, InForce};
 use crate::service::meter_session::MeterSession;
 use crate::service::outcome::{Decision, MeterOutcome};
 
-/// Per debit: its decision or the error it alone gets (a reused key), or `None` when it is to be
-/// decided alone.
-pub type Results = Vec<Option<Result<Decision, Error>>>;
-
 fn key_of(cmd: &DebitCommand) -> Key {
     (cmd.account.as_str().to_owned(), cmd.lines[0].0.as_str().to_owned())
 }
@@ -40,7 +36,8 @@ fn key_of(cmd: &DebitCommand) -> Key {
 impl Credits {
     /// Decides `commands` in one transaction. `Err` means nothing was written and every debit
     /// must be decided alone.
-    pub(super) async fn debit_group(&self, tenant: crate::ids::TenantId, queued: &[Queued]) -> Result<Results, Error> {
+    /// Per debit, its decision or the error it alone gets (a reused key) in `Results`.
+    pub(super) async fn debit_group(&self, tenant: crate::ids::TenantId, queued: &[&Queued]) -> Result<Results, Error> {
         assert!(
             queued.iter().all(|q| q.amount_credits > 0 && q.cmd.lines.len() == 1 && q.cmd.subsidy.is_none()),
             "only batchable debits are grouped"

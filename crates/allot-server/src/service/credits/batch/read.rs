@@ -16,11 +16,9 @@
 use std::collections::{BTreeSet, HashMap};
 
 use allot_domain::charge::{self, Mode};
-use futures::StreamExt as _;
-use tracing::Instrument as _;
 
 use super::plans::{self, Plans};
-use super::{answer, Batched, Batches, Pending, ALONE_CONCURRENCY};
+use super::{Batched, Batches, Results};
 use crate::error::Error;
 use crate::ids::{Meter, TenantId};
 use crate::repo;
@@ -51,67 +49,40 @@ impl QueuedCheck {
 }
 
 impl Batched for QueuedCheck {
+    const KIND: &'static str = "check";
+
     fn account(&self) -> &str {
         self.cmd.account.as_str()
+    }
+
+    fn meter(&self) -> &str {
+        self.meter.as_str()
     }
 
     fn batches(credits: &Credits) -> &std::sync::Arc<Batches<QueuedCheck>> {
         credits.check_batches.as_ref().expect("checks are queued only while check batching is on")
     }
 
-    fn decide(credits: &Credits, tenant: TenantId, batch: Vec<Pending<QueuedCheck>>) -> impl std::future::Future<Output = ()> + Send {
-        credits.decide_checks(tenant, batch)
+    fn group<'a>(
+        credits: &'a Credits,
+        tenant: TenantId,
+        batch: &'a [&'a QueuedCheck],
+    ) -> impl std::future::Future<Output = Result<Results, Error>> + Send + 'a {
+        credits.check_group(tenant, batch)
+    }
+
+    fn alone(credits: &Credits, tenant: TenantId, queued: QueuedCheck) -> impl std::future::Future<Output = Result<Decision, Error>> + Send {
+        credits.check_alone(tenant, queued.cmd)
+    }
+
+    fn record_batch(size: usize) {
+        crate::telemetry::record_check_batch(size);
     }
 }
 
 impl Credits {
-    async fn decide_checks(&self, tenant: TenantId, batch: Vec<Pending<QueuedCheck>>) {
-        // A batch of one too: one round trip in the common case (finding 23) against the dozen
-        // statements, in several round trips, of a check decided alone.
-        // But not a lone check of a meter the batch would leave alone anyway (a rate cap).
-        let queued: Vec<&QueuedCheck> = batch.iter().map(|p| &p.queued).collect();
-        let lone_rate_capped = batch.len() == 1 && self.ctx.plan_book.may_rate_cap(tenant, queued[0].meter.as_str());
-        let grouped = match lone_rate_capped {
-            true => Ok(vec![None]),
-            false => self.check_group(tenant, &queued).instrument(batch[0].span.clone()).await,
-        };
-        let results = match grouped {
-            Ok(results) => {
-                let grouped = results.iter().filter(|r| r.is_some()).count();
-                if grouped > 0 {
-                    crate::telemetry::record_check_batch(grouped);
-                }
-                results
-            }
-            // Alone in its batch, the check would meet the same unavailable database again alone
-            // (and wait for a connection twice): that is its answer.
-            Err(err @ Error::Unavailable(_)) if batch.len() == 1 => vec![Some(Err(err))],
-            Err(err) => {
-                tracing::debug!(error = %err, batch.size = batch.len(), "check batch failed; deciding its checks alone");
-                batch.iter().map(|_| None).collect()
-            }
-        };
-        let (alone, _) = answer(batch, results);
-        if alone.is_empty() {
-            return;
-        }
-        // Decided apart from the lane, which takes its next batch at once: a check left alone (a
-        // rate cap answered by Redis, an org member, a daily budget) holds up no other check of
-        // the tenant. Each belongs to a call in flight, so the tenant's limit on those bounds them.
-        let this = self.clone();
-        tokio::spawn(async move {
-            let this = &this;
-            futures::stream::iter(alone)
-                .for_each_concurrent(ALONE_CONCURRENCY, |pending| async move {
-                    let decided = this.check_alone(tenant, pending.queued.cmd).instrument(pending.span).await;
-                    let _ = pending.reply.send(decided);
-                })
-                .await;
-        });
-    }
-
     /// Decides `checks` on one snapshot. `Err` means every check must be decided alone.
-    async fn check_group(&self, tenant: TenantId, checks: &[&QueuedCheck]) -> Result<Vec<Option<Result<Decision, Error>>>, Error> {
+    async fn check_group(&self, tenant: TenantId, checks: &[&QueuedCheck]) -> Result<Results, Error> {
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
         let tx = crate::db::begin_batch(&mut client, tenant, crate::db::Access::Snapshot)?;
