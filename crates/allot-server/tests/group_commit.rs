@@ -371,6 +371,15 @@ async fn holds_taken_while_a_batch_waits_for_its_locks_are_counted() {
     assert_eq!(assert_ledger_explains_balances(&server).await, 16);
 }
 
+/// A server with one pooled connection and one group-commit lane.
+async fn one_connection_one_lane() -> TestServer {
+    TestServer::start_with(time::OffsetDateTime::now_utc(), |c| {
+        c.db_pool_size_max = 1;
+        c.debit_batch_workers = 1;
+    })
+    .await
+}
+
 /// A connection of the test's own, beside the server's pool (of one).
 async fn connect(database_url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await.expect("connect");
@@ -381,11 +390,7 @@ async fn connect(database_url: &str) -> tokio_postgres::Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_reads_holds_after_its_locks_even_on_a_connection_new_to_locking() {
     // One connection and one lane, so the order of events is the test's to set.
-    let server = TestServer::start_with(time::OffsetDateTime::now_utc(), |c| {
-        c.db_pool_size_max = 1;
-        c.debit_batch_workers = 1;
-    })
-    .await;
+    let server = one_connection_one_lane().await;
     let (entitlements, mut admin) = server.clients().await;
     free_plan(&mut admin, "tokens", Some(100), 0, 0).await;
     let mut client = entitlements.clone();
@@ -442,4 +447,115 @@ async fn a_batch_reads_holds_after_its_locks_even_on_a_connection_new_to_locking
     }
     assert!(allowed(waiting.pop().expect("c").await.expect("task").decision));
     assert_eq!(admitted, 1, "90 left, 80 of it held: one debit of 10 fits");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_writes_and_commits_in_one_transaction_on_a_connection_new_to_its_writes() {
+    // One connection, one lane: the first batches meet statements no batch prepared before, and
+    // send their COMMIT behind their writes.
+    let server = one_connection_one_lane().await;
+    let (entitlements, mut admin) = server.clients().await;
+    free_plan(&mut admin, "tokens", Some(100_000), 0, 0).await;
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let mut client = entitlements.clone();
+        let account = format!("acct-{}", i % 3);
+        tasks.push(tokio::spawn(async move { debit(&mut client, &account, "tokens", 5, &format!("k{i}")).await }));
+    }
+    for task in tasks {
+        assert!(allowed(task.await.expect("task").decision));
+    }
+    let db = connect(&server.database_url).await; // the server has one connection
+                                                  // Each debit's entry, its idempotency record and its meter's row as last saved were written
+                                                  // by the same transaction: none of them ran on its own after the COMMIT.
+    let apart: i64 = db
+        .query_one(
+            "SELECT COUNT(*) FROM ledger_entries l JOIN idempotency_records r ON r.key = l.idempotency_key \
+             WHERE l.kind = 'debit' AND l.xmin::text <> r.xmin::text",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(apart, 0, "an entry and its idempotency record written by different transactions");
+    let stale: i64 = db
+        .query_one(
+            "SELECT COUNT(*) FROM meter_balances b WHERE b.xmin::text <> \
+             (SELECT l.xmin::text FROM ledger_entries l WHERE l.account_id = b.account_id AND l.meter = b.meter ORDER BY l.seq DESC LIMIT 1)",
+            &[],
+        )
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(stale, 0, "a meter's row saved by another transaction than its last entry");
+    let (entries, transactions) = {
+        let row = db.query_one("SELECT COUNT(*), COUNT(DISTINCT xmin::text) FROM ledger_entries WHERE kind = 'debit'", &[]).await.expect("count");
+        (row.get::<_, i64>(0), row.get::<_, i64>(1))
+    };
+    assert_eq!(entries, 24);
+    assert!(transactions < entries, "{entries} debits in {transactions} transactions: no batch formed");
+    assert_eq!(assert_ledger_explains_balances(&server).await, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_batch_that_meets_a_key_stored_meanwhile_commits_nothing() {
+    // One lane, so the test sets which debits form the batch.
+    let server = TestServer::start_with(time::OffsetDateTime::now_utc(), |c| c.debit_batch_workers = 1).await;
+    let (entitlements, mut admin) = server.clients().await;
+    free_plan(&mut admin, "tokens", Some(100_000), 0, 0).await;
+    let mut client = entitlements.clone();
+    for account in ["blocker", "hot"] {
+        assert!(allowed(debit(&mut client, account, "tokens", 1, &format!("open-{account}")).await.decision));
+    }
+    let tenant = server.tenant.tenant.0;
+    // A transaction holds the blocker's row, so the lane's next batch waits while ten debits of
+    // `hot` queue behind it; another has stored the key `raced` and not committed yet.
+    let mut blocking = connect(&server.database_url).await;
+    let blocked = blocking.transaction().await.expect("begin");
+    blocked.execute("SELECT 1 FROM meter_balances WHERE tenant_id = $1 AND account_id = 'blocker' FOR UPDATE", &[&tenant]).await.expect("lock");
+    let mut racing = connect(&server.database_url).await;
+    let raced = racing.transaction().await.expect("begin");
+    raced
+        .execute(
+            "INSERT INTO idempotency_records (tenant_id, key, operation, request_sha256, response) VALUES ($1, 'raced', 'debit', '\\x00', '{}')",
+            &[&tenant],
+        )
+        .await
+        .expect("record");
+    let blocker = {
+        let mut client = entitlements.clone();
+        tokio::spawn(async move { debit(&mut client, "blocker", "tokens", 1, "blocker-1").await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let key = if i == 5 { "raced".to_owned() } else { format!("n{i}") };
+        let mut client = entitlements.clone();
+        tasks.push(tokio::spawn(async move { (key.clone(), client.debit(debit_req("hot", "tokens", 10, &key, pb::DebitMode::Gate)).await) }));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The batch of `hot` finds `raced` unused (not committed), decides it with its neighbours and
+    // sends its writes with its COMMIT behind them; the record's insert waits for the racing
+    // transaction, which then commits: the insert stores nine records of ten.
+    blocked.commit().await.expect("commit blocker");
+    assert!(allowed(blocker.await.expect("task").decision));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    raced.commit().await.expect("commit raced");
+    for task in tasks {
+        let (key, result) = task.await.expect("task");
+        if key == "raced" {
+            let err = result.expect_err("a key another request stored");
+            assert_eq!((err.code(), reason(&err).as_str()), (Code::FailedPrecondition, "IDEMPOTENCY_KEY_REUSED"));
+        } else {
+            assert!(allowed(result.expect("a neighbour").into_inner().decision), "{key}");
+        }
+    }
+    let db = server.sql().await;
+    let raced_entries: i64 = db.query_one("SELECT COUNT(*) FROM ledger_entries WHERE idempotency_key = 'raced'", &[]).await.expect("count").get(0);
+    assert_eq!(raced_entries, 0, "the batch's entry for `raced` was committed beside the racing record");
+    let (entries, _) = debits_and_transactions(&server, "hot").await;
+    assert_eq!(entries, 1 + 9, "the opening debit and each neighbour once");
+    let record: serde_json::Value = db.query_one("SELECT response FROM idempotency_records WHERE key = 'raced'", &[]).await.expect("record").get(0);
+    assert_eq!(record, serde_json::json!({}), "the racing transaction's record stands");
+    assert_eq!(assert_ledger_explains_balances(&server).await, 2);
 }

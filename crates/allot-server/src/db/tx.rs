@@ -11,6 +11,7 @@
 //! queues a `ROLLBACK` before the connection can be reused, exactly as tokio-postgres does.
 
 use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::FutureExt as _;
 
@@ -19,7 +20,9 @@ use crate::ids::TenantId;
 /// A transaction on a pooled connection; rolled back unless committed.
 pub struct Tx<'a> {
     client: &'a deadpool_postgres::ClientWrapper,
-    done: bool,
+    /// Set once `COMMIT` or `ROLLBACK` is sent; atomic because [`Tx::commit_behind`] sets it
+    /// through a shared reference (and `&Tx` crosses `await`s of `Send` futures).
+    done: AtomicBool,
     read_only: bool,
 }
 
@@ -34,8 +37,23 @@ impl Deref for Tx<'_> {
 impl Tx<'_> {
     /// Commits. The guard is spent first, so a `COMMIT` once sent is never followed by a
     /// `ROLLBACK` (a commit future dropped before it ran still rolls back).
-    pub async fn commit(mut self) -> Result<(), tokio_postgres::Error> {
-        self.done = true;
+    pub async fn commit(self) -> Result<(), tokio_postgres::Error> {
+        self.done.store(true, Ordering::Relaxed);
+        self.client.batch_execute("COMMIT").await
+    }
+
+    /// Commits behind statements already sent, in the same round trip: `COMMIT` is sent when
+    /// this future is first polled, so poll it after the writes it is to follow
+    /// (`futures::try_join!` polls its futures in order), each with its statement prepared
+    /// already (`repo::batch_writes`), or an Execute would go out after the `COMMIT`.
+    /// PostgreSQL runs one connection's messages in order: it commits them all or, when one
+    /// failed, ends the aborted transaction as a `ROLLBACK` — and answers that `COMMIT` without
+    /// an error, so whether anything was committed is the writes' answers *and* this one. A
+    /// guard whose `COMMIT` was never polled still rolls back when dropped. Nothing may be sent
+    /// on the transaction after it.
+    pub async fn commit_behind(&self) -> Result<(), tokio_postgres::Error> {
+        let was_done = self.done.swap(true, Ordering::Relaxed);
+        assert!(!was_done, "a transaction is committed once");
         self.client.batch_execute("COMMIT").await
     }
 
@@ -48,15 +66,15 @@ impl Tx<'_> {
     }
 
     /// Rolls back and waits for it.
-    pub async fn rollback(mut self) -> Result<(), tokio_postgres::Error> {
-        self.done = true;
+    pub async fn rollback(self) -> Result<(), tokio_postgres::Error> {
+        self.done.store(true, Ordering::Relaxed);
         self.client.batch_execute("ROLLBACK").await
     }
 }
 
 impl Drop for Tx<'_> {
     fn drop(&mut self) {
-        if !self.done {
+        if !self.done.load(Ordering::Relaxed) {
             // Polling once sends the message; the connection reads and discards the answer.
             let _ = self.client.batch_execute("ROLLBACK").now_or_never();
         }
@@ -135,7 +153,7 @@ fn tenant_begin(tenant: TenantId, access: Access, then: &str) -> String {
 ///   (docs/benchmarks.md, finding 18).
 pub fn begin_batch(client: &mut deadpool_postgres::Client, tenant: TenantId, access: Access) -> Result<Tx<'_>, tokio_postgres::Error> {
     let client: &deadpool_postgres::ClientWrapper = client;
-    let tx = Tx { client, done: false, read_only: access != Access::ReadWrite };
+    let tx = Tx { client, done: AtomicBool::new(false), read_only: access != Access::ReadWrite };
     let sql = tenant_begin(tenant, access, "; SET LOCAL plan_cache_mode = force_generic_plan");
     // Polling once queues the message (as `Drop` does for its ROLLBACK); the connection reads
     // and discards the answer. An error already known (a closed connection) is returned.
@@ -154,7 +172,7 @@ pub async fn begin_all_tenants(client: &mut deadpool_postgres::Client, why: AllT
 async fn start<'a>(client: &'a mut deadpool_postgres::Client, sql: &str, access: Access) -> Result<Tx<'a>, tokio_postgres::Error> {
     let client: &'a deadpool_postgres::ClientWrapper = client;
     // The guard is live before `BEGIN` is sent: a caller that gives up mid-way rolls back.
-    let tx = Tx { client, done: false, read_only: access != Access::ReadWrite };
+    let tx = Tx { client, done: AtomicBool::new(false), read_only: access != Access::ReadWrite };
     client.batch_execute(sql).await?;
     Ok(tx)
 }

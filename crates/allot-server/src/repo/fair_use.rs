@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 
 use allot_domain::escalation::{Ladder, SoftCap, Stage};
 use time::{Date, OffsetDateTime};
+use tokio_postgres::Statement;
 use uuid::Uuid;
 
 use super::Tx;
@@ -351,9 +352,15 @@ pub async fn standings(tx: &Tx<'_>, tenant: TenantId, accounts: &[&str], since: 
         .collect())
 }
 
-/// [`add_hourly`] for several meters at once, `(account, meter, credits)`; one meter may appear
+/// [`add_hourly_many`]'s statement.
+pub const ADD_HOURLY_MANY_SQL: &str = "INSERT INTO usage_hourly (tenant_id, account_id, meter, hour, used_credits) \
+     SELECT $1, account_id, meter, $2, used_credits FROM unnest($3::text[], $4::text[], $5::bigint[]) AS u(account_id, meter, used_credits) \
+     ON CONFLICT (tenant_id, account_id, meter, hour) DO UPDATE SET used_credits = usage_hourly.used_credits + EXCLUDED.used_credits";
+
+/// [`add_hourly`] for several meters at once, `(account, meter, credits)`, in one statement
+/// ([`ADD_HOURLY_MANY_SQL`], prepared already: sent when first polled); one meter may appear
 /// more than once (its amounts are summed first).
-pub async fn add_hourly_many(tx: &Tx<'_>, tenant: TenantId, usage: &[(&str, &str, i64)], at: OffsetDateTime) -> Result<(), Error> {
+pub async fn add_hourly_many(tx: &Tx<'_>, stmt: &Statement, tenant: TenantId, usage: &[(&str, &str, i64)], at: OffsetDateTime) -> Result<(), Error> {
     let mut merged: BTreeMap<(&str, &str), i64> = BTreeMap::new();
     for (account, meter, credits) in usage {
         *merged.entry((account, meter)).or_default() += credits;
@@ -361,17 +368,10 @@ pub async fn add_hourly_many(tx: &Tx<'_>, tenant: TenantId, usage: &[(&str, &str
     if merged.is_empty() {
         return Ok(());
     }
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO usage_hourly (tenant_id, account_id, meter, hour, used_credits) \
-             SELECT $1, account_id, meter, $2, used_credits FROM unnest($3::text[], $4::text[], $5::bigint[]) AS u(account_id, meter, used_credits) \
-             ON CONFLICT (tenant_id, account_id, meter, hour) DO UPDATE SET used_credits = usage_hourly.used_credits + EXCLUDED.used_credits",
-        )
-        .await?;
     let accounts: Vec<&str> = merged.keys().map(|k| k.0).collect();
     let meters: Vec<&str> = merged.keys().map(|k| k.1).collect();
     let credits: Vec<i64> = merged.values().copied().collect();
-    tx.execute(&stmt, &[&tenant.0, &hour_of(at), &accounts, &meters, &credits]).await?;
+    tx.execute(stmt, &[&tenant.0, &hour_of(at), &accounts, &meters, &credits]).await?;
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 
 use allot_domain::ledger::GrantKind;
 use allot_domain::meter::Grant;
+use tokio_postgres::Statement;
 use uuid::Uuid;
 
 use super::Tx;
@@ -89,23 +90,30 @@ pub async fn insert(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter: &
     Ok(())
 }
 
+/// [`set_remaining_with`]'s statement: fails unless every grant was updated
+/// (`allot_expect_rows`, migration `V15__write_checks`).
+pub const SET_REMAINING_SQL: &str = "WITH u AS (UPDATE grants AS g SET remaining_credits = c.remaining \
+       FROM unnest($2::uuid[], $3::bigint[]) AS c(id, remaining) WHERE g.tenant_id = $1 AND g.id = c.id RETURNING 1) \
+     SELECT allot_expect_rows(count(*), cardinality($2::uuid[]), 'grants') FROM u";
+
 /// Stores new remaining amounts, `(grant id, remaining)`.
 pub async fn set_remaining(tx: &Tx<'_>, tenant: TenantId, changes: &[(Uuid, i64)]) -> Result<(), Error> {
     if changes.is_empty() {
         return Ok(());
     }
-    let stmt = tx
-        .prepare_cached(
-            "UPDATE grants AS g SET remaining_credits = c.remaining FROM unnest($2::uuid[], $3::bigint[]) AS c(id, remaining) \
-             WHERE g.tenant_id = $1 AND g.id = c.id",
-        )
-        .await?;
+    let stmt = tx.prepare_cached(SET_REMAINING_SQL).await?;
+    set_remaining_with(tx, &stmt, tenant, changes).await
+}
+
+/// [`set_remaining`] with its statement prepared already ([`super::batch_writes`]): sent when
+/// first polled.
+pub async fn set_remaining_with(tx: &Tx<'_>, stmt: &Statement, tenant: TenantId, changes: &[(Uuid, i64)]) -> Result<(), Error> {
+    if changes.is_empty() {
+        return Ok(());
+    }
     let ids: Vec<Uuid> = changes.iter().map(|c| c.0).collect();
     let remaining: Vec<i64> = changes.iter().map(|c| c.1).collect();
-    let updated = tx.execute(&stmt, &[&tenant.0, &ids, &remaining]).await?;
-    if updated != changes.len() as u64 {
-        return Err(Error::Internal(format!("updated {updated} of {} grants", changes.len())));
-    }
+    tx.execute(stmt, &[&tenant.0, &ids, &remaining]).await?;
     Ok(())
 }
 

@@ -1,5 +1,7 @@
 //! `idempotency_records`: the stored outcome of every idempotent request, keyed per tenant.
 
+use tokio_postgres::Statement;
+
 use super::Tx;
 use crate::error::Error;
 use crate::ids::{IdempotencyKey, TenantId};
@@ -63,24 +65,25 @@ pub struct NewRecord<'a> {
     pub response_json: String,
 }
 
-/// Inserts several records (a batch of debits) in one statement. Returns how many were
-/// inserted: fewer than given when another transaction stored one of the keys first.
-pub async fn insert_many(tx: &Tx<'_>, tenant: TenantId, records: &[NewRecord<'_>]) -> Result<usize, Error> {
+/// [`insert_many`]'s statement: fails unless every record was inserted — when another
+/// transaction stored one of the keys first (`allot_expect_rows`, migration `V15__write_checks`).
+pub const INSERT_MANY_SQL: &str = "WITH i AS (INSERT INTO idempotency_records (tenant_id, key, operation, request_sha256, response) \
+       SELECT $1, key, operation, request_sha256, response::jsonb \
+       FROM unnest($2::text[], $3::text[], $4::bytea[], $5::text[]) AS r(key, operation, request_sha256, response) \
+       ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1) \
+     SELECT allot_expect_rows(count(*), cardinality($2::text[]), 'idempotency records, a key stored concurrently') FROM i";
+
+/// Inserts several records (a batch of debits) in one statement ([`INSERT_MANY_SQL`], prepared
+/// already: sent when first polled). Fails, and aborts the transaction, when another
+/// transaction stored one of the keys first.
+pub async fn insert_many(tx: &Tx<'_>, stmt: &Statement, tenant: TenantId, records: &[NewRecord<'_>]) -> Result<(), Error> {
     if records.is_empty() {
-        return Ok(0);
+        return Ok(());
     }
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO idempotency_records (tenant_id, key, operation, request_sha256, response) \
-             SELECT $1, key, operation, request_sha256, response::jsonb \
-             FROM unnest($2::text[], $3::text[], $4::bytea[], $5::text[]) AS r(key, operation, request_sha256, response) \
-             ON CONFLICT (tenant_id, key) DO NOTHING",
-        )
-        .await?;
     let keys: Vec<&str> = records.iter().map(|r| r.key).collect();
     let operations: Vec<&str> = records.iter().map(|r| r.operation).collect();
     let prints: Vec<&[u8]> = records.iter().map(|r| r.request_sha256).collect();
     let responses: Vec<&str> = records.iter().map(|r| r.response_json.as_str()).collect();
-    let inserted = tx.execute(&stmt, &[&tenant.0, &keys, &operations, &prints, &responses]).await?;
-    Ok(usize::try_from(inserted).unwrap_or(usize::MAX))
+    tx.execute(stmt, &[&tenant.0, &keys, &operations, &prints, &responses]).await?;
+    Ok(())
 }

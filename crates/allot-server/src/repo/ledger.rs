@@ -4,6 +4,7 @@
 use allot_domain::ledger::{Effect, EntryKind, Portion};
 use allot_domain::period::Period;
 use time::OffsetDateTime;
+use tokio_postgres::Statement;
 use uuid::Uuid;
 
 use super::Tx;
@@ -120,25 +121,37 @@ pub struct MeterEntries<'a> {
     pub entries: &'a [NewEntry],
 }
 
-/// Appends the entries of one or more meters (a session's, or a batch's) in one statement, each
-/// meter's with consecutive `seq` numbers after its `last_seq`.
-pub async fn append_many(tx: &Tx<'_>, tenant: TenantId, meters: &[MeterEntries<'_>], now: OffsetDateTime) -> Result<(), Error> {
-    let count: usize = meters.iter().map(|m| m.entries.len()).sum();
-    if count == 0 {
-        return Ok(());
-    }
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO ledger_entries (tenant_id, id, account_id, meter, seq, kind, delta_credits, breakdown, period_start, period_end, \
+/// [`append_many`]'s statement.
+pub const APPEND_MANY_SQL: &str =
+    "INSERT INTO ledger_entries (tenant_id, id, account_id, meter, seq, kind, delta_credits, breakdown, period_start, period_end, \
              refunds_entry_id, hold_id, idempotency_key, created_at, acting_account_id, attributes, rating) \
              SELECT $1, id, account_id, meter, seq, kind, delta_credits, breakdown::jsonb, period_start, period_end, refunds_entry_id, hold_id, \
              idempotency_key, $2, acting_account_id, attributes, rating \
              FROM unnest($3::uuid[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::text[], $10::timestamptz[], \
              $11::timestamptz[], $12::uuid[], $13::uuid[], $14::text[], $15::text[], $16::jsonb[], $17::jsonb[]) \
              AS e(id, account_id, meter, seq, kind, delta_credits, breakdown, period_start, period_end, refunds_entry_id, hold_id, \
-             idempotency_key, acting_account_id, attributes, rating)",
-        )
-        .await?;
+             idempotency_key, acting_account_id, attributes, rating)";
+
+/// Appends the entries of one or more meters (a session's, or a batch's) in one statement, each
+/// meter's with consecutive `seq` numbers after its `last_seq`.
+pub async fn append_many(tx: &Tx<'_>, tenant: TenantId, meters: &[MeterEntries<'_>], now: OffsetDateTime) -> Result<(), Error> {
+    let stmt = tx.prepare_cached(APPEND_MANY_SQL).await?;
+    append_many_with(tx, &stmt, tenant, meters, now).await
+}
+
+/// [`append_many`] with its statement prepared already ([`super::batch_writes`]): sent when
+/// first polled.
+pub async fn append_many_with(
+    tx: &Tx<'_>,
+    stmt: &Statement,
+    tenant: TenantId,
+    meters: &[MeterEntries<'_>],
+    now: OffsetDateTime,
+) -> Result<(), Error> {
+    let count: usize = meters.iter().map(|m| m.entries.len()).sum();
+    if count == 0 {
+        return Ok(());
+    }
     let no_attributes = serde_json::Value::Object(serde_json::Map::new());
     let (mut ids, mut accounts, mut meter_names, mut seqs, mut kinds, mut deltas, mut breakdowns) = (
         Vec::with_capacity(count),
@@ -180,7 +193,7 @@ pub async fn append_many(tx: &Tx<'_>, tenant: TenantId, meters: &[MeterEntries<'
         }
     }
     tx.execute(
-        &stmt,
+        stmt,
         &[
             &tenant.0,
             &now,

@@ -5,6 +5,7 @@ pub mod account_reads;
 pub mod accounts;
 pub mod audit;
 pub mod balances;
+pub mod batch_writes;
 pub mod fair_use;
 pub mod grants;
 pub mod holds;

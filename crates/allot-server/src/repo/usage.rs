@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use time::OffsetDateTime;
+use tokio_postgres::Statement;
 
 use super::Tx;
 use crate::error::Error;
@@ -154,9 +155,17 @@ pub async fn breakdown(
     Ok(groups)
 }
 
-/// [`roll_up`] for several meters (a batch of debits) in one statement. Roll-ups of the same
-/// meter, period and attributes are merged first (one statement may not update a row twice).
-pub async fn roll_up_many(tx: &Tx<'_>, tenant: TenantId, rollups: &[(&AccountId, &Meter, Rollup)]) -> Result<(), Error> {
+/// [`roll_up_many`]'s statement.
+pub const ROLL_UP_MANY_SQL: &str =
+    "INSERT INTO usage_rollups AS r (tenant_id, account_id, meter, period_start, attr_key, attr_value, total_credits, charges) \
+     SELECT $1, * FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::bigint[], $8::bigint[]) \
+     ON CONFLICT (tenant_id, account_id, meter, period_start, attr_key, attr_value) \
+     DO UPDATE SET total_credits = r.total_credits + EXCLUDED.total_credits, charges = r.charges + EXCLUDED.charges";
+
+/// [`roll_up`] for several meters (a batch of debits) in one statement ([`ROLL_UP_MANY_SQL`],
+/// prepared already: sent when first polled). Roll-ups of the same meter, period and attributes
+/// are merged first (one statement may not update a row twice).
+pub async fn roll_up_many(tx: &Tx<'_>, stmt: &Statement, tenant: TenantId, rollups: &[(&AccountId, &Meter, Rollup)]) -> Result<(), Error> {
     // (account, meter, period start, attribute key, value) → (total credits, charges)
     type Row<'a> = (&'a str, &'a str, OffsetDateTime, &'a str, &'a str);
     let mut merged: BTreeMap<Row, (i64, i64)> = BTreeMap::new();
@@ -171,14 +180,6 @@ pub async fn roll_up_many(tx: &Tx<'_>, tenant: TenantId, rollups: &[(&AccountId,
     if merged.is_empty() {
         return Ok(());
     }
-    let stmt = tx
-        .prepare_cached(
-            "INSERT INTO usage_rollups AS r (tenant_id, account_id, meter, period_start, attr_key, attr_value, total_credits, charges) \
-             SELECT $1, * FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::text[], $6::text[], $7::bigint[], $8::bigint[]) \
-             ON CONFLICT (tenant_id, account_id, meter, period_start, attr_key, attr_value) \
-             DO UPDATE SET total_credits = r.total_credits + EXCLUDED.total_credits, charges = r.charges + EXCLUDED.charges",
-        )
-        .await?;
     let accounts: Vec<&str> = merged.keys().map(|k| k.0).collect();
     let meters: Vec<&str> = merged.keys().map(|k| k.1).collect();
     let starts: Vec<OffsetDateTime> = merged.keys().map(|k| k.2).collect();
@@ -186,6 +187,6 @@ pub async fn roll_up_many(tx: &Tx<'_>, tenant: TenantId, rollups: &[(&AccountId,
     let attr_values: Vec<&str> = merged.keys().map(|k| k.4).collect();
     let totals: Vec<i64> = merged.values().map(|v| v.0).collect();
     let charges: Vec<i64> = merged.values().map(|v| v.1).collect();
-    tx.execute(&stmt, &[&tenant.0, &accounts, &meters, &starts, &attr_keys, &attr_values, &totals, &charges]).await?;
+    tx.execute(stmt, &[&tenant.0, &accounts, &meters, &starts, &attr_keys, &attr_values, &totals, &charges]).await?;
     Ok(())
 }

@@ -2,8 +2,8 @@
 //! queued) over any accounts of one tenant: in one round trip, who pays for every account, every
 //! meter's row lock (one statement, `(account, meter)` order) and, executed after the lock, the
 //! grants, holds, idempotency records and fair-use standings of all of them; then each debit
-//! decided on its own in arrival order, then every write sent together (one statement per table),
-//! one commit.
+//! decided on its own in arrival order, then every write (one statement per table) and the
+//! `COMMIT` behind them, sent together: two round trips in all for a batch of meters in use.
 //!
 //! Debits it leaves to be decided alone (their result is `None`): a member of an org (pooled
 //! meters, member caps), a meter with a per-minute rate cap (one Redis decision per debit would
@@ -257,19 +257,21 @@ impl Credits {
         }
 
         sessions.append(&mut opened_only);
-        self.write_group(&tx, tenant, sessions, &used, &fresh, &results, &funded, now).await?;
-        tx.commit().await?;
+        self.commit_group(tx, tenant, sessions, &used, &fresh, &results, &funded, now).await?;
         for decision in results.iter().flatten().flatten() {
             count("debit", decision);
         }
         Ok(results)
     }
 
-    /// Writes a decided batch, sent together: one statement per table.
+    /// Writes a decided batch and commits it: one statement per table, and `COMMIT` behind them,
+    /// all sent together (one round trip). A write that fails aborts the transaction, and the
+    /// `COMMIT` then rolls it all back. A batch that funds subsidy pools (a statement per pool,
+    /// one after another) commits once its writes have answered.
     #[allow(clippy::too_many_arguments)]
-    async fn write_group(
+    async fn commit_group(
         &self,
-        tx: &Tx<'_>,
+        tx: Tx<'_>,
         tenant: crate::ids::TenantId,
         sessions: BTreeMap<Key, MeterSession>,
         used: &BTreeMap<Key, i64>,
@@ -295,23 +297,28 @@ impl Credits {
                 records.push(NewRecord { key, operation: "debit", request_sha256: print, response_json });
             }
         }
-        let funding = async {
+        // Every statement prepared before the first write is sent (`repo::batch_writes`); each
+        // write checks its own row count in SQL (a key stored concurrently fails the batch).
+        let statements = repo::batch_writes::BatchStatements::prepare(&tx).await?;
+        let tx = &tx;
+        let writes = async {
+            futures::try_join!(
+                repo::ledger::append_many_with(tx, &statements.ledger, tenant, &entries, now),
+                repo::balances::save_many(tx, &statements.balances, tenant, &rows, now),
+                repo::grants::set_remaining_with(tx, &statements.grants, tenant, &grants_remaining),
+                repo::usage::roll_up_many(tx, &statements.rollups, tenant, &rollups),
+                repo::fair_use::add_hourly_many(tx, &statements.hourly, tenant, &hourly, now),
+                repo::idempotency::insert_many(tx, &statements.idempotency, tenant, &records),
+            )
+        };
+        if funded.is_empty() {
+            futures::try_join!(writes, async { tx.commit_behind().await.map_err(Error::from) })?;
+        } else {
+            writes.await?;
             for (meter, amount, entry_id) in funded {
                 crate::service::subsidy::fund(tx, tenant, meter, *amount, *entry_id, now).await?;
             }
-            Ok::<_, Error>(())
-        };
-        let (_, _, _, _, _, stored, _) = futures::try_join!(
-            repo::ledger::append_many(tx, tenant, &entries, now),
-            repo::balances::save_many(tx, tenant, &rows, now),
-            repo::grants::set_remaining(tx, tenant, &grants_remaining),
-            repo::usage::roll_up_many(tx, tenant, &rollups),
-            repo::fair_use::add_hourly_many(tx, tenant, &hourly, now),
-            repo::idempotency::insert_many(tx, tenant, &records),
-            funding,
-        )?;
-        if stored != records.len() {
-            return Err(Error::Internal("not batched: a key was stored concurrently".into()));
+            tx.commit_behind().await?;
         }
         Ok(())
     }
