@@ -380,13 +380,6 @@ async fn one_connection_one_lane() -> TestServer {
     .await
 }
 
-/// A connection of the test's own, beside the server's pool (of one).
-async fn connect(database_url: &str) -> tokio_postgres::Client {
-    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await.expect("connect");
-    tokio::spawn(connection);
-    client
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_batch_reads_holds_after_its_locks_even_on_a_connection_new_to_locking() {
     // One connection and one lane, so the order of events is the test's to set.

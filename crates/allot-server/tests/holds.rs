@@ -6,19 +6,19 @@ use allot_proto::v1 as pb;
 use allot_server::testkit::{Entitlements, TestServer};
 use common::*;
 
+fn reserve_req(amount: i64, ttl_ms: i64, key: &str) -> pb::ReserveRequest {
+    pb::ReserveRequest {
+        account_id: "acct".into(),
+        meter: "tokens".into(),
+        amount_credits: amount,
+        ttl_ms,
+        idempotency_key: key.into(),
+        ..Default::default()
+    }
+}
+
 async fn reserve(client: &mut Entitlements, amount: i64, ttl_ms: i64, key: &str) -> pb::ReserveResponse {
-    client
-        .reserve(pb::ReserveRequest {
-            account_id: "acct".into(),
-            meter: "tokens".into(),
-            amount_credits: amount,
-            ttl_ms,
-            idempotency_key: key.into(),
-            ..Default::default()
-        })
-        .await
-        .expect("reserve")
-        .into_inner()
+    client.reserve(reserve_req(amount, ttl_ms, key)).await.expect("reserve").into_inner()
 }
 
 async fn commit(client: &mut Entitlements, hold_id: &str, actual: i64) -> Result<pb::CommitResponse, tonic::Status> {
@@ -202,4 +202,67 @@ async fn grants_pay_in_priority_order_and_expire() {
     let kinds: Vec<i32> = ledger.entries.iter().map(|e| e.kind).collect();
     assert_eq!(kinds, vec![pb::EntryKind::Grant as i32, pb::EntryKind::Grant as i32]);
     assert_ledger_explains_balances(&server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reserve_counts_holds_committed_while_it_waited_for_the_lock_on_a_connection_new_to_locking() {
+    // One connection: a balance read prepares the grant and hold reads a reserve pipelines behind
+    // its row lock, but not the lock, which the reserve is the first to use.
+    let server = TestServer::start_with(time::OffsetDateTime::now_utc(), |c| c.db_pool_size_max = 1).await;
+    let (entitlements, mut admin) = server.clients().await;
+    free_plan(&mut admin, "tokens", Some(100), 0, 0).await;
+    let mut client = entitlements.clone();
+    assert!(allowed(debit(&mut client, "acct", "tokens", 10, "open").await.decision));
+    admin.get_balance(pb::GetBalanceRequest { account_id: "acct".into() }).await.expect("balance");
+    // Another transaction holds 80 of the 90 left under the meter's lock and has not committed.
+    let tenant = server.tenant.tenant.0;
+    let mut holding = connect(&server.database_url).await;
+    let hold = holding.transaction().await.expect("begin");
+    hold.execute("SELECT 1 FROM meter_balances WHERE tenant_id = $1 AND account_id = 'acct' FOR UPDATE", &[&tenant]).await.expect("lock");
+    hold.execute(
+        "INSERT INTO holds (tenant_id, id, account_id, acting_account_id, meter, amount_credits, status, expires_at, created_at) \
+         VALUES ($1, gen_random_uuid(), 'acct', 'acct', 'tokens', 80, 'held', now() + interval '1 hour', now())",
+        &[&tenant],
+    )
+    .await
+    .expect("hold");
+    let waiting = tokio::spawn(async move { reserve(&mut client, 30, 600_000, "r1").await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    hold.commit().await.expect("commit");
+    let reserved = waiting.await.expect("task");
+    assert!(!allowed(reserved.decision), "30 reserved where 10 were left beside a hold of 80");
+    assert!(reserved.hold_id.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reserve_whose_key_is_stored_meanwhile_holds_nothing() {
+    let server = TestServer::start().await;
+    let (entitlements, mut admin) = server.clients().await;
+    free_plan(&mut admin, "tokens", Some(100), 0, 0).await;
+    let mut client = entitlements.clone();
+    assert!(allowed(debit(&mut client, "acct", "tokens", 10, "open").await.decision));
+    // Another transaction has stored the key `raced` and not committed yet: the reserve finds it
+    // unused, decides, and sends its record with its COMMIT behind it; the record's insert waits,
+    // then fails once the other transaction commits.
+    let tenant = server.tenant.tenant.0;
+    let mut racing = connect(&server.database_url).await;
+    let raced = racing.transaction().await.expect("begin");
+    raced
+        .execute(
+            "INSERT INTO idempotency_records (tenant_id, key, operation, request_sha256, response) VALUES ($1, 'raced', 'reserve', '\\x00', '{}')",
+            &[&tenant],
+        )
+        .await
+        .expect("record");
+    let waiting = tokio::spawn(async move { client.reserve(reserve_req(30, 600_000, "raced")).await });
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    raced.commit().await.expect("commit");
+    let err = waiting.await.expect("task").expect_err("a key another request stored");
+    assert_eq!((err.code(), reason(&err).as_str()), (tonic::Code::FailedPrecondition, "IDEMPOTENCY_KEY_REUSED"));
+    let db = server.sql().await;
+    let holds: i64 = db.query_one("SELECT COUNT(*) FROM holds", &[]).await.expect("count").get(0);
+    assert_eq!(holds, 0, "the reserve's hold was committed beside another request's record of its key");
+    let mut client = entitlements.clone();
+    let check = check(&mut client, "acct", "tokens", 90).await;
+    assert!(allowed(check.decision), "90 left, none of it held");
 }

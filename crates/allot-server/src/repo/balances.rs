@@ -50,10 +50,20 @@ pub(super) fn from_row(row: &tokio_postgres::Row) -> BalanceRow {
 /// Locks the meter's row (`SELECT … FOR UPDATE`) and reads it; `None` when it does not exist yet.
 #[tracing::instrument(name = "db.lock", skip_all, fields(tenant.id = %tenant, account.id = %account, meter = %meter))]
 pub async fn lock(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter: &Meter) -> Result<Option<BalanceRow>, Error> {
-    let sql = format!("SELECT {COLUMNS} FROM meter_balances WHERE tenant_id = $1 AND account_id = $2 AND meter = $3 FOR UPDATE");
-    let stmt = tx.prepare_cached(&sql).await?;
+    let stmt = tx.prepare_cached(&LOCK_SQL).await?;
     Ok(tx.query_opt(&stmt, &[&tenant.0, &account.as_str(), &meter.as_str()]).await?.as_ref().map(from_row))
 }
+
+/// Prepares [`lock`]'s statement on this connection unless prepared already, so that reads
+/// pipelined behind the lock are executed after it (see [`prepare_lock_many`]).
+pub async fn prepare_lock(tx: &Tx<'_>) -> Result<(), Error> {
+    tx.prepare_cached(&LOCK_SQL).await?;
+    Ok(())
+}
+
+/// [`lock`]'s statement, built once.
+static LOCK_SQL: LazyLock<String> =
+    LazyLock::new(|| format!("SELECT {COLUMNS} FROM meter_balances WHERE tenant_id = $1 AND account_id = $2 AND meter = $3 FOR UPDATE"));
 
 /// Reads the meter's row without locking it.
 pub async fn read(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, meter: &Meter) -> Result<Option<BalanceRow>, Error> {

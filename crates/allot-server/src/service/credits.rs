@@ -968,8 +968,7 @@ impl Credits {
                     return Ok(outcome);
                 }
                 Keyed::Decided(outcome) => {
-                    if idempotent::store(&tx, tenant, key, operation, print.clone(), &outcome).await? {
-                        tx.commit().await?;
+                    if idempotent::store_and_commit(tx, tenant, key, operation, print.clone(), &outcome).await? {
                         return Ok(outcome);
                     }
                 }

@@ -52,9 +52,39 @@ pub async fn store<T: Serialize>(
     fingerprint: Vec<u8>,
     outcome: &T,
 ) -> Result<bool, Error> {
+    let record = record_of(operation, fingerprint, outcome)?;
+    stored(idempotency::insert(tx, tenant, key, &record).await)
+}
+
+/// Stores the outcome as the transaction's last write and commits, in one round trip (`COMMIT`
+/// sent behind the record, see `Tx::commit_behind`). `Ok(false)` when another transaction stored
+/// one for the same key first: the record's insert failed, so the `COMMIT` rolled everything back
+/// and the caller must replay from a fresh transaction.
+pub async fn store_and_commit<T: Serialize>(
+    tx: Tx<'_>,
+    tenant: TenantId,
+    key: &IdempotencyKey,
+    operation: &str,
+    fingerprint: Vec<u8>,
+    outcome: &T,
+) -> Result<bool, Error> {
+    let record = record_of(operation, fingerprint, outcome)?;
+    // Prepared before anything is sent: the insert must go out ahead of the `COMMIT`.
+    let statement = tx.prepare_cached(idempotency::INSERT_SQL).await?;
+    let (inserted, committed) = futures::join!(idempotency::insert_with(&tx, &statement, tenant, key, &record), tx.commit_behind());
+    let stored = stored(inserted)?;
+    committed?;
+    Ok(stored)
+}
+
+fn record_of<T: Serialize>(operation: &str, fingerprint: Vec<u8>, outcome: &T) -> Result<Record, Error> {
     let response = serde_json::to_value(outcome).map_err(|e| Error::Internal(format!("outcome: {e}")))?;
-    let record = Record { operation: operation.to_owned(), request_sha256: fingerprint, response };
-    match idempotency::insert(tx, tenant, key, &record).await {
+    Ok(Record { operation: operation.to_owned(), request_sha256: fingerprint, response })
+}
+
+/// Whether an insert stored the record (`false`: the key was stored by another transaction).
+fn stored(inserted: Result<(), tokio_postgres::Error>) -> Result<bool, Error> {
+    match inserted {
         Ok(()) => Ok(true),
         Err(err) if idempotency::is_conflict(&err) => Ok(false),
         Err(err) => Err(err.into()),

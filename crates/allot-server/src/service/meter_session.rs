@@ -62,20 +62,41 @@ impl MeterSession {
         also_grants: &[Uuid],
     ) -> Result<MeterSession, Error> {
         let account = &payer.payer;
-        // Pipelined: the plan's terms and the row lock in one round trip.
-        let (in_force, locked) = futures::try_join!(InForce::load(tx, tenant, payer, meter), repo::balances::lock(tx, tenant, account, meter))?;
+        // One round trip: the plan's terms, the row lock and — sent behind the lock on the same
+        // connection, so executed once it is held — the meter's grants and live holds. The lock's
+        // statement is prepared first, or its Execute would follow the reads by a round trip.
+        repo::balances::prepare_lock(tx).await?;
+        let (in_force, locked, grants, held_credits) = futures::join!(
+            InForce::load(tx, tenant, payer, meter),
+            repo::balances::lock(tx, tenant, account, meter),
+            repo::grants::for_meter(tx, tenant, account, meter, also_grants),
+            repo::holds::held_total(tx, tenant, account, meter, now),
+        );
+        // A lock that failed (its timeout) aborts the transaction, and every statement behind it
+        // fails as well — the terms too, when their statement went out after it to be prepared:
+        // the lock's error is the answer.
+        let locked = locked?;
+        let (in_force, grants, held_credits) = (in_force?, grants?, held_credits?);
         let mut opening = None;
-        let row = match locked {
-            Some(row) => row,
+        let (row, grants, held_credits) = match locked {
+            Some(row) => (row, grants, held_credits),
             None => {
                 let (state, effect) = advance::open(&in_force.policy, payer.period);
                 if repo::balances::insert_opening(tx, tenant, account, meter, state.period, state.allowance_credits, now).await? {
                     opening = effect;
                 }
-                repo::balances::lock(tx, tenant, account, meter).await?.ok_or_else(|| Error::Internal("meter row vanished after insert".into()))?
+                let row = repo::balances::lock(tx, tenant, account, meter)
+                    .await?
+                    .ok_or_else(|| Error::Internal("meter row vanished after insert".into()))?;
+                // Read again under the lock of the row that now exists.
+                let (grants, held_credits) = futures::try_join!(
+                    repo::grants::for_meter(tx, tenant, account, meter, also_grants),
+                    repo::holds::held_total(tx, tenant, account, meter, now),
+                )?;
+                (row, grants, held_credits)
             }
         };
-        let mut session = Self::load(tx, tenant, account, meter, now, in_force, row, also_grants).await?;
+        let mut session = Self::load(tx, tenant, account, meter, now, in_force, row, grants, held_credits).await?;
         if let Some(effect) = opening {
             session.record(effect, EntryRefs::default());
         }
@@ -87,9 +108,14 @@ impl MeterSession {
     /// Run it in a read-only repeatable-read transaction for a consistent view.
     pub async fn snapshot(tx: &Tx<'_>, tenant: TenantId, payer: &Payer, meter: &Meter, now: OffsetDateTime) -> Result<MeterSession, Error> {
         let account = &payer.payer;
-        let (in_force, read) = futures::try_join!(InForce::load(tx, tenant, payer, meter), repo::balances::read(tx, tenant, account, meter))?;
+        let (in_force, read, grants, held_credits) = futures::try_join!(
+            InForce::load(tx, tenant, payer, meter),
+            repo::balances::read(tx, tenant, account, meter),
+            repo::grants::for_meter(tx, tenant, account, meter, &[]),
+            repo::holds::held_total(tx, tenant, account, meter, now),
+        )?;
         let row = stored_or_opened(read, &in_force);
-        let mut session = Self::load(tx, tenant, account, meter, now, in_force, row, &[]).await?;
+        let mut session = Self::load(tx, tenant, account, meter, now, in_force, row, grants, held_credits).await?;
         session.advance(now);
         Ok(session)
     }
@@ -103,13 +129,9 @@ impl MeterSession {
         now: OffsetDateTime,
         in_force: InForce,
         row: BalanceRow,
-        also_grants: &[Uuid],
+        grants: Vec<Grant>,
+        held_credits: i64,
     ) -> Result<MeterSession, Error> {
-        // Pipelined, and read after the row lock (statements on one connection run in order).
-        let (grants, held_credits) = futures::try_join!(
-            repo::grants::for_meter(tx, tenant, account, meter, also_grants),
-            repo::holds::held_total(tx, tenant, account, meter, now),
-        )?;
         let (mut member_used_credits, mut member_held_credits) = (0, 0);
         if in_force.member_cap_credits.is_some() {
             let member = &in_force.payer.acting;

@@ -140,3 +140,10 @@ pub async fn assert_ledger_explains_balances(server: &TestServer) -> usize {
     }
     rows.len()
 }
+
+/// A connection of the test's own, beside the server's pool.
+pub async fn connect(database_url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await.expect("connect");
+    tokio::spawn(connection);
+    client
+}
