@@ -71,7 +71,13 @@ pub async fn store_and_commit<T: Serialize>(
     let record = record_of(operation, fingerprint, outcome)?;
     // Prepared before anything is sent: the insert must go out ahead of the `COMMIT`.
     let statement = tx.prepare_cached(idempotency::INSERT_SQL).await?;
-    let (inserted, committed) = futures::join!(idempotency::insert_with(&tx, &statement, tenant, key, &record), tx.commit_behind());
+    let mut insert = std::pin::pin!(idempotency::insert_with(&tx, &statement, tenant, key, &record));
+    // An insert that fails before it is sent (its parameters would not encode) must not be
+    // followed by a COMMIT: answered here, the guard rolls everything back.
+    if let std::task::Poll::Ready(Err(err)) = futures::poll!(insert.as_mut()) {
+        return stored(Err(err));
+    }
+    let (inserted, committed) = futures::join!(insert, tx.commit_behind());
     let stored = stored(inserted)?;
     committed?;
     Ok(stored)

@@ -75,7 +75,13 @@ impl MeterSession {
         // A lock that failed (its timeout) aborts the transaction, and every statement behind it
         // fails as well — the terms too, when their statement went out after it to be prepared:
         // the lock's error is the answer.
-        let locked = locked?;
+        let locked = match locked {
+            Ok(locked) => locked,
+            // The terms, sent ahead of the lock, failed first (a timeout): the lock only met
+            // the transaction they aborted, and their error is the answer.
+            Err(Error::Internal(_)) if in_force.is_err() => return Err(in_force.expect_err("an error")),
+            Err(err) => return Err(err),
+        };
         let (in_force, grants, held_credits) = (in_force?, grants?, held_credits?);
         let mut opening = None;
         let (row, grants, held_credits) = match locked {
