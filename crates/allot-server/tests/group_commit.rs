@@ -405,19 +405,12 @@ async fn a_batch_reads_holds_after_its_locks_even_on_a_connection_new_to_locking
     let tenant = server.tenant.tenant.0;
     let mut holding_c = connect(&server.database_url).await;
     let hold_c = holding_c.transaction().await.expect("begin");
-    hold_c.execute("SELECT 1 FROM meter_balances WHERE tenant_id = $1 AND account_id = 'c' FOR UPDATE", &[&tenant]).await.expect("lock c");
+    lock_meters(&hold_c, tenant, "c").await;
     // Another transaction reserves 80 of a's 90 under a's row lock, and has not committed yet.
     let mut holding_a = connect(&server.database_url).await;
     let hold_a = holding_a.transaction().await.expect("begin");
-    hold_a.execute("SELECT 1 FROM meter_balances WHERE tenant_id = $1 AND account_id = 'a' FOR UPDATE", &[&tenant]).await.expect("lock a");
-    hold_a
-        .execute(
-            "INSERT INTO holds (tenant_id, id, account_id, acting_account_id, meter, amount_credits, status, expires_at, created_at) \
-             VALUES ($1, gen_random_uuid(), 'a', 'a', 'tokens', 80, 'held', now() + interval '1 hour', now())",
-            &[&tenant],
-        )
-        .await
-        .expect("hold");
+    lock_meters(&hold_a, tenant, "a").await;
+    hold_tokens(&hold_a, tenant, "a", 80).await;
     // A debit of c takes the connection and waits for c's lock; meanwhile ten debits of a
     // queue behind it in the lane, to be decided as one batch.
     let mut waiting = vec![{
@@ -505,16 +498,10 @@ async fn a_batch_that_meets_a_key_stored_meanwhile_commits_nothing() {
     // `hot` queue behind it; another has stored the key `raced` and not committed yet.
     let mut blocking = connect(&server.database_url).await;
     let blocked = blocking.transaction().await.expect("begin");
-    blocked.execute("SELECT 1 FROM meter_balances WHERE tenant_id = $1 AND account_id = 'blocker' FOR UPDATE", &[&tenant]).await.expect("lock");
+    lock_meters(&blocked, tenant, "blocker").await;
     let mut racing = connect(&server.database_url).await;
     let raced = racing.transaction().await.expect("begin");
-    raced
-        .execute(
-            "INSERT INTO idempotency_records (tenant_id, key, operation, request_sha256, response) VALUES ($1, 'raced', 'debit', '\\x00', '{}')",
-            &[&tenant],
-        )
-        .await
-        .expect("record");
+    store_key(&raced, tenant, "raced", "debit").await;
     let blocker = {
         let mut client = entitlements.clone();
         tokio::spawn(async move { debit(&mut client, "blocker", "tokens", 1, "blocker-1").await })

@@ -218,14 +218,8 @@ async fn a_reserve_counts_holds_committed_while_it_waited_for_the_lock_on_a_conn
     let tenant = server.tenant.tenant.0;
     let mut holding = connect(&server.database_url).await;
     let hold = holding.transaction().await.expect("begin");
-    hold.execute("SELECT 1 FROM meter_balances WHERE tenant_id = $1 AND account_id = 'acct' FOR UPDATE", &[&tenant]).await.expect("lock");
-    hold.execute(
-        "INSERT INTO holds (tenant_id, id, account_id, acting_account_id, meter, amount_credits, status, expires_at, created_at) \
-         VALUES ($1, gen_random_uuid(), 'acct', 'acct', 'tokens', 80, 'held', now() + interval '1 hour', now())",
-        &[&tenant],
-    )
-    .await
-    .expect("hold");
+    lock_meters(&hold, tenant, "acct").await;
+    hold_tokens(&hold, tenant, "acct", 80).await;
     let waiting = tokio::spawn(async move { reserve(&mut client, 30, 600_000, "r1").await });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     hold.commit().await.expect("commit");
@@ -247,13 +241,7 @@ async fn a_reserve_whose_key_is_stored_meanwhile_holds_nothing() {
     let tenant = server.tenant.tenant.0;
     let mut racing = connect(&server.database_url).await;
     let raced = racing.transaction().await.expect("begin");
-    raced
-        .execute(
-            "INSERT INTO idempotency_records (tenant_id, key, operation, request_sha256, response) VALUES ($1, 'raced', 'reserve', '\\x00', '{}')",
-            &[&tenant],
-        )
-        .await
-        .expect("record");
+    store_key(&raced, tenant, "raced", "reserve").await;
     let waiting = tokio::spawn(async move { client.reserve(reserve_req(30, 600_000, "raced")).await });
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     raced.commit().await.expect("commit");

@@ -26,21 +26,10 @@ pub async fn find(tx: &Tx<'_>, tenant: TenantId, key: &IdempotencyKey) -> Result
 /// [`insert`]'s statement.
 pub const INSERT_SQL: &str = "INSERT INTO idempotency_records (tenant_id, key, operation, request_sha256, response) VALUES ($1, $2, $3, $4, $5)";
 
-/// Inserts the record. A concurrent insert of the same key fails this transaction with a unique
-/// violation, which [`is_conflict`] recognises.
-pub async fn insert(tx: &Tx<'_>, tenant: TenantId, key: &IdempotencyKey, record: &Record) -> Result<(), tokio_postgres::Error> {
-    let stmt = tx.prepare_cached(INSERT_SQL).await?;
-    insert_with(tx, &stmt, tenant, key, record).await
-}
-
-/// [`insert`] with its statement ([`INSERT_SQL`]) prepared already: sent when first polled.
-pub async fn insert_with(
-    tx: &Tx<'_>,
-    stmt: &Statement,
-    tenant: TenantId,
-    key: &IdempotencyKey,
-    record: &Record,
-) -> Result<(), tokio_postgres::Error> {
+/// Inserts the record with [`INSERT_SQL`], prepared already (sent when first polled). A
+/// concurrent insert of the same key fails this transaction with a unique violation, which
+/// [`is_conflict`] recognises.
+pub async fn insert(tx: &Tx<'_>, stmt: &Statement, tenant: TenantId, key: &IdempotencyKey, record: &Record) -> Result<(), tokio_postgres::Error> {
     tx.execute(stmt, &[&tenant.0, &key.as_str(), &record.operation, &record.request_sha256, &record.response]).await?;
     Ok(())
 }

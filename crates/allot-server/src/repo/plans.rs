@@ -208,10 +208,20 @@ fn header_of(row: &tokio_postgres::Row) -> Result<PlanHeader, Error> {
 
 /// One meter's terms in a plan; `None` when the plan does not list the meter.
 pub async fn meter_terms(tx: &Tx<'_>, tenant: TenantId, plan_id: &str, meter: &Meter) -> Result<Option<MeterTerms>, Error> {
-    let sql = format!("SELECT {TERMS} FROM plan_meters WHERE tenant_id = $1 AND plan_id = $2 AND meter = $3");
-    let stmt = tx.prepare_cached(&sql).await?;
+    let stmt = tx.prepare_cached(&METER_TERMS_SQL).await?;
     Ok(tx.query_opt(&stmt, &[&tenant.0, &plan_id, &meter.as_str()]).await?.map(|row| terms(&row, 0)))
 }
+
+/// Prepares [`meter_terms`]' statement on this connection unless prepared already, so that it
+/// is sent when its future is first polled (see `balances::prepare_lock`).
+pub async fn prepare_meter_terms(tx: &Tx<'_>) -> Result<(), Error> {
+    tx.prepare_cached(&METER_TERMS_SQL).await?;
+    Ok(())
+}
+
+/// [`meter_terms`]' statement, built once.
+static METER_TERMS_SQL: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| format!("SELECT {TERMS} FROM plan_meters WHERE tenant_id = $1 AND plan_id = $2 AND meter = $3"));
 
 /// The headers of several plans at once (a batch of debits).
 pub async fn headers(tx: &Tx<'_>, tenant: TenantId, ids: &[&str]) -> Result<Vec<PlanHeader>, Error> {

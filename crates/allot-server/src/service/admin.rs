@@ -179,8 +179,7 @@ impl Admin {
             session.save(&tx, now).await?;
             let after = audit::snapshot(&tx, actor, Subject::Grant(outcome.grant_id)).await?;
             audit::append(&tx, actor, "GrantCredits", Subject::Grant(outcome.grant_id), None, after, now).await?;
-            if idempotent::store(&tx, tenant, &cmd.key, "grant", print.clone(), &outcome).await? {
-                tx.commit().await?;
+            if idempotent::store_and_commit(tx, tenant, &cmd.key, "grant", print.clone(), &outcome).await? {
                 return Ok(outcome);
             }
         }

@@ -42,20 +42,6 @@ pub fn replay_record<T: DeserializeOwned>(record: Record, operation: &str, finge
     }
 }
 
-/// Stores the outcome. `Ok(false)` when another transaction stored one for the same key first:
-/// this transaction is then aborted and the caller must replay from a fresh one.
-pub async fn store<T: Serialize>(
-    tx: &Tx<'_>,
-    tenant: TenantId,
-    key: &IdempotencyKey,
-    operation: &str,
-    fingerprint: Vec<u8>,
-    outcome: &T,
-) -> Result<bool, Error> {
-    let record = record_of(operation, fingerprint, outcome)?;
-    stored(idempotency::insert(tx, tenant, key, &record).await)
-}
-
 /// Stores the outcome as the transaction's last write and commits, in one round trip (`COMMIT`
 /// sent behind the record, see `Tx::commit_behind`). `Ok(false)` when another transaction stored
 /// one for the same key first: the record's insert failed, so the `COMMIT` rolled everything back
@@ -68,10 +54,11 @@ pub async fn store_and_commit<T: Serialize>(
     fingerprint: Vec<u8>,
     outcome: &T,
 ) -> Result<bool, Error> {
-    let record = record_of(operation, fingerprint, outcome)?;
+    let response = serde_json::to_value(outcome).map_err(|e| Error::Internal(format!("outcome: {e}")))?;
+    let record = Record { operation: operation.to_owned(), request_sha256: fingerprint, response };
     // Prepared before anything is sent: the insert must go out ahead of the `COMMIT`.
     let statement = tx.prepare_cached(idempotency::INSERT_SQL).await?;
-    let mut insert = std::pin::pin!(idempotency::insert_with(&tx, &statement, tenant, key, &record));
+    let mut insert = std::pin::pin!(idempotency::insert(&tx, &statement, tenant, key, &record));
     // An insert that fails before it is sent (its parameters would not encode) must not be
     // followed by a COMMIT: answered here, the guard rolls everything back.
     if let std::task::Poll::Ready(Err(err)) = futures::poll!(insert.as_mut()) {
@@ -81,11 +68,6 @@ pub async fn store_and_commit<T: Serialize>(
     let stored = stored(inserted)?;
     committed?;
     Ok(stored)
-}
-
-fn record_of<T: Serialize>(operation: &str, fingerprint: Vec<u8>, outcome: &T) -> Result<Record, Error> {
-    let response = serde_json::to_value(outcome).map_err(|e| Error::Internal(format!("outcome: {e}")))?;
-    Ok(Record { operation: operation.to_owned(), request_sha256: fingerprint, response })
 }
 
 /// Whether an insert stored the record (`false`: the key was stored by another transaction).

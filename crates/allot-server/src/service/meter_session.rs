@@ -63,26 +63,19 @@ impl MeterSession {
     ) -> Result<MeterSession, Error> {
         let account = &payer.payer;
         // One round trip: the plan's terms, the row lock and — sent behind the lock on the same
-        // connection, so executed once it is held — the meter's grants and live holds. The lock's
-        // statement is prepared first, or its Execute would follow the reads by a round trip.
-        repo::balances::prepare_lock(tx).await?;
-        let (in_force, locked, grants, held_credits) = futures::join!(
+        // connection, so executed once it is held — the meter's grants and live holds. The terms'
+        // and the lock's statements are prepared first, so both go out in the order below (a
+        // statement still to be prepared would go out a round trip late, behind the reads).
+        // Sent in the order they are polled, the first error `try_join!` meets is the statement
+        // that failed, not one behind it that only met the transaction it aborted (a lock
+        // timeout stays UNAVAILABLE).
+        futures::try_join!(repo::plans::prepare_meter_terms(tx), repo::balances::prepare_lock(tx))?;
+        let (in_force, locked, grants, held_credits) = futures::try_join!(
             InForce::load(tx, tenant, payer, meter),
             repo::balances::lock(tx, tenant, account, meter),
             repo::grants::for_meter(tx, tenant, account, meter, also_grants),
             repo::holds::held_total(tx, tenant, account, meter, now),
-        );
-        // A lock that failed (its timeout) aborts the transaction, and every statement behind it
-        // fails as well — the terms too, when their statement went out after it to be prepared:
-        // the lock's error is the answer.
-        let locked = match locked {
-            Ok(locked) => locked,
-            // The terms, sent ahead of the lock, failed first (a timeout): the lock only met
-            // the transaction they aborted, and their error is the answer.
-            Err(Error::Internal(_)) if in_force.is_err() => return Err(in_force.expect_err("an error")),
-            Err(err) => return Err(err),
-        };
-        let (in_force, grants, held_credits) = (in_force?, grants?, held_credits?);
+        )?;
         let mut opening = None;
         let (row, grants, held_credits) = match locked {
             Some(row) => (row, grants, held_credits),

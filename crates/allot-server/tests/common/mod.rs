@@ -147,3 +147,30 @@ pub async fn connect(database_url: &str) -> tokio_postgres::Client {
     tokio::spawn(connection);
     client
 }
+
+/// Locks `account`'s meter rows in the test's own transaction `tx` (tenant `tenant`).
+pub async fn lock_meters(tx: &tokio_postgres::Transaction<'_>, tenant: uuid::Uuid, account: &str) {
+    tx.execute("SELECT 1 FROM meter_balances WHERE tenant_id = $1 AND account_id = $2 FOR UPDATE", &[&tenant, &account]).await.expect("lock");
+}
+
+/// Inserts a live hold of `amount` credits on `account`'s `tokens` meter in `tx`.
+pub async fn hold_tokens(tx: &tokio_postgres::Transaction<'_>, tenant: uuid::Uuid, account: &str, amount: i64) {
+    tx.execute(
+        "INSERT INTO holds (tenant_id, id, account_id, acting_account_id, meter, amount_credits, status, expires_at, created_at) \
+         VALUES ($1, gen_random_uuid(), $2, $2, 'tokens', $3, 'held', now() + interval '1 hour', now())",
+        &[&tenant, &account, &amount],
+    )
+    .await
+    .expect("hold");
+}
+
+/// Stores idempotency key `key` for `operation` in `tx`, with a request and an answer no real
+/// request has (`\x00`, `{}`).
+pub async fn store_key(tx: &tokio_postgres::Transaction<'_>, tenant: uuid::Uuid, key: &str, operation: &str) {
+    tx.execute(
+        "INSERT INTO idempotency_records (tenant_id, key, operation, request_sha256, response) VALUES ($1, $2, $3, '\\x00', '{}')",
+        &[&tenant, &key, &operation],
+    )
+    .await
+    .expect("record");
+}
