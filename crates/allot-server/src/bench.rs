@@ -17,7 +17,6 @@ use allot_proto::v1::pricing_client::PricingClient;
 use allot_proto::v1::subsidy_client::SubsidyClient;
 use futures::{StreamExt as _, TryStreamExt as _};
 use tonic::metadata::{Ascii, MetadataValue};
-use tonic::transport::Channel;
 
 use crate::clock::SystemClock;
 use crate::config::Config;
@@ -27,6 +26,9 @@ use crate::server::{serve, App};
 mod cpu;
 mod statements;
 mod streams;
+mod transport;
+
+use transport::Connection;
 
 /// Accounts the uniform scenarios spread over.
 pub const ACCOUNTS: u32 = 10_000;
@@ -81,10 +83,11 @@ const SCENARIOS: [(&str, &str); 11] = [
 
 #[derive(Clone)]
 struct Clients {
-    channel: Channel,
-    admin: AdminClient<Channel>,
-    entitlements: Vec<EntitlementsClient<Channel>>,
-    fair_use: Vec<FairUseClient<Channel>>,
+    channel: Connection,
+    origin: tonic::codegen::http::Uri,
+    admin: AdminClient<Connection>,
+    entitlements: Vec<EntitlementsClient<Connection>>,
+    fair_use: Vec<FairUseClient<Connection>>,
     auth: MetadataValue<Ascii>,
 }
 
@@ -157,16 +160,17 @@ async fn measure(options: &Options, postgres: &LocalPostgres, redis: &LocalRedis
         let _ = stopped.await;
     }));
 
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?;
+    let origin: tonic::codegen::http::Uri = format!("http://{addr}").parse()?;
     let mut channels = Vec::new();
     for _ in 0..CHANNELS {
-        channels.push(endpoint.connect().await?);
+        channels.push(transport::connect(addr).await?);
     }
     let clients = Clients {
         channel: channels[0].clone(),
-        admin: AdminClient::new(channels[0].clone()),
-        entitlements: channels.iter().cloned().map(EntitlementsClient::new).collect(),
-        fair_use: channels.iter().cloned().map(FairUseClient::new).collect(),
+        origin: origin.clone(),
+        admin: AdminClient::with_origin(channels[0].clone(), origin.clone()),
+        entitlements: channels.iter().map(|c| EntitlementsClient::with_origin(c.clone(), origin.clone())).collect(),
+        fair_use: channels.iter().map(|c| FairUseClient::with_origin(c.clone(), origin.clone())).collect(),
         auth: format!("Bearer {}", key.api_key).parse()?,
     };
     seed_plan(&clients).await?;
@@ -221,9 +225,9 @@ async fn seed_plan(clients: &Clients) -> anyhow::Result<()> {
         unit_prices: vec![unit(pb::UsageDimension::InputTokens, 250), unit(pb::UsageDimension::OutputTokens, 1_000)],
         effective_from: None,
     };
-    PricingClient::new(clients.channel.clone()).upsert_price(clients.request(price)).await?;
+    PricingClient::with_origin(clients.channel.clone(), clients.origin.clone()).upsert_price(clients.request(price)).await?;
     // A pool that pays every account's debits in full (the default tier gets a budget here).
-    let mut pools = SubsidyClient::new(clients.channel.clone());
+    let mut pools = SubsidyClient::with_origin(clients.channel.clone(), clients.origin.clone());
     let pool = pb::Pool { pool_id: "bench".into(), share_bps: 0, meters: vec!["tokens".into()], shard_count: 16, ..Default::default() };
     pools.upsert_pool(clients.request(pb::UpsertPoolRequest { pool: Some(pool) })).await?;
     let top_up = pb::TopUpPoolRequest { pool_id: "bench".into(), amount_credits: 1_000_000_000_000_000, idempotency_key: "bench".into() };
