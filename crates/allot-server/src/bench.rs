@@ -1,10 +1,10 @@
 //! `allot bench`: a load generator that measures Allot against the raw PostgreSQL/Redis work it
 //! cannot avoid, in the same run on the same servers. It starts a throwaway PostgreSQL and Redis,
 //! serves Allot in-process on a free port, drives each scenario with many concurrent gRPC calls
-//! for a bounded time, then runs `../shared/baseline/run` against the same servers and prints one
-//! Markdown table with the ratio Allot / raw per scenario and concurrency.
+//! for a bounded time and, right after each, runs the matching row of `../shared/baseline/run`
+//! against the same servers; it prints one Markdown table with the ratio Allot / raw per scenario
+//! and concurrency.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -61,6 +61,8 @@ pub struct Row {
     /// CPU microseconds per operation: this process (Allot and the load generator), then the
     /// rest of the machine (PostgreSQL, Redis, anything else running). `None` off Linux.
     pub cpu_us: Option<(f64, f64)>,
+    /// The raw baseline's operations per second at the same concurrency, measured right after.
+    pub raw_ops_per_s: Option<f64>,
 }
 
 /// Scenario → the baseline row it is compared with.
@@ -182,29 +184,37 @@ async fn measure(options: &Options, postgres: &LocalPostgres, redis: &LocalRedis
         statements::prepare(&postgres.dsn("allot")).await?;
     }
 
+    // Each row's raw baseline is measured right after it, on the same servers: the two figures
+    // of a ratio are seconds apart, not minutes, so a change in the machine's other load moves
+    // both (finding 33). The server idles meanwhile.
+    let script = options.baseline.as_ref().filter(|script| script.exists());
     let mut rows = Vec::new();
     for &c in &options.clients {
-        for (scenario, _) in SCENARIOS {
+        for (scenario, raw_name) in SCENARIOS {
             if !options.scenarios.is_empty() && !options.scenarios.iter().any(|s| s == scenario) {
                 continue;
             }
-            let row = scenario_row(&clients, scenario, c, Duration::from_secs(options.seconds)).await?;
+            let mut row = scenario_row(&clients, scenario, c, Duration::from_secs(options.seconds)).await?;
             eprintln!("bench: {scenario} × {c}: {:.0} ops/s, p99 {:.2} ms", row.ops_per_s, row.p99_ms);
             if top_statements > 0 {
                 let ops = row.ops_per_s * options.seconds as f64;
                 eprintln!("{}", statements::report(&postgres.dsn("allot"), top_statements, ops).await?);
+            }
+            // pgbench opens one connection per client: levels above PostgreSQL's connection
+            // limit have no baseline (their rows say so).
+            if let Some(script) = script.filter(|_| c <= BASELINE_CLIENTS_MAX) {
+                row.raw_ops_per_s = baseline(script, postgres, redis, options.seconds, raw_name, c).await?;
+                eprintln!("bench: raw {raw_name} × {c}: {:.0} ops/s", row.raw_ops_per_s.unwrap_or(0.0));
+                if top_statements > 0 {
+                    statements::prepare(&postgres.dsn("allot")).await?; // the baseline's statements are not the next row's
+                }
             }
             rows.push(row);
         }
     }
     let _ = stop.send(());
     let _ = server.await;
-
-    let baseline = match &options.baseline {
-        Some(script) if script.exists() => baseline(script, postgres, redis, options).await?,
-        _ => HashMap::new(),
-    };
-    Ok(report(&rows, &baseline, options))
+    Ok(report(&rows, options))
 }
 
 async fn seed_plan(clients: &Clients) -> anyhow::Result<()> {
@@ -405,52 +415,42 @@ async fn scenario_row(clients: &Clients, scenario: &'static str, c: usize, lengt
         p99_ms: pct(0.99),
         errors,
         cpu_us,
+        raw_ops_per_s: None,
     })
 }
 
-/// Runs the baseline script against the same PostgreSQL and Redis; (scenario, clients) → ops/s.
+/// Runs the baseline script's row `raw_name` at `clients` against the same PostgreSQL and Redis;
+/// its operations per second (`None` when the script printed no such row).
 async fn baseline(
     script: &PathBuf,
     postgres: &LocalPostgres,
     redis: &LocalRedis,
-    options: &Options,
-) -> anyhow::Result<HashMap<(String, usize), f64>> {
-    // pgbench opens one connection per client: levels above PostgreSQL's connection limit have
-    // no baseline (their rows say so).
-    let clients = options.clients.iter().filter(|c| **c <= BASELINE_CLIENTS_MAX).map(ToString::to_string).collect::<Vec<_>>().join(" ");
-    if clients.is_empty() {
-        return Ok(HashMap::new());
-    }
+    seconds: u64,
+    raw_name: &str,
+    clients: usize,
+) -> anyhow::Result<Option<f64>> {
+    // With `cooldown-held` asked for alone, the runner's last test exits 1: ask for the free
+    // lock's row beside it (and ignore that row).
+    let only = if raw_name == "cooldown-held" { "cooldown-held,cooldown-free".to_owned() } else { raw_name.to_owned() };
     let output = tokio::process::Command::new("bash")
         .arg(script)
         .args(["--dsn", &postgres.dsn("allot"), "--redis", &format!("127.0.0.1:{}", redis.port())])
-        .args([
-            "--seconds",
-            &options.seconds.to_string(),
-            "--clients",
-            &clients,
-            "--only",
-            "debit,debit-hot,check,reserve-commit,cooldown-held,cooldown-free",
-        ])
+        .args(["--seconds", &seconds.to_string(), "--clients", &clients.to_string(), "--only", &only])
         .output()
         .await?;
-    // (The runner asks for cooldown-free too: with it left out, the script's last test exits 1.)
     if !output.status.success() {
         anyhow::bail!("baseline failed: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
     }
-    let mut rows = HashMap::new();
     for line in String::from_utf8_lossy(&output.stdout).lines() {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        if cells.len() >= 5 {
-            if let (Ok(c), Ok(ops)) = (cells[2].parse::<usize>(), cells[3].parse::<f64>()) {
-                rows.insert((cells[1].to_owned(), c), ops);
-            }
+        if cells.len() >= 5 && cells[1] == raw_name && cells[2].parse::<usize>().ok() == Some(clients) {
+            return Ok(cells[3].parse::<f64>().ok());
         }
     }
-    Ok(rows)
+    Ok(None)
 }
 
-fn report(rows: &[Row], baseline: &HashMap<(String, usize), f64>, options: &Options) -> String {
+fn report(rows: &[Row], options: &Options) -> String {
     let mut out = format!(
         "Measured with `allot bench --seconds {} --clients \"{}\"` on {} (UTC), {} cores.\n\n",
         options.seconds,
@@ -464,7 +464,7 @@ fn report(rows: &[Row], baseline: &HashMap<(String, usize), f64>, options: &Opti
     out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for row in rows {
         let raw_name = SCENARIOS.iter().find(|(s, _)| *s == row.scenario).map_or("", |(_, r)| r);
-        let raw = baseline.get(&(raw_name.to_owned(), row.clients)).copied();
+        let raw = row.raw_ops_per_s;
         out.push_str(&format!(
             "| {} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {} | {} | {} |\n",
             row.scenario,
