@@ -34,8 +34,10 @@ use transport::Connection;
 pub const ACCOUNTS: u32 = 10_000;
 /// Most concurrent clients the raw baseline is run with (PostgreSQL's default limit is 100).
 pub const BASELINE_CLIENTS_MAX: usize = 90;
-/// Channels (HTTP/2 connections) the clients share.
-pub const CHANNELS: usize = 4;
+/// HTTP/2 connections the clients share, unless `ALLOT_BENCH_CONNECTIONS` says otherwise.
+pub const CONNECTIONS_DEFAULT: usize = 4;
+/// Most HTTP/2 connections the load generator opens.
+pub const CONNECTIONS_MAX: usize = 64;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -164,7 +166,15 @@ async fn measure(options: &Options, postgres: &LocalPostgres, redis: &LocalRedis
 
     let origin: tonic::codegen::http::Uri = format!("http://{addr}").parse()?;
     let mut channels = Vec::new();
-    for _ in 0..CHANNELS {
+    let connections = match std::env::var("ALLOT_BENCH_CONNECTIONS") {
+        Ok(n) => n
+            .parse::<usize>()
+            .ok()
+            .filter(|n| (1..=CONNECTIONS_MAX).contains(n))
+            .ok_or_else(|| anyhow::anyhow!("ALLOT_BENCH_CONNECTIONS: a number of connections from 1 to {CONNECTIONS_MAX}, not {n:?}"))?,
+        Err(_) => CONNECTIONS_DEFAULT,
+    };
+    for _ in 0..connections {
         channels.push(transport::connect(addr).await?);
     }
     let clients = Clients {
@@ -272,7 +282,7 @@ async fn warm_up(clients: &Clients, dsn: &str) -> anyhow::Result<()> {
     let accounts: Vec<String> = (0..ACCOUNTS).map(|a| format!("a{a}")).chain(["hot".to_owned()]).collect();
     futures::stream::iter(accounts.into_iter().enumerate())
         .map(|(i, account)| {
-            let mut entitlements = clients.entitlements[i % CHANNELS].clone();
+            let mut entitlements = clients.entitlements[i % clients.entitlements.len()].clone();
             let request = pb::DebitRequest {
                 account_id: account.clone(),
                 meter: "tokens".into(),
@@ -303,7 +313,7 @@ fn account_of(worker: usize, n: u64) -> String {
 
 /// One operation of a scenario by client `worker`, call number `n`; `Ok(false)` is an error answer.
 async fn operation(clients: &Clients, scenario: &str, c: usize, worker: usize, n: u64) -> bool {
-    let channel = worker % CHANNELS;
+    let channel = worker % clients.entitlements.len();
     let account = account_of(worker, n);
     let key = format!("{scenario}-{c}-{worker}-{n}");
     let mut entitlements = clients.entitlements[channel].clone();

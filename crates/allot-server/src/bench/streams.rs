@@ -13,7 +13,7 @@ use pb::request_classification_stream_response::Outcome as ClassificationOutcome
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-use super::{account_of, Clients, CHANNELS};
+use super::{account_of, Clients};
 
 /// Whether `scenario` is run on streams.
 pub fn is_stream(scenario: &str) -> bool {
@@ -22,7 +22,7 @@ pub fn is_stream(scenario: &str) -> bool {
 
 /// One client of a stream scenario until `deadline`: latencies (µs) and error answers.
 pub async fn worker(clients: &Clients, scenario: &'static str, c: usize, worker: usize, deadline: Instant) -> anyhow::Result<(Vec<u32>, u64)> {
-    let channel = worker % CHANNELS;
+    let channel = worker % clients.entitlements.len();
     let key = move |n: u64| format!("{scenario}-{c}-{worker}-{n}");
     match scenario {
         "check-stream" => {
