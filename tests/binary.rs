@@ -13,6 +13,9 @@
 //! - `version_names_the_commit`: `allot --version` prints `allot <version> (<commit>)`.
 //! - `bench_refuses_an_unknown_scenario_before_starting_anything`: a misspelt `--scenarios`
 //!   name fails `allot bench` with the list of scenarios, instead of measuring nothing.
+//! - `bench_refuses_a_connection_count_out_of_bounds_before_starting_anything`: a bad
+//!   `ALLOT_BENCH_CONNECTIONS` fails `allot bench` naming the setting, before any PostgreSQL is
+//!   started.
 //!
 //! The throwaway PostgreSQL comes from `allot_server::testkit`. Every child is wrapped in
 //! [`Child`], which kills it by its own PID if a test fails midway; its stdout and stderr go to
@@ -491,4 +494,16 @@ async fn bench_refuses_an_unknown_scenario_before_starting_anything() {
     assert!(!status.success(), "an unknown scenario must fail the bench; {}", child.logs());
     let stderr = child.stderr();
     assert!(stderr.contains("no scenario \"chek\"") && stderr.contains("classify-cooldown-stream"), "the error names the scenarios: {stderr}");
+}
+
+#[tokio::test]
+async fn bench_refuses_a_connection_count_out_of_bounds_before_starting_anything() {
+    for bad in ["0", "65", "many"] {
+        let mut child = Child::spawn("bench-connections", &["bench", "--scenarios", "check"], &[("ALLOT_BENCH_CONNECTIONS", bad)]);
+        let status = child.wait_for_exit(CLI_TIMEOUT).await;
+        assert!(!status.success(), "ALLOT_BENCH_CONNECTIONS={bad} must fail the bench; {}", child.logs());
+        let stderr = child.stderr();
+        assert!(stderr.contains("ALLOT_BENCH_CONNECTIONS") && stderr.contains("from 1 to 64"), "the error names the setting: {stderr}");
+        assert!(!stderr.contains("postgres started"), "nothing is started before the settings are checked: {stderr}");
+    }
 }

@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::localstack::{LocalPostgres, LocalRedis};
 use crate::server::{serve, App};
 
+mod baseline;
 mod cpu;
 mod statements;
 mod streams;
@@ -34,10 +35,6 @@ use transport::Connection;
 pub const ACCOUNTS: u32 = 10_000;
 /// Most concurrent clients the raw baseline is run with (PostgreSQL's default limit is 100).
 pub const BASELINE_CLIENTS_MAX: usize = 90;
-/// HTTP/2 connections the clients share, unless `ALLOT_BENCH_CONNECTIONS` says otherwise.
-pub const CONNECTIONS_DEFAULT: usize = 4;
-/// Most HTTP/2 connections the load generator opens.
-pub const CONNECTIONS_MAX: usize = 64;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -109,6 +106,8 @@ pub async fn run(options: Options) -> anyhow::Result<String> {
         let known: Vec<&str> = SCENARIOS.iter().map(|(name, _)| *name).collect();
         anyhow::bail!("no scenario {unknown:?}; the scenarios are: {}", known.join(" "));
     }
+    // Settings are checked before anything is started.
+    let connections = transport::connections(std::env::var("ALLOT_BENCH_CONNECTIONS").ok().as_deref())?;
     let root = tempfile::Builder::new().prefix("allot-bench-").tempdir()?;
     let stack_root = root.path().to_owned();
     // Extra PostgreSQL settings for a diagnosis (`auto_explain.log_min_duration=5,…`).
@@ -131,7 +130,7 @@ pub async fn run(options: Options) -> anyhow::Result<String> {
         Ok((LocalPostgres::start_with(&stack_root, &settings)?, LocalRedis::start(&stack_root)?))
     })
     .await??;
-    let result = measure(&options, &postgres, &redis).await;
+    let result = measure(&options, connections, &postgres, &redis).await;
     postgres.stop();
     redis.stop();
     let report = result?;
@@ -141,7 +140,7 @@ pub async fn run(options: Options) -> anyhow::Result<String> {
     Ok(report)
 }
 
-async fn measure(options: &Options, postgres: &LocalPostgres, redis: &LocalRedis) -> anyhow::Result<String> {
+async fn measure(options: &Options, connections: usize, postgres: &LocalPostgres, redis: &LocalRedis) -> anyhow::Result<String> {
     crate::dev::create_database(&postgres.dsn("postgres"), "allot").await?;
     let mut config = Config::with_database(postgres.dsn("allot"), Some(redis.url()));
     config.migrate = true;
@@ -166,14 +165,6 @@ async fn measure(options: &Options, postgres: &LocalPostgres, redis: &LocalRedis
 
     let origin: tonic::codegen::http::Uri = format!("http://{addr}").parse()?;
     let mut channels = Vec::new();
-    let connections = match std::env::var("ALLOT_BENCH_CONNECTIONS") {
-        Ok(n) => n
-            .parse::<usize>()
-            .ok()
-            .filter(|n| (1..=CONNECTIONS_MAX).contains(n))
-            .ok_or_else(|| anyhow::anyhow!("ALLOT_BENCH_CONNECTIONS: a number of connections from 1 to {CONNECTIONS_MAX}, not {n:?}"))?,
-        Err(_) => CONNECTIONS_DEFAULT,
-    };
     for _ in 0..connections {
         channels.push(transport::connect(addr).await?);
     }
@@ -213,7 +204,7 @@ async fn measure(options: &Options, postgres: &LocalPostgres, redis: &LocalRedis
             // pgbench opens one connection per client: levels above PostgreSQL's connection
             // limit have no baseline (their rows say so).
             if let Some(script) = script.filter(|_| c <= BASELINE_CLIENTS_MAX) {
-                row.raw_ops_per_s = baseline(script, postgres, redis, options.seconds, raw_name, c).await?;
+                row.raw_ops_per_s = baseline::measure(script, postgres, redis, options.seconds, raw_name, c).await?;
                 eprintln!("bench: raw {raw_name} × {c}: {:.0} ops/s", row.raw_ops_per_s.unwrap_or(0.0));
                 if top_statements > 0 {
                     statements::prepare(&postgres.dsn("allot")).await?; // the baseline's statements are not the next row's
@@ -427,37 +418,6 @@ async fn scenario_row(clients: &Clients, scenario: &'static str, c: usize, lengt
         cpu_us,
         raw_ops_per_s: None,
     })
-}
-
-/// Runs the baseline script's row `raw_name` at `clients` against the same PostgreSQL and Redis;
-/// its operations per second (`None` when the script printed no such row).
-async fn baseline(
-    script: &PathBuf,
-    postgres: &LocalPostgres,
-    redis: &LocalRedis,
-    seconds: u64,
-    raw_name: &str,
-    clients: usize,
-) -> anyhow::Result<Option<f64>> {
-    // With `cooldown-held` asked for alone, the runner's last test exits 1: ask for the free
-    // lock's row beside it (and ignore that row).
-    let only = if raw_name == "cooldown-held" { "cooldown-held,cooldown-free".to_owned() } else { raw_name.to_owned() };
-    let output = tokio::process::Command::new("bash")
-        .arg(script)
-        .args(["--dsn", &postgres.dsn("allot"), "--redis", &format!("127.0.0.1:{}", redis.port())])
-        .args(["--seconds", &seconds.to_string(), "--clients", &clients.to_string(), "--only", &only])
-        .output()
-        .await?;
-    if !output.status.success() {
-        anyhow::bail!("baseline failed: {}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    }
-    for line in String::from_utf8_lossy(&output.stdout).lines() {
-        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
-        if cells.len() >= 5 && cells[1] == raw_name && cells[2].parse::<usize>().ok() == Some(clients) {
-            return Ok(cells[3].parse::<f64>().ok());
-        }
-    }
-    Ok(None)
 }
 
 fn report(rows: &[Row], options: &Options) -> String {

@@ -19,6 +19,22 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tonic::body::Body;
 use tonic::codegen::http;
 
+/// HTTP/2 connections the clients share, unless `ALLOT_BENCH_CONNECTIONS` says otherwise.
+pub const CONNECTIONS_DEFAULT: usize = 4;
+/// Most HTTP/2 connections the load generator opens.
+pub const CONNECTIONS_MAX: usize = 64;
+
+/// How many connections to open, from `ALLOT_BENCH_CONNECTIONS` (`None`: the default).
+pub fn connections(setting: Option<&str>) -> anyhow::Result<usize> {
+    let Some(setting) = setting else { return Ok(CONNECTIONS_DEFAULT) };
+    setting
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| (1..=CONNECTIONS_MAX).contains(n))
+        .ok_or_else(|| anyhow::anyhow!("ALLOT_BENCH_CONNECTIONS: a number of connections from 1 to {CONNECTIONS_MAX}, not {setting:?}"))
+}
+
 /// One HTTP/2 connection to the server; clones share it.
 #[derive(Clone)]
 pub struct Connection {
@@ -51,5 +67,25 @@ impl tonic::codegen::Service<http::Request<Body>> for Connection {
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         Box::pin(self.send.send_request(request))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connections_default_to_four_and_take_a_count_within_the_limit() {
+        assert_eq!(connections(None).unwrap(), CONNECTIONS_DEFAULT);
+        assert_eq!(connections(Some("1")).unwrap(), 1);
+        assert_eq!(connections(Some(" 64 ")).unwrap(), CONNECTIONS_MAX);
+    }
+
+    #[test]
+    fn connections_outside_the_limit_or_not_a_number_are_refused_with_the_setting_named() {
+        for bad in ["0", "65", "four", "", "-1"] {
+            let err = connections(Some(bad)).unwrap_err().to_string();
+            assert!(err.contains("ALLOT_BENCH_CONNECTIONS"), "{bad:?}: {err}");
+        }
     }
 }
