@@ -22,6 +22,11 @@
 //! Checks queue the same way in lanes of their own (`check_batch_workers` of them; `read`): a
 //! batch of concurrent checks reads one snapshot, every table once for all of them, and decides
 //! each check on its own.
+//!
+//! A lane has one batch at the database at a time. Each batch runs as a task of its own holding
+//! the lane's turn ([`LaneTurn`]): a debit batch until its commit has answered, a check batch
+//! until its snapshot is read. The lane then takes its next batch while the last one decides
+//! (checks) and answers (both) — docs/benchmarks.md, finding 35.
 
 mod group;
 mod plans;
@@ -91,11 +96,13 @@ pub trait Batched: Sized + Send + Sync + 'static {
     /// The lanes of its kind.
     fn batches(credits: &Credits) -> &Arc<Batches<Self>>;
     /// Decides `batch` together, one result per item. `Err` means it decided nothing: every item
-    /// is to be decided alone.
+    /// is to be decided alone. `lane` is released once the batch no longer needs the database
+    /// (by then or when the batch ends), so the lane's next batch can start meanwhile.
     fn group<'a>(
         credits: &'a Credits,
         tenant: TenantId,
         batch: &'a [&'a Self],
+        lane: LaneTurn,
     ) -> impl std::future::Future<Output = Result<Results, Error>> + Send + 'a;
     /// Decides one on its own, as if it had not been queued.
     fn alone(credits: &Credits, tenant: TenantId, queued: Self) -> impl std::future::Future<Output = Result<Decision, Error>> + Send;
@@ -113,6 +120,21 @@ pub struct Pending<Q> {
 
 /// A tenant's lane: the tenant and the lane's number.
 type Lane = (TenantId, usize);
+
+/// A batch's turn in its lane: while it is held, the lane takes no next batch. A batch hands it
+/// back once its database work is over (checks: once their snapshot is read), so the next batch's
+/// round trip overlaps what is left (deciding and answering); dropping it hands it back too. The
+/// lane keeps at most one batch at the database at a time.
+pub struct LaneTurn(Option<oneshot::Sender<()>>);
+
+impl LaneTurn {
+    /// Lets the lane take its next batch.
+    pub fn release(&mut self) {
+        if let Some(turn) = self.0.take() {
+            let _ = turn.send(());
+        }
+    }
+}
 
 /// A lane's queue; it exists while its worker runs.
 struct Queue<Q> {
@@ -197,12 +219,10 @@ impl Batched for Queued {
         &credits.batches
     }
 
-    fn group<'a>(
-        credits: &'a Credits,
-        tenant: TenantId,
-        batch: &'a [&'a Queued],
-    ) -> impl std::future::Future<Output = Result<Results, Error>> + Send + 'a {
-        credits.debit_group(tenant, batch)
+    async fn group<'a>(credits: &'a Credits, tenant: TenantId, batch: &'a [&'a Queued], lane: LaneTurn) -> Result<Results, Error> {
+        // A debit batch holds its rows' locks until its commit answers: its turn ends with it.
+        let _lane = lane;
+        credits.debit_group(tenant, batch).await
     }
 
     async fn alone(credits: &Credits, tenant: TenantId, queued: Queued) -> Result<Decision, Error> {
@@ -254,7 +274,10 @@ impl Credits {
                 let take = queue.pending.len().min(BATCH_MAX);
                 queue.pending.drain(..take).collect()
             };
-            self.decide(tenant, batch).await;
+            let (turn, turn_ended) = oneshot::channel();
+            let this = self.clone();
+            tokio::spawn(async move { this.decide(tenant, batch, LaneTurn(Some(turn))).await });
+            let _ = turn_ended.await; // sent, or dropped when the batch ended (or panicked)
         }
     }
 
@@ -265,17 +288,20 @@ impl Credits {
     /// decided apart from the lane, which takes its next batch at once: an item waiting for Redis
     /// (a rate cap) or deciding an org member holds up no other. Each belongs to a call in
     /// flight, so the tenant's limit on those bounds them.
-    async fn decide<Q: Batched>(&self, tenant: TenantId, batch: Vec<Pending<Q>>) {
+    async fn decide<Q: Batched>(&self, tenant: TenantId, batch: Vec<Pending<Q>>, mut lane: LaneTurn) {
         let lone_rate_capped = batch.len() == 1 && self.ctx.plan_book.may_rate_cap(tenant, batch[0].queued.meter());
         let grouped = match lone_rate_capped {
-            true => Ok(vec![None]),
+            true => {
+                lane.release();
+                Ok(vec![None])
+            }
             false => {
                 // The batch's work is traced under its first caller; the others get an event.
                 for pending in &batch[1..] {
                     pending.span.in_scope(|| tracing::debug!(batch.kind = Q::KIND, batch.size = batch.len(), "decided in a batch"));
                 }
                 let queued: Vec<&Q> = batch.iter().map(|p| &p.queued).collect();
-                Q::group(self, tenant, &queued).instrument(batch[0].span.clone()).await
+                Q::group(self, tenant, &queued, lane).instrument(batch[0].span.clone()).await
             }
         };
         let results = match grouped {

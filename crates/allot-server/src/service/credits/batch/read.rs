@@ -5,7 +5,8 @@
 //! snapshot), every meter's row, grants, live holds, standings and hourly usage — each table once
 //! for the whole batch — and then decides each check on its own exactly as `check` does alone. A
 //! check sees every debit committed before it was queued (the snapshot is taken after the batch
-//! is taken).
+//! is taken). The lane's next batch may start reading once this one's snapshot is read: the
+//! deciding needs no database ([`LaneTurn`]).
 //!
 //! Checks it leaves to be decided alone (their result is `None`): a member of an org (pooled
 //! meters, member caps), a meter with a per-minute rate cap (answered from Redis), and a meter
@@ -18,7 +19,7 @@ use std::collections::{BTreeSet, HashMap};
 use allot_domain::charge::{self, Mode};
 
 use super::plans::{self, Plans};
-use super::{Batched, Batches, Results};
+use super::{Batched, Batches, LaneTurn, Results};
 use crate::error::Error;
 use crate::ids::{Meter, TenantId};
 use crate::repo;
@@ -67,8 +68,9 @@ impl Batched for QueuedCheck {
         credits: &'a Credits,
         tenant: TenantId,
         batch: &'a [&'a QueuedCheck],
+        lane: LaneTurn,
     ) -> impl std::future::Future<Output = Result<Results, Error>> + Send + 'a {
-        credits.check_group(tenant, batch)
+        credits.check_group(tenant, batch, lane)
     }
 
     fn alone(credits: &Credits, tenant: TenantId, queued: QueuedCheck) -> impl std::future::Future<Output = Result<Decision, Error>> + Send {
@@ -82,7 +84,7 @@ impl Batched for QueuedCheck {
 
 impl Credits {
     /// Decides `checks` on one snapshot. `Err` means every check must be decided alone.
-    async fn check_group(&self, tenant: TenantId, checks: &[&QueuedCheck]) -> Result<Results, Error> {
+    async fn check_group(&self, tenant: TenantId, checks: &[&QueuedCheck], mut lane: LaneTurn) -> Result<Results, Error> {
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
         let tx = crate::db::begin_batch(&mut client, tenant, crate::db::Access::Snapshot)?;
@@ -114,6 +116,9 @@ impl Credits {
             plans.hourly(&tx, tenant, &capped, now),
         )?;
         tx.end_read_only();
+        drop(client);
+        // What is left is deciding: the lane's next batch may read meanwhile.
+        lane.release();
         let standing_of = plans::standings(&settings, &standings, payers.keys().map(String::as_str));
         // Meters decided here: no rate cap, no daily budget.
         let decided: Vec<(&str, &str)> = keys
