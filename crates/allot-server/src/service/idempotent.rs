@@ -58,16 +58,36 @@ pub async fn store_and_commit<T: Serialize>(
     let record = Record { operation: operation.to_owned(), request_sha256: fingerprint, response };
     // Prepared before anything is sent: the insert must go out ahead of the `COMMIT`.
     let statement = tx.prepare_cached(idempotency::INSERT_SQL).await?;
-    let mut insert = std::pin::pin!(idempotency::insert(&tx, &statement, tenant, key, &record));
-    // An insert that fails before it is sent (its parameters would not encode) must not be
-    // followed by a COMMIT: answered here, the guard rolls everything back.
-    if let std::task::Poll::Ready(Err(err)) = futures::poll!(insert.as_mut()) {
-        return stored(Err(err));
+    let insert = idempotency::insert(&tx, &statement, tenant, key, &record);
+    match insert_then_commit(insert, tx.commit_behind()).await {
+        // Failed before the COMMIT was sent: the guard rolls everything back.
+        (inserted, None) => stored(inserted),
+        (inserted, Some(committed)) => {
+            let stored = stored(inserted)?;
+            committed?;
+            Ok(stored)
+        }
     }
-    let (inserted, committed) = futures::join!(insert, tx.commit_behind());
-    let stored = stored(inserted)?;
-    committed?;
-    Ok(stored)
+}
+
+/// Sends `insert` (its first poll sends it), then `commit` behind it, and waits for both; the
+/// commit's answer is `None` when it was not sent. An insert that fails at its first poll (before
+/// it is sent: its parameters would not encode) is not followed by the commit. One already
+/// answered at its first poll (its thread was descheduled long enough for the answer to arrive)
+/// is not polled again: the commit follows alone.
+async fn insert_then_commit<E>(
+    insert: impl std::future::Future<Output = Result<(), E>>,
+    commit: impl std::future::Future<Output = Result<(), E>>,
+) -> (Result<(), E>, Option<Result<(), E>>) {
+    let mut insert = std::pin::pin!(insert);
+    match futures::poll!(insert.as_mut()) {
+        std::task::Poll::Ready(Err(err)) => (Err(err), None),
+        std::task::Poll::Ready(Ok(())) => (Ok(()), Some(commit.await)),
+        std::task::Poll::Pending => {
+            let (inserted, committed) = futures::join!(insert, commit);
+            (inserted, Some(committed))
+        }
+    }
 }
 
 /// Whether an insert stored the record (`false`: the key was stored by another transaction).
@@ -76,5 +96,62 @@ fn stored(inserted: Result<(), tokio_postgres::Error>) -> Result<bool, Error> {
         Ok(()) => Ok(true),
         Err(err) if idempotency::is_conflict(&err) => Ok(false),
         Err(err) => Err(err.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use super::insert_then_commit;
+
+    /// A future that is pending at its first poll and ready at the next.
+    async fn answered_later(result: Result<(), String>) -> Result<(), String> {
+        let mut polled = false;
+        futures::future::poll_fn(|cx| {
+            if polled {
+                std::task::Poll::Ready(())
+            } else {
+                polled = true;
+                cx.waker().wake_by_ref();
+                std::task::Poll::Pending
+            }
+        })
+        .await;
+        result
+    }
+
+    #[tokio::test]
+    async fn an_insert_answered_at_its_first_poll_is_not_polled_again_and_the_commit_follows() {
+        let committed = AtomicBool::new(false);
+        // `async {}` panics if polled after it completed, as the real insert does.
+        let insert = async { Ok::<(), String>(()) };
+        let commit = async {
+            committed.store(true, Ordering::SeqCst);
+            Ok(())
+        };
+        let (inserted, commit_answer) = insert_then_commit(insert, commit).await;
+        assert_eq!((inserted, commit_answer), (Ok(()), Some(Ok(()))));
+        assert!(committed.load(Ordering::SeqCst), "the commit is sent after an insert answered at once");
+    }
+
+    #[tokio::test]
+    async fn an_insert_that_fails_before_it_is_sent_is_not_followed_by_the_commit() {
+        let committed = AtomicBool::new(false);
+        let commit = async {
+            committed.store(true, Ordering::SeqCst);
+            Ok(())
+        };
+        let (inserted, commit_answer) = insert_then_commit(async { Err("would not encode".to_owned()) }, commit).await;
+        assert_eq!((inserted, commit_answer), (Err("would not encode".to_owned()), None));
+        assert!(!committed.load(Ordering::SeqCst), "no commit behind an insert that was never sent");
+    }
+
+    #[tokio::test]
+    async fn an_insert_in_flight_is_joined_with_the_commit_behind_it() {
+        let (inserted, commit_answer) = insert_then_commit(answered_later(Err("conflict".to_owned())), answered_later(Ok(()))).await;
+        assert_eq!((inserted, commit_answer), (Err("conflict".to_owned()), Some(Ok(()))));
+        let (inserted, commit_answer) = insert_then_commit(answered_later(Ok(())), answered_later(Ok(()))).await;
+        assert_eq!((inserted, commit_answer), (Ok(()), Some(Ok(()))));
     }
 }
