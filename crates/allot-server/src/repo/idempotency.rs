@@ -69,7 +69,7 @@ pub struct NewRecord<'a> {
 /// [`insert_many`]'s statement: fails unless every record was inserted — when another
 /// transaction stored one of the keys first (`allot_expect_rows`, migration `V15__write_checks`).
 pub const INSERT_MANY_SQL: &str = "WITH i AS (INSERT INTO idempotency_records (tenant_id, key, operation, request_sha256, response) \
-       SELECT $1, key, operation, request_sha256, response::json \
+       SELECT $1, key, operation, request_sha256, response::jsonb \
        FROM unnest($2::text[], $3::text[], $4::bytea[], $5::text[]) AS r(key, operation, request_sha256, response) \
        ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1) \
      SELECT allot_expect_rows(count(*), cardinality($2::text[]), 'idempotency records, a key stored concurrently') FROM i";

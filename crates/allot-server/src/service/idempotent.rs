@@ -72,9 +72,10 @@ pub async fn store_and_commit<T: Serialize>(
 
 /// Sends `insert` (its first poll sends it), then `commit` behind it, and waits for both; the
 /// commit's answer is `None` when it was not sent. An insert that fails at its first poll (before
-/// it is sent: its parameters would not encode) is not followed by the commit. One already
-/// answered at its first poll (its thread was descheduled long enough for the answer to arrive)
-/// is not polled again: the commit follows alone.
+/// it is sent, its parameters not encoding; or answered already with an error) is not followed by
+/// the commit: either way the transaction writes nothing and its guard rolls it back. One
+/// answered already at its first poll (its thread was descheduled long enough for the answer to
+/// arrive) is not polled again: the commit follows alone.
 async fn insert_then_commit<E>(
     insert: impl std::future::Future<Output = Result<(), E>>,
     commit: impl std::future::Future<Output = Result<(), E>>,
