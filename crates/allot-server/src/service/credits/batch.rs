@@ -288,13 +288,12 @@ impl Credits {
     /// decided apart from the lane, which takes its next batch at once: an item waiting for Redis
     /// (a rate cap) or deciding an org member holds up no other. Each belongs to a call in
     /// flight, so the tenant's limit on those bounds them.
-    async fn decide<Q: Batched>(&self, tenant: TenantId, batch: Vec<Pending<Q>>, mut lane: LaneTurn) {
+    async fn decide<Q: Batched>(&self, tenant: TenantId, batch: Vec<Pending<Q>>, lane: LaneTurn) {
         let lone_rate_capped = batch.len() == 1 && self.ctx.plan_book.may_rate_cap(tenant, batch[0].queued.meter());
+        // A lone rate-capped item holds the lane's turn no longer than it takes to hand it to the
+        // alone path below: `lane` is dropped when this returns.
         let grouped = match lone_rate_capped {
-            true => {
-                lane.release();
-                Ok(vec![None])
-            }
+            true => Ok(vec![None]),
             false => {
                 // The batch's work is traced under its first caller; the others get an event.
                 for pending in &batch[1..] {
