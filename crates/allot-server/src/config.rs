@@ -82,9 +82,10 @@ pub struct Config {
     /// it below `db_pool_size_max`).
     #[arg(long, env = "ALLOT_TENANT_CONCURRENCY_MAX", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub tenant_concurrency_max: u32,
-    /// Group-commit lanes per tenant on this server, each running one transaction at a time that
-    /// decides every debit queued in it. An account's debits always take the same lane (a hot
-    /// account makes one big batch); more lanes overlap the PostgreSQL round trips of many accounts.
+    /// Most group-commit lanes per tenant on this server, each running one transaction at a time
+    /// that decides every debit queued in it. An account's debits share a lane (a hot account
+    /// makes one big batch); one lane is used until batches reach `batch::WIDEN_AT_BATCH` debits,
+    /// then all of them overlap the PostgreSQL round trips of many accounts.
     #[arg(long, env = "ALLOT_DEBIT_BATCH_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub debit_batch_workers: u32,
     /// Lanes per tenant on this server for concurrent checks, each running one read-only snapshot

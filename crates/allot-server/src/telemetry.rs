@@ -246,6 +246,11 @@ pub fn record_debit_batch(size: usize) {
     metrics::histogram!("allot_debit_batch_size").record(size as f64);
 }
 
+/// A tenant's batches of `kind` spread over all its lanes on this server (they were in one).
+pub fn record_lanes_widened(kind: &'static str) {
+    metrics::counter!("allot_batch_lanes_widened_total", "kind" => kind).increment(1);
+}
+
 /// A batch of checks decided on one snapshot; `size` is how many it decided.
 pub fn record_check_batch(size: usize) {
     metrics::histogram!("allot_check_batch_size").record(size as f64);

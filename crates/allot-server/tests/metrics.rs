@@ -200,6 +200,33 @@ async fn metrics_endpoint_counts_decisions_latency_pool_locks_redis_and_sweeper_
     assert_eq!(count("allot_hold_sweeper_lag_seconds", &[]), 9.0);
     assert!(count("allot_holds_swept_total", &[]) >= 1.0);
 
+    // Waves of many concurrent debits make batches large enough to spread the tenant's debits
+    // over both lanes (counted once per spread), and every debit is still charged exactly once.
+    let widened = |text: &str| sample(text, "allot_batch_lanes_widened_total", &[("kind", "debit")]).unwrap_or(0.0);
+    let widened_before = widened(&after);
+    let mut waves = 0;
+    while waves < 5 && widened(&scrape(metrics_addr).await) == widened_before {
+        let mut tasks = Vec::new();
+        for i in 0..192 {
+            let mut client = entitlements.clone();
+            let key = format!("wave{waves}-{i}");
+            tasks.push(tokio::spawn(async move { debit(&mut client, &format!("wide-{}", i % 64), "tokens", 1, &key).await }));
+        }
+        for task in tasks {
+            assert!(allowed(task.await.expect("task").decision));
+        }
+        waves += 1;
+    }
+    assert!(widened(&scrape(metrics_addr).await) > widened_before, "{waves} waves of 192 concurrent debits never spread over two lanes");
+    let entries: i64 = server
+        .sql()
+        .await
+        .query_one("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'debit' AND account_id LIKE 'wide-%'", &[])
+        .await
+        .expect("count")
+        .get(0);
+    assert_eq!(entries, 192 * waves, "one entry per debit");
+
     lost_redis.stop().await;
     server.stop().await;
 }

@@ -9,8 +9,12 @@
 //!
 //! Lanes by account keep the debits of a hot account in one lane (one big batch under its lock,
 //! rather than batches of several workers queuing for the same row) while the debits of many
-//! accounts spread over every lane (that many transactions at once). Two lanes never lock the
-//! same account's meters, so batches do not wait for each other.
+//! accounts spread over the lanes in use (that many transactions at once). Two lanes never lock
+//! the same account's meters at once but while the lanes in use change, so batches rarely wait
+//! for each other. How many lanes are in use follows the tenant's callers waiting on this server
+//! ([`lanes_in_use`]): one lane until there are enough of them that two batches at a time are
+//! each still large, since a batch costs the database about as much whether it decides four
+//! debits or eight (docs/benchmarks.md, finding 38).
 //!
 //! A lone debit is a batch of one (fewer round trips than the ordinary path, `debit_alone`),
 //! but for a meter the plan book knows to be rate-capped. A debit the batch does not cover (see
@@ -37,6 +41,7 @@ pub use read::QueuedCheck;
 use std::collections::{HashMap, VecDeque};
 use std::hash::{Hash as _, Hasher as _};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures::StreamExt as _;
 use tokio::sync::oneshot;
@@ -53,8 +58,24 @@ pub const BATCH_MAX: usize = 256;
 
 /// Most lanes (each with at most one batch transaction at a time) per tenant on one server
 /// (`debit_batch_workers`). More than one keeps PostgreSQL busy while a batch waits for its
-/// commit.
+/// commit, once there are callers enough to fill them all.
 pub const WORKERS_MAX: usize = 64;
+
+/// A batch at least this large spreads its tenant's next work over every lane configured.
+pub const WIDEN_AT_BATCH: usize = 24;
+
+/// How long a tenant's work stays spread over its lanes after its last batch of
+/// [`WIDEN_AT_BATCH`] or more.
+pub const WIDE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// How many of a tenant's `lanes_max` lanes take new work: all of them while its work was
+/// spread (`wide_until`) at `now`, else one.
+fn lanes_in_use(wide_until: Option<Instant>, now: Instant, lanes_max: usize) -> usize {
+    match wide_until {
+        Some(until) if now < until => lanes_max,
+        _ => 1,
+    }
+}
 
 /// Debits or checks left out of a batch, decided alone at once at most.
 const ALONE_CONCURRENCY: usize = 8;
@@ -141,27 +162,34 @@ struct Queue<Q> {
     pending: VecDeque<Pending<Q>>,
 }
 
-/// The queues of lanes that have a worker.
+/// The queues of lanes that have a worker, and which tenants' work is spread.
+struct State<Q> {
+    queues: HashMap<Lane, Queue<Q>>,
+    /// Per tenant whose work is spread over its lanes, until when.
+    wide_until: HashMap<TenantId, Instant>,
+}
+
+/// A tenant's lanes on this server.
 pub struct Batches<Q> {
-    queues: Mutex<HashMap<Lane, Queue<Q>>>,
+    state: Mutex<State<Q>>,
     lanes_per_tenant: usize,
 }
 
 impl<Q> Batches<Q> {
     pub fn new(lanes_per_tenant: usize) -> Batches<Q> {
         assert!((1..=WORKERS_MAX).contains(&lanes_per_tenant), "batch workers per tenant: 1 to {WORKERS_MAX}");
-        Batches { queues: Mutex::new(HashMap::new()), lanes_per_tenant }
+        Batches { state: Mutex::new(State { queues: HashMap::new(), wide_until: HashMap::new() }), lanes_per_tenant }
     }
 
-    fn queues(&self) -> std::sync::MutexGuard<'_, HashMap<Lane, Queue<Q>>> {
-        self.queues.lock().unwrap_or_else(|p| p.into_inner())
+    fn state(&self) -> std::sync::MutexGuard<'_, State<Q>> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The lane of an account's work: always the same one.
-    fn lane_of(&self, tenant: TenantId, account: &str) -> Lane {
+    /// The lane of an account's work while `lanes` are in use: the same one as long as they are.
+    fn lane_of(tenant: TenantId, account: &str, lanes: usize) -> Lane {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         account.hash(&mut hasher);
-        let lane = usize::try_from(hasher.finish() % self.lanes_per_tenant as u64).expect("below the lane count");
+        let lane = usize::try_from(hasher.finish() % lanes as u64).expect("below the lane count");
         (tenant, lane)
     }
 }
@@ -199,7 +227,7 @@ struct Worker<Q> {
 impl<Q> Drop for Worker<Q> {
     fn drop(&mut self) {
         if self.running {
-            self.batches.queues().remove(&self.lane); // drops the senders: the callers get an error
+            self.batches.state().queues.remove(&self.lane); // drops the senders: the callers get an error
         }
     }
 }
@@ -241,13 +269,18 @@ impl Credits {
     pub(super) async fn queue<Q: Batched>(&self, tenant: TenantId, queued: Q) -> Result<Decision, Error> {
         let (reply, decided) = oneshot::channel();
         let batches = Q::batches(self);
-        let lane = batches.lane_of(tenant, queued.account());
-        let start_worker = {
-            let mut queues = batches.queues();
-            let start = !queues.contains_key(&lane);
-            let queue = queues.entry(lane).or_insert_with(|| Queue { pending: VecDeque::new() });
+        let (lane, start_worker) = {
+            let mut state = batches.state();
+            let now = Instant::now();
+            let lanes = lanes_in_use(state.wide_until.get(&tenant).copied(), now, batches.lanes_per_tenant);
+            if lanes == 1 {
+                state.wide_until.remove(&tenant);
+            }
+            let lane = Batches::<Q>::lane_of(tenant, queued.account(), lanes);
+            let start = !state.queues.contains_key(&lane);
+            let queue = state.queues.entry(lane).or_insert_with(|| Queue { pending: VecDeque::new() });
             queue.pending.push_back(Pending { queued, reply, span: tracing::Span::current() });
-            start
+            (lane, start)
         };
         if start_worker {
             let this = self.clone();
@@ -263,16 +296,23 @@ impl Credits {
         let tenant = lane.0;
         loop {
             let batch: Vec<Pending<Q>> = {
-                let mut queues = batches.queues();
-                let Some(queue) = queues.get_mut(&lane) else { return };
+                let mut state = batches.state();
+                let Some(queue) = state.queues.get_mut(&lane) else { return };
                 if queue.pending.is_empty() {
                     // Leaving is decided under the lock that queuing takes: no debit is stranded.
-                    queues.remove(&lane);
+                    state.queues.remove(&lane);
                     worker.running = false;
                     return;
                 }
                 let take = queue.pending.len().min(BATCH_MAX);
-                queue.pending.drain(..take).collect()
+                let batch = queue.pending.drain(..take).collect();
+                if take >= WIDEN_AT_BATCH && batches.lanes_per_tenant > 1 {
+                    let now = Instant::now();
+                    if state.wide_until.insert(tenant, now + WIDE_FOR).is_none_or(|until| until <= now) {
+                        crate::telemetry::record_lanes_widened(Q::KIND);
+                    }
+                }
+                batch
             };
             let (turn, turn_ended) = oneshot::channel();
             let this = self.clone();
@@ -351,4 +391,32 @@ fn answer<Q>(batch: Vec<Pending<Q>>, results: Results) -> Vec<Pending<Q>> {
         }
     }
     alone
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::{lanes_in_use, Batches, Lane};
+    use crate::ids::TenantId;
+
+    #[test]
+    fn one_lane_is_in_use_until_work_is_spread_and_again_once_that_lapses() {
+        let now = Instant::now();
+        assert_eq!(lanes_in_use(None, now, 4), 1);
+        assert_eq!(lanes_in_use(Some(now + Duration::from_millis(1)), now, 4), 4);
+        assert_eq!(lanes_in_use(Some(now), now, 4), 1, "spread until, not at, its end");
+        assert_eq!(lanes_in_use(Some(now + Duration::from_secs(1)), now, 1), 1);
+    }
+
+    #[test]
+    fn an_account_keeps_its_lane_while_the_lanes_in_use_do_not_change_and_accounts_spread_over_them() {
+        let tenant = TenantId(uuid::Uuid::from_u128(7));
+        let lanes: Vec<Lane> = (0..64).map(|i| Batches::<()>::lane_of(tenant, &format!("acct-{i}"), 2)).collect();
+        for (i, lane) in lanes.iter().enumerate() {
+            assert_eq!(*lane, Batches::<()>::lane_of(tenant, &format!("acct-{i}"), 2));
+            assert_eq!(Batches::<()>::lane_of(tenant, &format!("acct-{i}"), 1), (tenant, 0));
+        }
+        assert!(lanes.iter().any(|l| l.1 == 0) && lanes.iter().any(|l| l.1 == 1), "64 accounts use both lanes");
+    }
 }
