@@ -4,7 +4,7 @@ use std::sync::LazyLock;
 
 use allot_domain::period::Period;
 use time::OffsetDateTime;
-use tokio_postgres::Statement;
+use tokio_postgres::types::ToSql;
 
 use super::Tx;
 use crate::error::Error;
@@ -210,55 +210,66 @@ static LOCK_MANY_SQL: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// [`save_many`]'s statement: stores the scalars of several meters this transaction has locked.
-/// Each key finds its row's current version on its own (a lateral subquery, like [`lock_many`])
-/// and the update reaches it by that physical address (`ctid`, stable while the row is locked): a
-/// plain `UPDATE … FROM unnest(…)` is planned as a join over all the tenant's rows whenever the
-/// statistics are those of a small table. Fails unless it updated one row per key
-/// (`allot_expect_rows`, migration `V15__write_checks`).
-pub const SAVE_MANY_SQL: &str = "WITH t AS (\
-       SELECT k.*, r.row_id FROM unnest($2::text[], $3::text[], $4::timestamptz[], $5::timestamptz[], $6::int8[], $7::int8[], \
-         $8::int8[], $9::int8[], $10::int8[], $12::timestamptz[], $13::int8[], $14::int8[]) \
-         AS k(account_id, meter, period_start, period_end, allowance_credits, allowance_used_credits, rollover_credits, debt_credits, seq, \
-           period_usage_start, period_charged_credits, period_charges) \
-       CROSS JOIN LATERAL (SELECT ctid AS row_id FROM meter_balances \
-         WHERE tenant_id = $1 AND account_id = k.account_id AND meter = k.meter LIMIT 1) r), \
-     u AS (UPDATE meter_balances b SET period_start = t.period_start, period_end = t.period_end, allowance_credits = t.allowance_credits, \
-       allowance_used_credits = t.allowance_used_credits, rollover_credits = t.rollover_credits, debt_credits = t.debt_credits, \
-       seq = t.seq, updated_at = $11, period_usage_start = t.period_usage_start, \
-       period_charged_credits = t.period_charged_credits, period_charges = t.period_charges \
-     FROM t WHERE b.ctid = t.row_id AND b.tenant_id = $1 RETURNING 1) \
-     SELECT allot_expect_rows(count(*), cardinality($2::text[]), 'meter balances') FROM u";
+/// The scalars of several meters this transaction has locked, as the columns a batch's write
+/// statement ([`super::batch_writes::WRITE_SQL`]) unnests and stores: each key finds its row's
+/// current version on its own (a lateral subquery, like [`lock_many`]) and the update reaches it
+/// by that physical address (`ctid`, stable while the row is locked), since a plain `UPDATE …
+/// FROM unnest(…)` is planned as a join over all the tenant's rows whenever the statistics are
+/// those of a small table. One statement a batch replaced one per meter (docs/benchmarks.md,
+/// finding 9).
+pub struct BalanceColumns<'a> {
+    accounts: Vec<&'a str>,
+    meters: Vec<&'a str>,
+    starts: Vec<OffsetDateTime>,
+    ends: Vec<OffsetDateTime>,
+    allowances: Vec<Option<i64>>,
+    used: Vec<i64>,
+    rollover: Vec<i64>,
+    debt: Vec<i64>,
+    seqs: Vec<i64>,
+    usage_starts: Vec<Option<OffsetDateTime>>,
+    charged: Vec<i64>,
+    charges: Vec<i64>,
+}
 
-/// Stores the scalars of several meters this transaction has locked, in one statement
-/// ([`SAVE_MANY_SQL`], prepared already: sent when first polled). One statement a batch replaced
-/// one per meter (docs/benchmarks.md, finding 9).
-pub async fn save_many(
-    tx: &Tx<'_>,
-    stmt: &Statement,
-    tenant: TenantId,
-    rows: &[(&AccountId, &Meter, BalanceRow)],
-    now: OffsetDateTime,
-) -> Result<(), Error> {
-    if rows.is_empty() {
-        return Ok(());
+impl<'a> BalanceColumns<'a> {
+    pub fn of(rows: &'a [(&'a AccountId, &'a Meter, BalanceRow)]) -> BalanceColumns<'a> {
+        BalanceColumns {
+            accounts: rows.iter().map(|(a, _, _)| a.as_str()).collect(),
+            meters: rows.iter().map(|(_, m, _)| m.as_str()).collect(),
+            starts: rows.iter().map(|(_, _, r)| r.period.start).collect(),
+            ends: rows.iter().map(|(_, _, r)| r.period.end).collect(),
+            allowances: rows.iter().map(|(_, _, r)| r.allowance_credits).collect(),
+            used: rows.iter().map(|(_, _, r)| r.allowance_used_credits).collect(),
+            rollover: rows.iter().map(|(_, _, r)| r.rollover_credits).collect(),
+            debt: rows.iter().map(|(_, _, r)| r.debt_credits).collect(),
+            seqs: rows.iter().map(|(_, _, r)| r.seq).collect(),
+            usage_starts: rows.iter().map(|(_, _, r)| r.period_usage_start).collect(),
+            charged: rows.iter().map(|(_, _, r)| r.period_charged_credits).collect(),
+            charges: rows.iter().map(|(_, _, r)| r.period_charges).collect(),
+        }
     }
-    let accounts: Vec<&str> = rows.iter().map(|(a, _, _)| a.as_str()).collect();
-    let meters: Vec<&str> = rows.iter().map(|(_, m, _)| m.as_str()).collect();
-    let starts: Vec<OffsetDateTime> = rows.iter().map(|(_, _, r)| r.period.start).collect();
-    let ends: Vec<OffsetDateTime> = rows.iter().map(|(_, _, r)| r.period.end).collect();
-    let allowances: Vec<Option<i64>> = rows.iter().map(|(_, _, r)| r.allowance_credits).collect();
-    let used: Vec<i64> = rows.iter().map(|(_, _, r)| r.allowance_used_credits).collect();
-    let rollover: Vec<i64> = rows.iter().map(|(_, _, r)| r.rollover_credits).collect();
-    let debt: Vec<i64> = rows.iter().map(|(_, _, r)| r.debt_credits).collect();
-    let seqs: Vec<i64> = rows.iter().map(|(_, _, r)| r.seq).collect();
-    let usage_starts: Vec<Option<OffsetDateTime>> = rows.iter().map(|(_, _, r)| r.period_usage_start).collect();
-    let charged: Vec<i64> = rows.iter().map(|(_, _, r)| r.period_charged_credits).collect();
-    let charges: Vec<i64> = rows.iter().map(|(_, _, r)| r.period_charges).collect();
-    tx.execute(
-        stmt,
-        &[&tenant.0, &accounts, &meters, &starts, &ends, &allowances, &used, &rollover, &debt, &seqs, &now, &usage_starts, &charged, &charges],
-    )
-    .await?;
-    Ok(())
+
+    /// Whether there is no row.
+    pub fn is_empty(&self) -> bool {
+        self.accounts.is_empty()
+    }
+
+    /// The 12 arrays, in the statement's order.
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 12] {
+        [
+            &self.accounts,
+            &self.meters,
+            &self.starts,
+            &self.ends,
+            &self.allowances,
+            &self.used,
+            &self.rollover,
+            &self.debt,
+            &self.seqs,
+            &self.usage_starts,
+            &self.charged,
+            &self.charges,
+        ]
+    }
 }

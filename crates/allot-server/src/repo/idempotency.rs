@@ -1,5 +1,6 @@
 //! `idempotency_records`: the stored outcome of every idempotent request, keyed per tenant.
 
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
 
 use super::Tx;
@@ -56,7 +57,7 @@ pub async fn find_many(tx: &Tx<'_>, tenant: TenantId, keys: &[&str]) -> Result<s
         .collect())
 }
 
-/// A record for [`insert_many`] whose response is already JSON text: serialized once, straight
+/// A record for [`RecordColumns`] whose response is already JSON text: serialized once, straight
 /// from the outcome, without a `serde_json::Value` tree in between (building and dropping one cost
 /// ~3 % of the CPU of a batched debit).
 pub struct NewRecord<'a> {
@@ -66,25 +67,33 @@ pub struct NewRecord<'a> {
     pub response_json: String,
 }
 
-/// [`insert_many`]'s statement: fails unless every record was inserted — when another
-/// transaction stored one of the keys first (`allot_expect_rows`, migration `V15__write_checks`).
-pub const INSERT_MANY_SQL: &str = "WITH i AS (INSERT INTO idempotency_records (tenant_id, key, operation, request_sha256, response) \
-       SELECT $1, key, operation, request_sha256, response::jsonb \
-       FROM unnest($2::text[], $3::text[], $4::bytea[], $5::text[]) AS r(key, operation, request_sha256, response) \
-       ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1) \
-     SELECT allot_expect_rows(count(*), cardinality($2::text[]), 'idempotency records, a key stored concurrently') FROM i";
+/// Several records (a batch of debits) as the columns a batch's write statement
+/// ([`super::batch_writes::WRITE_SQL`]) unnests and inserts; the statement fails, and aborts the
+/// transaction, when another transaction stored one of the keys first.
+pub struct RecordColumns<'a> {
+    keys: Vec<&'a str>,
+    operations: Vec<&'a str>,
+    prints: Vec<&'a [u8]>,
+    responses: Vec<&'a str>,
+}
 
-/// Inserts several records (a batch of debits) in one statement ([`INSERT_MANY_SQL`], prepared
-/// already: sent when first polled). Fails, and aborts the transaction, when another
-/// transaction stored one of the keys first.
-pub async fn insert_many(tx: &Tx<'_>, stmt: &Statement, tenant: TenantId, records: &[NewRecord<'_>]) -> Result<(), Error> {
-    if records.is_empty() {
-        return Ok(());
+impl<'a> RecordColumns<'a> {
+    pub fn of(records: &'a [NewRecord<'a>]) -> RecordColumns<'a> {
+        RecordColumns {
+            keys: records.iter().map(|r| r.key).collect(),
+            operations: records.iter().map(|r| r.operation).collect(),
+            prints: records.iter().map(|r| r.request_sha256).collect(),
+            responses: records.iter().map(|r| r.response_json.as_str()).collect(),
+        }
     }
-    let keys: Vec<&str> = records.iter().map(|r| r.key).collect();
-    let operations: Vec<&str> = records.iter().map(|r| r.operation).collect();
-    let prints: Vec<&[u8]> = records.iter().map(|r| r.request_sha256).collect();
-    let responses: Vec<&str> = records.iter().map(|r| r.response_json.as_str()).collect();
-    tx.execute(stmt, &[&tenant.0, &keys, &operations, &prints, &responses]).await?;
-    Ok(())
+
+    /// Whether there is no record.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    /// The 4 arrays, in the statement's order.
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 4] {
+        [&self.keys, &self.operations, &self.prints, &self.responses]
+    }
 }

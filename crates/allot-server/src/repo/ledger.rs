@@ -1,9 +1,12 @@
 //! `ledger_entries`: the append-only record of every balance change. Rows are only inserted; a
 //! trigger refuses updates and deletes.
 
+use std::sync::LazyLock;
+
 use allot_domain::ledger::{Effect, EntryKind, Portion};
 use allot_domain::period::Period;
 use time::OffsetDateTime;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
 use uuid::Uuid;
 
@@ -148,72 +151,106 @@ pub async fn append_many_with(
     meters: &[MeterEntries<'_>],
     now: OffsetDateTime,
 ) -> Result<(), Error> {
-    let count: usize = meters.iter().map(|m| m.entries.len()).sum();
-    if count == 0 {
+    let columns = EntryColumns::of(meters)?;
+    if columns.is_empty() {
         return Ok(());
     }
-    let no_attributes = serde_json::Value::Object(serde_json::Map::new());
-    let (mut ids, mut accounts, mut meter_names, mut seqs, mut kinds, mut deltas, mut breakdowns) = (
-        Vec::with_capacity(count),
-        Vec::with_capacity(count),
-        Vec::with_capacity(count),
-        Vec::with_capacity(count),
-        Vec::with_capacity(count),
-        Vec::with_capacity(count),
-        Vec::with_capacity(count),
-    );
-    let (mut starts, mut ends, mut refunds, mut holds, mut keys, mut acting, mut attributes, mut ratings) = (
-        Vec::with_capacity(count),
-        Vec::with_capacity(count),
-        Vec::with_capacity(count),
-        Vec::with_capacity(count),
-        Vec::with_capacity(count),
-        Vec::with_capacity(count),
-        Vec::with_capacity(count),
-        Vec::with_capacity(count),
-    );
-    for meter in meters {
-        for (i, entry) in meter.entries.iter().enumerate() {
-            ids.push(entry.id);
-            accounts.push(meter.account.as_str());
-            meter_names.push(meter.meter.as_str());
-            seqs.push(meter.last_seq + 1 + i as i64);
-            kinds.push(entry.effect.kind.as_str());
-            deltas.push(entry.effect.delta_credits);
-            // JSON text, cast by the statement: no `serde_json::Value` in between.
-            breakdowns.push(serde_json::to_string(&entry.effect.breakdown).map_err(|e| Error::Internal(format!("breakdown: {e}")))?);
-            starts.push(entry.period.start);
-            ends.push(entry.period.end);
-            refunds.push(entry.refs.refunds_entry_id);
-            holds.push(entry.refs.hold_id);
-            keys.push(entry.refs.idempotency_key.as_deref());
-            acting.push(entry.refs.acting_account_id.as_deref());
-            attributes.push(entry.refs.attributes.as_ref().unwrap_or(&no_attributes));
-            ratings.push(entry.refs.rating.as_ref());
-        }
-    }
-    tx.execute(
-        stmt,
-        &[
-            &tenant.0,
-            &now,
-            &ids,
-            &accounts,
-            &meter_names,
-            &seqs,
-            &kinds,
-            &deltas,
-            &breakdowns,
-            &starts,
-            &ends,
-            &refunds,
-            &holds,
-            &keys,
-            &acting,
-            &attributes,
-            &ratings,
-        ],
-    )
-    .await?;
+    let mut params: Vec<&(dyn ToSql + Sync)> = vec![&tenant.0, &now];
+    params.extend(columns.params());
+    tx.execute(stmt, &params).await?;
     Ok(())
+}
+
+/// The entries of one or more meters as the columns [`APPEND_MANY_SQL`] unnests (its parameters
+/// from `$3` on), each meter's with consecutive `seq` numbers after its `last_seq`.
+pub struct EntryColumns<'a> {
+    ids: Vec<Uuid>,
+    accounts: Vec<&'a str>,
+    meters: Vec<&'a str>,
+    seqs: Vec<i64>,
+    kinds: Vec<&'static str>,
+    deltas: Vec<i64>,
+    /// JSON text, cast by the statement: no `serde_json::Value` in between.
+    breakdowns: Vec<String>,
+    starts: Vec<OffsetDateTime>,
+    ends: Vec<OffsetDateTime>,
+    refunds: Vec<Option<Uuid>>,
+    holds: Vec<Option<Uuid>>,
+    keys: Vec<Option<&'a str>>,
+    acting: Vec<Option<&'a str>>,
+    attributes: Vec<&'a serde_json::Value>,
+    ratings: Vec<Option<&'a serde_json::Value>>,
+}
+
+/// Attributes of an entry that has none.
+static NO_ATTRIBUTES: LazyLock<serde_json::Value> = LazyLock::new(|| serde_json::Value::Object(serde_json::Map::new()));
+
+impl<'a> EntryColumns<'a> {
+    /// The columns of `meters`' entries.
+    pub fn of(meters: &'a [MeterEntries<'a>]) -> Result<EntryColumns<'a>, Error> {
+        let count: usize = meters.iter().map(|m| m.entries.len()).sum();
+        let mut c = EntryColumns {
+            ids: Vec::with_capacity(count),
+            accounts: Vec::with_capacity(count),
+            meters: Vec::with_capacity(count),
+            seqs: Vec::with_capacity(count),
+            kinds: Vec::with_capacity(count),
+            deltas: Vec::with_capacity(count),
+            breakdowns: Vec::with_capacity(count),
+            starts: Vec::with_capacity(count),
+            ends: Vec::with_capacity(count),
+            refunds: Vec::with_capacity(count),
+            holds: Vec::with_capacity(count),
+            keys: Vec::with_capacity(count),
+            acting: Vec::with_capacity(count),
+            attributes: Vec::with_capacity(count),
+            ratings: Vec::with_capacity(count),
+        };
+        for meter in meters {
+            for (i, entry) in meter.entries.iter().enumerate() {
+                c.ids.push(entry.id);
+                c.accounts.push(meter.account.as_str());
+                c.meters.push(meter.meter.as_str());
+                c.seqs.push(meter.last_seq + 1 + i as i64);
+                c.kinds.push(entry.effect.kind.as_str());
+                c.deltas.push(entry.effect.delta_credits);
+                c.breakdowns.push(serde_json::to_string(&entry.effect.breakdown).map_err(|e| Error::Internal(format!("breakdown: {e}")))?);
+                c.starts.push(entry.period.start);
+                c.ends.push(entry.period.end);
+                c.refunds.push(entry.refs.refunds_entry_id);
+                c.holds.push(entry.refs.hold_id);
+                c.keys.push(entry.refs.idempotency_key.as_deref());
+                c.acting.push(entry.refs.acting_account_id.as_deref());
+                c.attributes.push(entry.refs.attributes.as_ref().unwrap_or(&NO_ATTRIBUTES));
+                c.ratings.push(entry.refs.rating.as_ref());
+            }
+        }
+        Ok(c)
+    }
+
+    /// Whether there is no entry.
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    /// The 15 arrays, in the statement's order.
+    pub fn params(&self) -> [&(dyn ToSql + Sync); 15] {
+        [
+            &self.ids,
+            &self.accounts,
+            &self.meters,
+            &self.seqs,
+            &self.kinds,
+            &self.deltas,
+            &self.breakdowns,
+            &self.starts,
+            &self.ends,
+            &self.refunds,
+            &self.holds,
+            &self.keys,
+            &self.acting,
+            &self.attributes,
+            &self.ratings,
+        ]
+    }
 }

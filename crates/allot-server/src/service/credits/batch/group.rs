@@ -2,7 +2,7 @@
 //! queued) over any accounts of one tenant: in one round trip, who pays for every account, every
 //! meter's row lock (one statement, `(account, meter)` order) and, executed after the lock, the
 //! grants, holds, idempotency records and fair-use standings of all of them; then each debit
-//! decided on its own in arrival order, then every write (one statement per table) and the
+//! decided on its own in arrival order, then every write (`repo::batch_writes`) and the
 //! `COMMIT` behind them, sent together: two round trips in all for a batch of meters in use.
 //!
 //! Debits it leaves to be decided alone (their result is `None`): a member of an org (pooled
@@ -264,7 +264,8 @@ impl Credits {
         Ok(results)
     }
 
-    /// Writes a decided batch and commits it: one statement per table, and `COMMIT` behind them,
+    /// Writes a decided batch and commits it: ledger entries, balance rows and idempotency records
+    /// in one statement, grants, rollups and hourly usage in one each, and `COMMIT` behind them,
     /// all sent together (one round trip). A write that fails aborts the transaction, and the
     /// `COMMIT` then rolls it all back. A batch that funds subsidy pools (a statement per pool,
     /// one after another) commits once its writes have answered.
@@ -300,15 +301,15 @@ impl Credits {
         // Every statement prepared before the first write is sent (`repo::batch_writes`); each
         // write checks its own row count in SQL (a key stored concurrently fails the batch).
         let statements = repo::batch_writes::BatchStatements::prepare(&tx).await?;
+        let (entry_columns, balance_columns, record_columns) =
+            (repo::ledger::EntryColumns::of(&entries)?, repo::balances::BalanceColumns::of(&rows), repo::idempotency::RecordColumns::of(&records));
         let tx = &tx;
         let writes = async {
             futures::try_join!(
-                repo::ledger::append_many_with(tx, &statements.ledger, tenant, &entries, now),
-                repo::balances::save_many(tx, &statements.balances, tenant, &rows, now),
+                repo::batch_writes::write(tx, &statements, tenant, now, &entry_columns, &balance_columns, &record_columns),
                 repo::grants::set_remaining_with(tx, &statements.grants, tenant, &grants_remaining),
                 repo::usage::roll_up_many(tx, &statements.rollups, tenant, &rollups),
                 repo::fair_use::add_hourly_many(tx, &statements.hourly, tenant, &hourly, now),
-                repo::idempotency::insert_many(tx, &statements.idempotency, tenant, &records),
             )
         };
         if funded.is_empty() {
