@@ -85,12 +85,14 @@ pub struct Config {
     /// Most group-commit lanes per tenant on this server, each running one transaction at a time
     /// that decides every debit queued in it. An account's debits share a lane (a hot account
     /// makes one big batch); one lane is used until batches reach `batch::WIDEN_AT_BATCH` debits,
-    /// then all of them overlap the PostgreSQL round trips of many accounts.
+    /// then all of them overlap the PostgreSQL round trips of many accounts. Batches that large
+    /// need `tenant_concurrency_max` ≥ `batch::WIDEN_AT_BATCH`.
     #[arg(long, env = "ALLOT_DEBIT_BATCH_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub debit_batch_workers: u32,
-    /// Lanes per tenant on this server for concurrent checks, each running one read-only snapshot
-    /// at a time that decides every check queued in it. Fewer lanes make bigger batches: PostgreSQL's
-    /// work per check falls with batch size (docs/benchmarks.md, finding 27).
+    /// Most lanes per tenant on this server for concurrent checks, each running one read-only
+    /// snapshot at a time that decides every check queued in it; in use by the rule debit lanes
+    /// follow. Fewer lanes make bigger batches: PostgreSQL's work per check falls with batch size
+    /// (docs/benchmarks.md, finding 27).
     #[arg(long, env = "ALLOT_CHECK_BATCH_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub check_batch_workers: u32,
     /// Most calls of one tenant waiting for a slot; more are refused at once (RESOURCE_EXHAUSTED).

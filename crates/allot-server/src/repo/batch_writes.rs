@@ -12,24 +12,48 @@
 //! records — is one statement ([`WRITE_SQL`], docs/benchmarks.md finding 39); grants, usage
 //! rollups and hourly usage, which only some batches change, have a statement each.
 
+use std::sync::LazyLock;
+
 use time::OffsetDateTime;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::Statement;
 
 use super::balances::BalanceColumns;
 use super::idempotency::RecordColumns;
-use super::ledger::EntryColumns;
+use super::ledger::{EntryColumns, APPEND_MANY_SQL};
 use super::Tx;
 use crate::error::Error;
 use crate::ids::TenantId;
 
-/// Ledger entries (`$3`–`$17`, as [`super::ledger::APPEND_MANY_SQL`]), balance rows (`$18`–`$29`,
+/// Ledger entries (`$3`–`$17`, [`APPEND_MANY_SQL`] itself), balance rows (`$18`–`$29`,
 /// [`BalanceColumns`]) and idempotency records (`$30`–`$33`, [`RecordColumns`]) of a batch, with
 /// the tenant (`$1`) and the time (`$2`). Data-modifying `WITH` queries all run to completion
 /// whether or not the final query reads them. The final query fails, aborting the transaction,
 /// unless every balance row was updated and every record inserted (another transaction stored
 /// one of the keys first; `allot_expect_rows`, migration `V15__write_checks`).
-pub const WRITE_SQL: &str = "WITH l AS (INSERT INTO ledger_entries (tenant_id, id, account_id, meter, seq, kind, delta_credits, breakdown,        period_start, period_end, refunds_entry_id, hold_id, idempotency_key, created_at, acting_account_id, attributes, rating)        SELECT $1, id, account_id, meter, seq, kind, delta_credits, breakdown::jsonb, period_start, period_end, refunds_entry_id, hold_id,          idempotency_key, $2, acting_account_id, attributes, rating        FROM unnest($3::uuid[], $4::text[], $5::text[], $6::bigint[], $7::text[], $8::bigint[], $9::text[], $10::timestamptz[],          $11::timestamptz[], $12::uuid[], $13::uuid[], $14::text[], $15::text[], $16::jsonb[], $17::jsonb[])        AS e(id, account_id, meter, seq, kind, delta_credits, breakdown, period_start, period_end, refunds_entry_id, hold_id,          idempotency_key, acting_account_id, attributes, rating)),      t AS (SELECT k.*, r.row_id FROM unnest($18::text[], $19::text[], $20::timestamptz[], $21::timestamptz[], $22::int8[], $23::int8[],          $24::int8[], $25::int8[], $26::int8[], $27::timestamptz[], $28::int8[], $29::int8[])        AS k(account_id, meter, period_start, period_end, allowance_credits, allowance_used_credits, rollover_credits, debt_credits, seq,          period_usage_start, period_charged_credits, period_charges)        CROSS JOIN LATERAL (SELECT ctid AS row_id FROM meter_balances          WHERE tenant_id = $1 AND account_id = k.account_id AND meter = k.meter LIMIT 1) r),      u AS (UPDATE meter_balances b SET period_start = t.period_start, period_end = t.period_end, allowance_credits = t.allowance_credits,        allowance_used_credits = t.allowance_used_credits, rollover_credits = t.rollover_credits, debt_credits = t.debt_credits,        seq = t.seq, updated_at = $2, period_usage_start = t.period_usage_start,        period_charged_credits = t.period_charged_credits, period_charges = t.period_charges      FROM t WHERE b.ctid = t.row_id AND b.tenant_id = $1 RETURNING 1),      i AS (INSERT INTO idempotency_records (tenant_id, key, operation, request_sha256, response)        SELECT $1, key, operation, request_sha256, response::jsonb        FROM unnest($30::text[], $31::text[], $32::bytea[], $33::text[]) AS r(key, operation, request_sha256, response)        ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1)      SELECT allot_expect_rows((SELECT count(*) FROM u), cardinality($18::text[]), 'meter balances'),        allot_expect_rows((SELECT count(*) FROM i), cardinality($30::text[]), 'idempotency records, a key stored concurrently')";
+pub static WRITE_SQL: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "WITH l AS ({APPEND_MANY_SQL}), \
+         t AS (SELECT k.*, r.row_id FROM unnest($18::text[], $19::text[], $20::timestamptz[], $21::timestamptz[], $22::int8[], \
+             $23::int8[], $24::int8[], $25::int8[], $26::int8[], $27::timestamptz[], $28::int8[], $29::int8[]) \
+           AS k(account_id, meter, period_start, period_end, allowance_credits, allowance_used_credits, rollover_credits, \
+             debt_credits, seq, period_usage_start, period_charged_credits, period_charges) \
+           CROSS JOIN LATERAL (SELECT ctid AS row_id FROM meter_balances \
+             WHERE tenant_id = $1 AND account_id = k.account_id AND meter = k.meter LIMIT 1) r), \
+         u AS (UPDATE meter_balances b SET period_start = t.period_start, period_end = t.period_end, \
+             allowance_credits = t.allowance_credits, allowance_used_credits = t.allowance_used_credits, \
+             rollover_credits = t.rollover_credits, debt_credits = t.debt_credits, seq = t.seq, updated_at = $2, \
+             period_usage_start = t.period_usage_start, period_charged_credits = t.period_charged_credits, \
+             period_charges = t.period_charges \
+           FROM t WHERE b.ctid = t.row_id AND b.tenant_id = $1 RETURNING 1), \
+         i AS (INSERT INTO idempotency_records (tenant_id, key, operation, request_sha256, response) \
+           SELECT $1, key, operation, request_sha256, response::jsonb \
+           FROM unnest($30::text[], $31::text[], $32::bytea[], $33::text[]) AS r(key, operation, request_sha256, response) \
+           ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1) \
+         SELECT allot_expect_rows((SELECT count(*) FROM u), cardinality($18::text[]), 'meter balances'), \
+           allot_expect_rows((SELECT count(*) FROM i), cardinality($30::text[]), 'idempotency records, a key stored concurrently')"
+    )
+});
 
 /// One prepared statement per kind of write a batch makes.
 pub struct BatchStatements {
@@ -44,7 +68,7 @@ impl BatchStatements {
     /// Prepares (or finds in the connection's cache) every statement, all at once.
     pub async fn prepare(tx: &Tx<'_>) -> Result<BatchStatements, Error> {
         let (write, grants, rollups, hourly) = futures::try_join!(
-            tx.prepare_cached(WRITE_SQL),
+            tx.prepare_cached(&WRITE_SQL),
             tx.prepare_cached(super::grants::SET_REMAINING_SQL),
             tx.prepare_cached(super::usage::ROLL_UP_MANY_SQL),
             tx.prepare_cached(super::fair_use::ADD_HOURLY_MANY_SQL),

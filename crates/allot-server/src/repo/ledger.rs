@@ -7,7 +7,6 @@ use allot_domain::ledger::{Effect, EntryKind, Portion};
 use allot_domain::period::Period;
 use time::OffsetDateTime;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::Statement;
 use uuid::Uuid;
 
 use super::Tx;
@@ -138,26 +137,14 @@ pub const APPEND_MANY_SQL: &str =
 /// Appends the entries of one or more meters (a session's, or a batch's) in one statement, each
 /// meter's with consecutive `seq` numbers after its `last_seq`.
 pub async fn append_many(tx: &Tx<'_>, tenant: TenantId, meters: &[MeterEntries<'_>], now: OffsetDateTime) -> Result<(), Error> {
-    let stmt = tx.prepare_cached(APPEND_MANY_SQL).await?;
-    append_many_with(tx, &stmt, tenant, meters, now).await
-}
-
-/// [`append_many`] with its statement prepared already ([`super::batch_writes`]): sent when
-/// first polled.
-pub async fn append_many_with(
-    tx: &Tx<'_>,
-    stmt: &Statement,
-    tenant: TenantId,
-    meters: &[MeterEntries<'_>],
-    now: OffsetDateTime,
-) -> Result<(), Error> {
     let columns = EntryColumns::of(meters)?;
     if columns.is_empty() {
         return Ok(());
     }
+    let stmt = tx.prepare_cached(APPEND_MANY_SQL).await?;
     let mut params: Vec<&(dyn ToSql + Sync)> = vec![&tenant.0, &now];
     params.extend(columns.params());
-    tx.execute(stmt, &params).await?;
+    tx.execute(&stmt, &params).await?;
     Ok(())
 }
 

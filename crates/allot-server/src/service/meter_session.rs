@@ -374,8 +374,8 @@ impl MeterSession {
             .collect()
     }
 
-    /// What saving this session writes, for a batch that writes many sessions with one statement
-    /// per table. Refused for sessions with new grants or pooled-member usage (a batch has none).
+    /// What saving this session writes, for a batch that writes many sessions together
+    /// (`repo::batch_writes`). Refused for sessions with new grants or pooled-member usage (a batch has none).
     pub fn into_changes(self) -> Result<SessionChanges, Error> {
         if !self.new_grants.is_empty() || self.member_delta_credits != 0 {
             return Err(Error::Internal("a session with new grants or member usage is saved on its own".into()));

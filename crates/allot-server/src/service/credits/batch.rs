@@ -9,12 +9,16 @@
 //!
 //! Lanes by account keep the debits of a hot account in one lane (one big batch under its lock,
 //! rather than batches of several workers queuing for the same row) while the debits of many
-//! accounts spread over the lanes in use (that many transactions at once). Two lanes never lock
-//! the same account's meters at once but while the lanes in use change, so batches rarely wait
-//! for each other. How many lanes are in use follows the tenant's callers waiting on this server
-//! ([`lanes_in_use`]): one lane until there are enough of them that two batches at a time are
-//! each still large, since a batch costs the database about as much whether it decides four
-//! debits or eight (docs/benchmarks.md, finding 38).
+//! accounts spread over the lanes in use (that many transactions at once). Two lanes lock the
+//! same account's meters only right after the lanes in use change, so batches rarely wait for
+//! each other. How many lanes are in use follows the batches ([`Batches::lane_for`],
+//! [`Batches::took`]): one lane until a lane takes a batch of [`WIDEN_AT_BATCH`] or more, then
+//! every configured lane until [`WIDE_FOR`] after the last such batch. A batch costs the
+//! database about as much whether it decides four debits or eight, so a second transaction at
+//! a time only pays once batches are large (docs/benchmarks.md, finding 38). The rule is tuned
+//! for two lanes (the default); with more, all of them are used at once. Batches of 24 need as
+//! many calls of the tenant in flight on this server (`ALLOT_TENANT_CONCURRENCY_MAX`, default
+//! 8): below that one lane is used, whatever is configured.
 //!
 //! A lone debit is a batch of one (fewer round trips than the ordinary path, `debit_alone`),
 //! but for a meter the plan book knows to be rate-capped. A debit the batch does not cover (see
@@ -23,9 +27,9 @@
 //! of one debit never fails or duplicates its neighbours. Debits and checks are run through
 //! one `Credits::decide`, each kind giving its own batch and lone decision (`Batched`).
 //!
-//! Checks queue the same way in lanes of their own (`check_batch_workers` of them; `read`): a
-//! batch of concurrent checks reads one snapshot, every table once for all of them, and decides
-//! each check on its own.
+//! Checks queue the same way in lanes of their own (`check_batch_workers` of them, in use by the
+//! same rule; `read`): a batch of concurrent checks reads one snapshot, every table once for all
+//! of them, and decides each check on its own.
 //!
 //! A lane has one batch at the database at a time. Each batch runs as a task of its own holding
 //! the lane's turn ([`LaneTurn`]): a debit batch until its commit has answered, a check batch
@@ -67,15 +71,6 @@ pub const WIDEN_AT_BATCH: usize = 24;
 /// How long a tenant's work stays spread over its lanes after its last batch of
 /// [`WIDEN_AT_BATCH`] or more.
 pub const WIDE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// How many of a tenant's `lanes_max` lanes take new work: all of them while its work was
-/// spread (`wide_until`) at `now`, else one.
-fn lanes_in_use(wide_until: Option<Instant>, now: Instant, lanes_max: usize) -> usize {
-    match wide_until {
-        Some(until) if now < until => lanes_max,
-        _ => 1,
-    }
-}
 
 /// Debits or checks left out of a batch, decided alone at once at most.
 const ALONE_CONCURRENCY: usize = 8;
@@ -185,12 +180,32 @@ impl<Q> Batches<Q> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// The lane of an account's work while `lanes` are in use: the same one as long as they are.
-    fn lane_of(tenant: TenantId, account: &str, lanes: usize) -> Lane {
+    /// The lane of an account's work at `now`: the same one as long as the lanes in use do not
+    /// change. One lane is in use unless the tenant's work is spread ([`Batches::took`]); a
+    /// spread that has lapsed is forgotten.
+    fn lane_for(&self, state: &mut State<Q>, tenant: TenantId, account: &str, now: Instant) -> Lane {
+        let lanes = match state.wide_until.get(&tenant) {
+            Some(until) if now < *until => self.lanes_per_tenant,
+            Some(_) => {
+                state.wide_until.remove(&tenant);
+                1
+            }
+            None => 1,
+        };
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         account.hash(&mut hasher);
         let lane = usize::try_from(hasher.finish() % lanes as u64).expect("below the lane count");
         (tenant, lane)
+    }
+
+    /// A lane of `tenant` took a batch of `size` at `now`: one of [`WIDEN_AT_BATCH`] or more
+    /// spreads the tenant's work over every lane until [`WIDE_FOR`] later. True when that starts
+    /// a spread (the work was in one lane).
+    fn took(&self, state: &mut State<Q>, tenant: TenantId, size: usize, now: Instant) -> bool {
+        if size < WIDEN_AT_BATCH || self.lanes_per_tenant == 1 {
+            return false;
+        }
+        state.wide_until.insert(tenant, now + WIDE_FOR).is_none_or(|until| until <= now)
     }
 }
 
@@ -271,12 +286,7 @@ impl Credits {
         let batches = Q::batches(self);
         let (lane, start_worker) = {
             let mut state = batches.state();
-            let now = Instant::now();
-            let lanes = lanes_in_use(state.wide_until.get(&tenant).copied(), now, batches.lanes_per_tenant);
-            if lanes == 1 {
-                state.wide_until.remove(&tenant);
-            }
-            let lane = Batches::<Q>::lane_of(tenant, queued.account(), lanes);
+            let lane = batches.lane_for(&mut state, tenant, queued.account(), Instant::now());
             let start = !state.queues.contains_key(&lane);
             let queue = state.queues.entry(lane).or_insert_with(|| Queue { pending: VecDeque::new() });
             queue.pending.push_back(Pending { queued, reply, span: tracing::Span::current() });
@@ -301,16 +311,16 @@ impl Credits {
                 if queue.pending.is_empty() {
                     // Leaving is decided under the lock that queuing takes: no debit is stranded.
                     state.queues.remove(&lane);
+                    if state.wide_until.get(&tenant).is_some_and(|until| *until <= Instant::now()) {
+                        state.wide_until.remove(&tenant); // a tenant gone quiet keeps no entry
+                    }
                     worker.running = false;
                     return;
                 }
                 let take = queue.pending.len().min(BATCH_MAX);
                 let batch = queue.pending.drain(..take).collect();
-                if take >= WIDEN_AT_BATCH && batches.lanes_per_tenant > 1 {
-                    let now = Instant::now();
-                    if state.wide_until.insert(tenant, now + WIDE_FOR).is_none_or(|until| until <= now) {
-                        crate::telemetry::record_lanes_widened(Q::KIND);
-                    }
+                if batches.took(&mut state, tenant, take, Instant::now()) {
+                    crate::telemetry::record_lanes_widened(Q::KIND);
                 }
                 batch
             };
@@ -395,28 +405,46 @@ fn answer<Q>(batch: Vec<Pending<Q>>, results: Results) -> Vec<Pending<Q>> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, Instant};
+    use std::time::Instant;
 
-    use super::{lanes_in_use, Batches, Lane};
+    use super::{Batches, Lane, State, WIDEN_AT_BATCH, WIDE_FOR};
     use crate::ids::TenantId;
 
-    #[test]
-    fn one_lane_is_in_use_until_work_is_spread_and_again_once_that_lapses() {
-        let now = Instant::now();
-        assert_eq!(lanes_in_use(None, now, 4), 1);
-        assert_eq!(lanes_in_use(Some(now + Duration::from_millis(1)), now, 4), 4);
-        assert_eq!(lanes_in_use(Some(now), now, 4), 1, "spread until, not at, its end");
-        assert_eq!(lanes_in_use(Some(now + Duration::from_secs(1)), now, 1), 1);
+    fn lanes_of(batches: &Batches<()>, state: &mut State<()>, tenant: TenantId, now: Instant) -> Vec<Lane> {
+        (0..64).map(|i| batches.lane_for(state, tenant, &format!("acct-{i}"), now)).collect()
     }
 
     #[test]
-    fn an_account_keeps_its_lane_while_the_lanes_in_use_do_not_change_and_accounts_spread_over_them() {
+    fn work_takes_one_lane_until_a_large_batch_spreads_it_for_a_while() {
+        let batches = Batches::<()>::new(2);
+        let mut state = batches.state.lock().unwrap();
+        let (tenant, other) = (TenantId(uuid::Uuid::from_u128(7)), TenantId(uuid::Uuid::from_u128(8)));
+        let t0 = Instant::now();
+        assert!(lanes_of(&batches, &mut state, tenant, t0).iter().all(|l| *l == (tenant, 0)), "one lane at first");
+
+        assert!(!batches.took(&mut state, tenant, WIDEN_AT_BATCH - 1, t0), "a smaller batch spreads nothing");
+        assert!(lanes_of(&batches, &mut state, tenant, t0).iter().all(|l| l.1 == 0));
+        assert!(batches.took(&mut state, tenant, WIDEN_AT_BATCH, t0), "a large batch starts a spread");
+        let spread = lanes_of(&batches, &mut state, tenant, t0);
+        assert!(spread.iter().any(|l| l.1 == 0) && spread.iter().any(|l| l.1 == 1), "64 accounts over both lanes");
+        assert_eq!(spread, lanes_of(&batches, &mut state, tenant, t0 + WIDE_FOR / 2), "an account keeps its lane while spread");
+        assert!(lanes_of(&batches, &mut state, other, t0).iter().all(|l| *l == (other, 0)), "another tenant is not spread");
+
+        // Another large batch within the spread extends it without starting a new one.
+        assert!(!batches.took(&mut state, tenant, 200, t0 + WIDE_FOR / 2));
+        assert_eq!(spread, lanes_of(&batches, &mut state, tenant, t0 + WIDE_FOR));
+        // Once it lapses: one lane again, and the tenant's entry is gone.
+        assert!(lanes_of(&batches, &mut state, tenant, t0 + WIDE_FOR * 2).iter().all(|l| l.1 == 0));
+        assert!(state.wide_until.is_empty());
+        assert!(batches.took(&mut state, tenant, WIDEN_AT_BATCH, t0 + WIDE_FOR * 2), "a new spread after a lapse");
+    }
+
+    #[test]
+    fn a_single_lane_never_spreads() {
+        let batches = Batches::<()>::new(1);
+        let mut state = batches.state.lock().unwrap();
         let tenant = TenantId(uuid::Uuid::from_u128(7));
-        let lanes: Vec<Lane> = (0..64).map(|i| Batches::<()>::lane_of(tenant, &format!("acct-{i}"), 2)).collect();
-        for (i, lane) in lanes.iter().enumerate() {
-            assert_eq!(*lane, Batches::<()>::lane_of(tenant, &format!("acct-{i}"), 2));
-            assert_eq!(Batches::<()>::lane_of(tenant, &format!("acct-{i}"), 1), (tenant, 0));
-        }
-        assert!(lanes.iter().any(|l| l.1 == 0) && lanes.iter().any(|l| l.1 == 1), "64 accounts use both lanes");
+        assert!(!batches.took(&mut state, tenant, 256, Instant::now()));
+        assert!(lanes_of(&batches, &mut state, tenant, Instant::now()).iter().all(|l| l.1 == 0));
     }
 }
