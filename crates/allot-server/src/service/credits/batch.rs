@@ -164,6 +164,21 @@ struct State<Q> {
     wide_until: HashMap<TenantId, Instant>,
 }
 
+impl<Q> State<Q> {
+    /// Whether `tenant`'s work is spread over its lanes at `now`; a spread that has lapsed is
+    /// forgotten.
+    fn spread_at(&mut self, tenant: TenantId, now: Instant) -> bool {
+        match self.wide_until.get(&tenant) {
+            Some(until) if now < *until => true,
+            Some(_) => {
+                self.wide_until.remove(&tenant);
+                false
+            }
+            None => false,
+        }
+    }
+}
+
 /// A tenant's lanes on this server.
 pub struct Batches<Q> {
     state: Mutex<State<Q>>,
@@ -181,17 +196,9 @@ impl<Q> Batches<Q> {
     }
 
     /// The lane of an account's work at `now`: the same one as long as the lanes in use do not
-    /// change. One lane is in use unless the tenant's work is spread ([`Batches::took`]); a
-    /// spread that has lapsed is forgotten.
+    /// change. One lane is in use unless the tenant's work is spread ([`Batches::took`]).
     fn lane_for(&self, state: &mut State<Q>, tenant: TenantId, account: &str, now: Instant) -> Lane {
-        let lanes = match state.wide_until.get(&tenant) {
-            Some(until) if now < *until => self.lanes_per_tenant,
-            Some(_) => {
-                state.wide_until.remove(&tenant);
-                1
-            }
-            None => 1,
-        };
+        let lanes = if state.spread_at(tenant, now) { self.lanes_per_tenant } else { 1 };
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         account.hash(&mut hasher);
         let lane = usize::try_from(hasher.finish() % lanes as u64).expect("below the lane count");
@@ -205,7 +212,9 @@ impl<Q> Batches<Q> {
         if size < WIDEN_AT_BATCH || self.lanes_per_tenant == 1 {
             return false;
         }
-        state.wide_until.insert(tenant, now + WIDE_FOR).is_none_or(|until| until <= now)
+        let starts = !state.spread_at(tenant, now);
+        state.wide_until.insert(tenant, now + WIDE_FOR);
+        starts
     }
 }
 
@@ -311,9 +320,7 @@ impl Credits {
                 if queue.pending.is_empty() {
                     // Leaving is decided under the lock that queuing takes: no debit is stranded.
                     state.queues.remove(&lane);
-                    if state.wide_until.get(&tenant).is_some_and(|until| *until <= Instant::now()) {
-                        state.wide_until.remove(&tenant); // a tenant gone quiet keeps no entry
-                    }
+                    state.spread_at(tenant, Instant::now()); // a tenant gone quiet keeps no lapsed entry
                     worker.running = false;
                     return;
                 }
