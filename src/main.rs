@@ -125,8 +125,12 @@ fn parse(args: Vec<OsString>) -> anyhow::Result<Cli> {
     Ok(Cli::from_arg_matches(&matches).unwrap_or_else(|err| err.exit()))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    let lifo_slot = allot_server::runtime::lifo_slot(std::env::var(allot_server::runtime::LIFO_SLOT_VAR).ok().as_deref())?;
+    allot_server::runtime::build(lifo_slot)?.block_on(run(lifo_slot))
+}
+
+async fn run(lifo_slot: bool) -> anyhow::Result<()> {
     let cli = parse(std::env::args_os().collect())?;
     let format = if matches!(cli.command, Command::Dev { .. }) { LogFormat::Pretty } else { cli.log_format };
     let mut otlp_endpoint = None;
@@ -135,6 +139,9 @@ async fn main() -> anyhow::Result<()> {
         otlp_endpoint = args.config.otlp_endpoint.clone();
     }
     let telemetry = telemetry::init(format, otlp_endpoint.as_deref())?;
+    if lifo_slot {
+        tracing::info!(tokio.lifo_slot = true, "tokio's LIFO slot is on ({})", allot_server::runtime::LIFO_SLOT_VAR);
+    }
     let result = match cli.command {
         Command::Serve(ServeArgs { config, config_file }) => {
             if let Some(file) = config_file {

@@ -29,6 +29,7 @@ pub mod grpc;
 pub mod ids;
 pub mod localstack;
 pub mod repo;
+pub mod runtime;
 pub mod seed;
 pub mod server;
 pub mod service;
