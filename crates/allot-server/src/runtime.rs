@@ -28,6 +28,11 @@ pub fn lifo_slot(setting: Option<&str>) -> anyhow::Result<bool> {
 
 /// Builds the runtime, the LIFO slot on only when `lifo_slot` says so.
 pub fn build(lifo_slot: bool) -> std::io::Result<tokio::runtime::Runtime> {
+    builder(lifo_slot).build()
+}
+
+/// The runtime's settings (tests narrow them to one worker).
+fn builder(lifo_slot: bool) -> tokio::runtime::Builder {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     builder.enable_all();
     #[cfg(tokio_unstable)]
@@ -36,7 +41,7 @@ pub fn build(lifo_slot: bool) -> std::io::Result<tokio::runtime::Runtime> {
     }
     #[cfg(not(tokio_unstable))]
     let _ = lifo_slot;
-    builder.build()
+    builder
 }
 
 #[cfg(test)]
@@ -64,11 +69,39 @@ mod tests {
         }
     }
 
+    /// The order in which one worker runs two tasks woken (spawned) one after the other by a task
+    /// of its own.
+    fn order_of_two_woken_tasks(lifo_slot: bool) -> Vec<&'static str> {
+        let runtime = builder(lifo_slot).worker_threads(1).build().unwrap();
+        let ran = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = ran.clone();
+        runtime.block_on(async move {
+            // Spawned from a worker's task (not from `block_on`), as a stream's task wakes its
+            // connection's.
+            tokio::spawn(async move {
+                let (first, second) = (log.clone(), log.clone());
+                let a = tokio::spawn(async move { first.lock().unwrap().push("first woken") });
+                let b = tokio::spawn(async move { second.lock().unwrap().push("second woken") });
+                let _ = tokio::join!(a, b);
+            })
+            .await
+            .unwrap();
+        });
+        let order = ran.lock().unwrap().clone();
+        order
+    }
+
     #[test]
-    fn a_built_runtime_runs_tasks_on_its_workers() {
+    fn with_the_slot_off_woken_tasks_run_in_the_order_they_were_woken() {
+        assert_eq!(order_of_two_woken_tasks(false), ["first woken", "second woken"]);
+        // With it on, the task woken last jumps the queue: the behaviour turned off.
+        assert_eq!(order_of_two_woken_tasks(true), ["second woken", "first woken"]);
+    }
+
+    #[test]
+    fn a_built_runtime_runs_tasks() {
         for slot in [false, true] {
-            let runtime = build(slot).unwrap();
-            let answer = runtime.block_on(async { tokio::spawn(async { 6 * 7 }).await.unwrap() });
+            let answer = build(slot).unwrap().block_on(async { tokio::spawn(async { 6 * 7 }).await.unwrap() });
             assert_eq!(answer, 42);
         }
     }
