@@ -31,10 +31,12 @@
 //! same rule; `read`): a batch of concurrent checks reads one snapshot, every table once for all
 //! of them, and decides each check on its own.
 //!
-//! A lane has one batch at the database at a time. Each batch runs as a task of its own holding
-//! the lane's turn ([`LaneTurn`]): a debit batch until its commit has answered, a check batch
-//! until its snapshot is read. The lane then takes its next batch while the last one decides
-//! (checks) and answers (both) — docs/benchmarks.md, finding 35.
+//! A lane has one batch at the database at a time. A debit batch runs as a task of its own
+//! holding the lane's turn ([`LaneTurn`]) until its commit has answered; the lane then takes its
+//! next batch while the last one answers (docs/benchmarks.md, finding 35). A check batch, one
+//! round trip, is decided and answered by the lane's worker itself before it takes the next
+//! ([`Batched::BY_WORKER`]): handing it to a task and waiting for its turn cost two wake-ups
+//! per batch, more than deciding it while the next one queues (finding 41).
 
 mod group;
 mod plans;
@@ -105,6 +107,10 @@ pub type Results = Vec<Option<Result<Decision, Error>>>;
 pub trait Batched: Sized + Send + Sync + 'static {
     /// What it is, for logs.
     const KIND: &'static str;
+    /// Whether the lane's worker decides and answers each batch itself (`LaneTurn` unused)
+    /// rather than in a task of its own that hands the turn back once it no longer needs the
+    /// database.
+    const BY_WORKER: bool;
     /// The account whose lane it takes.
     fn account(&self) -> &str;
     /// The meter of its one line.
@@ -112,8 +118,8 @@ pub trait Batched: Sized + Send + Sync + 'static {
     /// The lanes of its kind.
     fn batches(credits: &Credits) -> &Arc<Batches<Self>>;
     /// Decides `batch` together, one result per item. `Err` means it decided nothing: every item
-    /// is to be decided alone. `lane` is released once the batch no longer needs the database
-    /// (by then or when the batch ends), so the lane's next batch can start meanwhile.
+    /// is to be decided alone. Dropping `lane` once the batch no longer needs the database (by
+    /// then or when the batch ends) lets the lane's next batch start meanwhile.
     fn group<'a>(
         credits: &'a Credits,
         tenant: TenantId,
@@ -137,15 +143,14 @@ pub struct Pending<Q> {
 /// A tenant's lane: the tenant and the lane's number.
 type Lane = (TenantId, usize);
 
-/// A batch's turn in its lane: while it is held, the lane takes no next batch. A batch hands it
-/// back once its database work is over (checks: once their snapshot is read), so the next batch's
-/// round trip overlaps what is left (deciding and answering); dropping it hands it back too. The
-/// lane keeps at most one batch at the database at a time.
+/// A batch's turn in its lane, for a batch decided in a task of its own: while it is held, the
+/// lane takes no next batch; dropping it (once the batch's database work is over) lets the lane
+/// take its next batch while this one answers. The lane keeps at most one batch at the database
+/// at a time. A batch decided by the worker itself ([`Batched::BY_WORKER`]) gets an empty one.
 pub struct LaneTurn(Option<oneshot::Sender<()>>);
 
-impl LaneTurn {
-    /// Lets the lane take its next batch.
-    pub fn release(&mut self) {
+impl Drop for LaneTurn {
+    fn drop(&mut self) {
         if let Some(turn) = self.0.take() {
             let _ = turn.send(());
         }
@@ -258,6 +263,7 @@ impl<Q> Drop for Worker<Q> {
 
 impl Batched for Queued {
     const KIND: &'static str = "debit";
+    const BY_WORKER: bool = false;
 
     fn account(&self) -> &str {
         self.cmd.account.as_str()
@@ -331,6 +337,10 @@ impl Credits {
                 }
                 batch
             };
+            if Q::BY_WORKER {
+                self.decide(tenant, batch, LaneTurn(None)).await;
+                continue;
+            }
             let (turn, turn_ended) = oneshot::channel();
             let this = self.clone();
             tokio::spawn(async move { this.decide(tenant, batch, LaneTurn(Some(turn))).await });

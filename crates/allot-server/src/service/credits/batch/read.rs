@@ -5,8 +5,8 @@
 //! snapshot), every meter's row, grants, live holds, standings and hourly usage — each table once
 //! for the whole batch — and then decides each check on its own exactly as `check` does alone. A
 //! check sees every debit committed before it was queued (the snapshot is taken after the batch
-//! is taken). The lane's next batch may start reading once this one's snapshot is read: the
-//! deciding needs no database ([`LaneTurn`]).
+//! is taken). The lane's worker decides the batch itself (one round trip, then CPU only) and
+//! takes the next one once every check is answered ([`Batched::BY_WORKER`]).
 //!
 //! Checks it leaves to be decided alone (their result is `None`): a member of an org (pooled
 //! meters, member caps), a meter with a per-minute rate cap (answered from Redis), and a meter
@@ -51,6 +51,7 @@ impl QueuedCheck {
 
 impl Batched for QueuedCheck {
     const KIND: &'static str = "check";
+    const BY_WORKER: bool = true;
 
     fn account(&self) -> &str {
         self.cmd.account.as_str()
@@ -68,9 +69,9 @@ impl Batched for QueuedCheck {
         credits: &'a Credits,
         tenant: TenantId,
         batch: &'a [&'a QueuedCheck],
-        lane: LaneTurn,
+        _lane: LaneTurn,
     ) -> impl std::future::Future<Output = Result<Results, Error>> + Send + 'a {
-        credits.check_group(tenant, batch, lane)
+        credits.check_group(tenant, batch)
     }
 
     fn alone(credits: &Credits, tenant: TenantId, queued: QueuedCheck) -> impl std::future::Future<Output = Result<Decision, Error>> + Send {
@@ -84,7 +85,7 @@ impl Batched for QueuedCheck {
 
 impl Credits {
     /// Decides `checks` on one snapshot. `Err` means every check must be decided alone.
-    async fn check_group(&self, tenant: TenantId, checks: &[&QueuedCheck], mut lane: LaneTurn) -> Result<Results, Error> {
+    async fn check_group(&self, tenant: TenantId, checks: &[&QueuedCheck]) -> Result<Results, Error> {
         let now = self.ctx.clock.now();
         let mut client = self.ctx.db().await?;
         let tx = crate::db::begin_batch(&mut client, tenant, crate::db::Access::Snapshot)?;
@@ -117,8 +118,6 @@ impl Credits {
         )?;
         tx.end_read_only();
         drop(client);
-        // What is left is deciding: the lane's next batch may read meanwhile.
-        lane.release();
         let standing_of = plans::standings(&settings, &standings, payers.keys().map(String::as_str));
         // Meters decided here: no rate cap, no daily budget.
         let decided: Vec<(&str, &str)> = keys
