@@ -1,7 +1,7 @@
 //! One transaction for a batch of single-line debits (credits, or usage rated before it was
-//! queued) over any accounts of one tenant: in one round trip, who pays for every account, every
-//! meter's row lock (one statement, `(account, meter)` order) and, executed after the lock, the
-//! grants, holds, idempotency records and fair-use standings of all of them; then each debit
+//! queued) over any accounts of one tenant: in one round trip, who pays for every account and
+//! its fair-use standing, every meter's row lock (one statement, `(account, meter)` order) and,
+//! executed after the lock, the grants, holds and idempotency records of all of them; then each debit
 //! decided on its own in arrival order, then every write (`repo::batch_writes`) and the
 //! `COMMIT` behind them, sent together: two round trips in all for a batch of meters in use.
 //!
@@ -49,10 +49,11 @@ impl Credits {
         let accounts: Vec<&str> = commands.iter().map(|c| c.account.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
         let asked: Vec<(&str, &str)> =
             commands.iter().map(|c| (c.account.as_str(), c.lines[0].0.as_str())).collect::<BTreeSet<_>>().into_iter().collect();
-        // One round trip (`BEGIN` included): who pays, every meter asked locked, and — sent
-        // after the lock on the same connection, so executed once it is held — the meters'
-        // grants and live holds, the batch's idempotency records and (with the fair-use settings
-        // the plan book last held) the accounts' standings. tokio-postgres sends a statement
+        // One round trip (`BEGIN` included): who pays (with the accounts' standings under the
+        // fair-use settings the plan book last held, read again below if those turn out not to be
+        // the current version's), every meter asked locked, and — sent after the lock on the
+        // same connection, so executed once it is held — the meters' grants and live holds and
+        // the batch's idempotency records. tokio-postgres sends a statement
         // when its future is first polled and `try_join!` polls in order; PostgreSQL runs one
         // connection's statements in order — provided the lock's statement is prepared, or its
         // Execute would follow the reads by a round trip, hence `prepare_lock_many` first
@@ -62,13 +63,14 @@ impl Credits {
         let book = &self.ctx.plan_book;
         let command_keys: Vec<&str> = commands.iter().map(|c| c.key.as_str()).collect();
         repo::balances::prepare_lock_many(&tx).await?;
-        let (account_reads, mut rows, meter_reads, stored, early_standings) = futures::try_join!(
-            repo::account_reads::read(&tx, tenant, &accounts, None),
+        let hint = plans::standings_hint(book, tenant, now);
+        let (mut account_reads, mut rows, meter_reads, stored) = futures::try_join!(
+            repo::account_reads::read(&tx, tenant, &accounts, hint.map(|(_, since)| since)),
             repo::balances::lock_many(&tx, tenant, &asked),
             repo::meter_reads::holds_and_grants(&tx, tenant, &asked, now),
             repo::idempotency::find_many(&tx, tenant, &command_keys),
-            plans::early_standings(book, &tx, tenant, &accounts, now),
         )?;
+        let early_standings = plans::early_standings(hint, &mut account_reads);
         let resolved = in_force::resolve_many(&tx, tenant, &accounts, account_reads, now, book).await?;
         let in_force::ResolvedMany { payers, config_version, settings } = resolved;
         let repo::meter_reads::MeterReads { mut grants, mut held, .. } = meter_reads;

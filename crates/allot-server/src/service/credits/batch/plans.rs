@@ -88,19 +88,11 @@ pub fn standings_hint(book: &PlanBook, tenant: TenantId, now: OffsetDateTime) ->
     book.settings_hint(tenant).map(|(version, settings)| (version, violations_since(&settings, now)))
 }
 
-/// Standings read before the batch knows its configuration version, with the plan book's
-/// [`standings_hint`], and that version; `None` when the book held none.
-pub async fn early_standings(
-    book: &PlanBook,
-    tx: &Tx<'_>,
-    tenant: TenantId,
-    accounts: &[&str],
-    now: OffsetDateTime,
-) -> Result<Option<(i64, StandingsRead)>, Error> {
-    match standings_hint(book, tenant, now) {
-        Some((version, since)) => Ok(Some((version, repo::fair_use::standings(tx, tenant, accounts, since).await?))),
-        None => Ok(None),
-    }
+/// The standings `repo::account_reads` read with [`standings_hint`] (before the batch knows its
+/// configuration version), with the version of the settings they were read under; `None` when
+/// the book held no settings.
+pub fn early_standings(hint: Option<(i64, OffsetDateTime)>, reads: &mut repo::account_reads::AccountReads) -> Option<(i64, StandingsRead)> {
+    hint.zip(reads.standings.take()).map(|((version, _), standings)| (version, standings))
 }
 
 /// The standings at `version`: those read early if they were read with its settings, else read

@@ -103,7 +103,7 @@ impl Credits {
             repo::account_reads::read(&tx, tenant, &accounts, hint.map(|(_, since)| since)),
             repo::meter_reads::read(&tx, tenant, &asked, now),
         )?;
-        let early_standings = hint.zip(account_reads.standings.take()).map(|((version, _), standings)| (version, standings));
+        let early_standings = plans::early_standings(hint, &mut account_reads);
         let resolved = in_force::resolve_many(&tx, tenant, &accounts, account_reads, now, book).await?;
         let in_force::ResolvedMany { payers, config_version, settings } = resolved;
         let repo::meter_reads::MeterReads { mut rows, mut grants, held } = meter_reads;
