@@ -1,8 +1,8 @@
 //! One transaction for a batch of single-line debits (credits, or usage rated before it was
 //! queued) over any accounts of one tenant: in one round trip, who pays for every account and
 //! its fair-use standing, every meter's row lock (one statement, `(account, meter)` order) and,
-//! executed after the lock, the grants, holds and idempotency records of all of them; then each debit
-//! decided on its own in arrival order, then every write (`repo::batch_writes`) and the
+//! executed after the lock, the grants, holds and idempotency records of all of them; then each
+//! debit decided on its own in arrival order, then every write (`repo::batch_writes`) and the
 //! `COMMIT` behind them, sent together: two round trips in all for a batch of meters in use.
 //!
 //! Debits it leaves to be decided alone (their result is `None`): a member of an org (pooled
@@ -53,8 +53,8 @@ impl Credits {
         // fair-use settings the plan book last held, read again below if those turn out not to be
         // the current version's), every meter asked locked, and — sent after the lock on the
         // same connection, so executed once it is held — the meters' grants and live holds and
-        // the batch's idempotency records. tokio-postgres sends a statement
-        // when its future is first polled and `try_join!` polls in order; PostgreSQL runs one
+        // the batch's idempotency records. tokio-postgres sends a statement when its future is
+        // first polled and `try_join!` polls in order; PostgreSQL runs one
         // connection's statements in order — provided the lock's statement is prepared, or its
         // Execute would follow the reads by a round trip, hence `prepare_lock_many` first
         // (`group_commit::a_batch_reads_holds_after_its_locks_even_on_a_connection_new_to_locking`).
