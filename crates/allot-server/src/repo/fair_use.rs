@@ -131,15 +131,30 @@ pub async fn standing(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, since:
     Ok((row.get(0), row.get(1), stage.and_then(|s| Stage::parse(&s))))
 }
 
-pub async fn set_stage(tx: &Tx<'_>, tenant: TenantId, account: &AccountId, stage: Stage, reason: &str, now: OffsetDateTime) -> Result<(), Error> {
+/// Stores `stage` for `account` if its stored stage is still `from` (`None`: no stage stored
+/// yet), and says whether it did. A stage is read without a lock (with the account's
+/// violations, by every decision and classification), so two transactions can both see it move
+/// from the same stage; the one that stores second finds the row changed (PostgreSQL waits for
+/// the first to end and checks the latest row) and leaves it, so each move is stored and
+/// announced once.
+pub async fn set_stage(
+    tx: &Tx<'_>,
+    tenant: TenantId,
+    account: &AccountId,
+    from: Option<Stage>,
+    stage: Stage,
+    reason: &str,
+    now: OffsetDateTime,
+) -> Result<bool, Error> {
     let stmt = tx
         .prepare_cached(
             "INSERT INTO escalation_state (tenant_id, account_id, stage, reason, updated_at) VALUES ($1, $2, $3, $4, $5) \
-             ON CONFLICT (tenant_id, account_id) DO UPDATE SET stage = EXCLUDED.stage, reason = EXCLUDED.reason, updated_at = EXCLUDED.updated_at",
+             ON CONFLICT (tenant_id, account_id) DO UPDATE SET stage = EXCLUDED.stage, reason = EXCLUDED.reason, updated_at = EXCLUDED.updated_at \
+             WHERE escalation_state.stage = $6::text",
         )
         .await?;
-    tx.execute(&stmt, &[&tenant.0, &account.as_str(), &stage.as_str(), &reason, &now]).await?;
-    Ok(())
+    let from = from.map(|stage| stage.as_str());
+    Ok(tx.execute(&stmt, &[&tenant.0, &account.as_str(), &stage.as_str(), &reason, &now, &from]).await? == 1)
 }
 
 pub async fn stored_reason(tx: &Tx<'_>, tenant: TenantId, account: &AccountId) -> Result<String, Error> {

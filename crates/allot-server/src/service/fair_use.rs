@@ -68,13 +68,18 @@ impl Standing {
     }
 
     /// Stores the stage when it moved (up, or back down as violations expire) and writes a
-    /// `stage_changed` event in the same transaction.
+    /// `stage_changed` event in the same transaction — unless another transaction moved the
+    /// stored stage since it was read (`repo::fair_use::set_stage`): that move stands, and the
+    /// next decision moves it on from there if it must. Returns the stage in force either way.
     pub async fn sync(&mut self, tx: &Tx<'_>, tenant: TenantId, account: &AccountId, reason: &str, now: OffsetDateTime) -> Result<Stage, Error> {
         let stage = self.stage();
         let from = self.stored.unwrap_or(Stage::None);
         if stage != from || (self.stored.is_none() && stage != Stage::None) {
             let reason = if reason.is_empty() { format!("{} violation(s) in the window", self.violations) } else { reason.to_owned() };
-            fair_use::set_stage(tx, tenant, account, stage, &reason, now).await?;
+            if !fair_use::set_stage(tx, tenant, account, self.stored, stage, &reason, now).await? {
+                tracing::debug!(account.id = %account, stage.from = from.as_str(), stage.to = stage.as_str(), "stage moved meanwhile by another transaction; left as stored");
+                return Ok(stage);
+            }
             let payload = serde_json::json!({ "from": from.as_str(), "to": stage.as_str(), "reason": reason, "violations": self.violations });
             repo::outbox::append(tx, tenant, "stage_changed", account, payload, now).await?;
             tracing::info!(account.id = %account, stage.from = from.as_str(), stage.to = stage.as_str(), "escalation stage changed");
