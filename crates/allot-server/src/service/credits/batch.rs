@@ -49,7 +49,7 @@ use std::hash::{Hash as _, Hasher as _};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use tokio::sync::oneshot;
 use tracing::Instrument;
 
@@ -338,7 +338,11 @@ impl Credits {
                 batch
             };
             if Q::BY_WORKER {
-                self.decide(tenant, batch, LaneTurn(None)).await;
+                // A batch that panics fails its own callers (their answers are dropped), as it
+                // would in a task of its own; the worker goes on with the lane's queue.
+                if std::panic::AssertUnwindSafe(self.decide(tenant, batch, LaneTurn(None))).catch_unwind().await.is_err() {
+                    tracing::error!(batch.kind = Q::KIND, "a batch panicked; its callers get an internal error");
+                }
                 continue;
             }
             let (turn, turn_ended) = oneshot::channel();

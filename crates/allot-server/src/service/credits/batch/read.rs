@@ -6,7 +6,8 @@
 //! for the whole batch — and then decides each check on its own exactly as `check` does alone. A
 //! check sees every debit committed before it was queued (the snapshot is taken after the batch
 //! is taken). The lane's worker decides the batch itself (one round trip, then CPU only) and
-//! takes the next one once every check is answered ([`Batched::BY_WORKER`]).
+//! takes the next one once every check it decided is answered ([`Batched::BY_WORKER`]); those
+//! it leaves alone are decided apart.
 //!
 //! Checks it leaves to be decided alone (their result is `None`): a member of an org (pooled
 //! meters, member caps), a meter with a per-minute rate cap (answered from Redis), and a meter
