@@ -405,46 +405,41 @@ async fn an_expired_restricted_hold_gives_its_budget_back() {
     assert!(allowed(debit(&mut entitlements, "acct", "speech_ms", 300, "d2").await.decision));
 }
 
+/// Two transactions load `acct`'s standing at once and each sees `violations`; the first stores
+/// what it saw and commits, then the second (its standing read before that commit) does. Per
+/// transaction: the stage it read as stored and the stage it says is in force.
+async fn two_at_once(server: &TestServer, violations: i64) -> [(Option<allot_domain::escalation::Stage>, allot_domain::escalation::Stage); 2] {
+    use allot_server::clock::Clock as _;
+    use allot_server::service::fair_use::Standing;
+
+    let (tenant, now) = (server.tenant.tenant, server.clock.now());
+    let account = allot_server::ids::AccountId::parse("acct").expect("account id");
+    let (mut first, mut second) = (server.app_pool.get().await.expect("db"), server.app_pool.get().await.expect("db"));
+    let tx_a = allot_server::db::begin(&mut first, tenant).await.expect("begin");
+    let tx_b = allot_server::db::begin(&mut second, tenant).await.expect("begin");
+    let mut a = Standing::load(&tx_a, tenant, &account, now).await.expect("standing");
+    let mut b = Standing::load(&tx_b, tenant, &account, now).await.expect("standing");
+    (a.violations, b.violations) = (violations, violations);
+    let read = (a.stored, b.stored);
+    let in_force_a = a.sync(&tx_a, tenant, &account, "", now).await.expect("sync");
+    tx_a.commit().await.expect("commit");
+    let in_force_b = b.sync(&tx_b, tenant, &account, "", now).await.expect("sync");
+    tx_b.commit().await.expect("commit");
+    [(read.0, in_force_a), (read.1, in_force_b)]
+}
+
 /// The stored stage is read without a lock, by every decision and classification, so two
 /// transactions can both see it move from the same stage. Each move is stored and announced
-/// once: the transaction that stores second finds the row changed and leaves it (here the second
-/// transaction's standing is the stale one, read before the first committed).
+/// once: the transaction that stores second finds the row changed and leaves it.
 #[tokio::test]
 async fn a_stage_two_transactions_see_move_at_once_is_stored_once_with_one_event() {
     use allot_domain::escalation::Stage;
-    use allot_server::clock::Clock as _;
-    use allot_server::ids::AccountId;
-    use allot_server::service::fair_use::Standing;
 
     let server = TestServer::start().await;
-    let tenant = server.tenant.tenant;
-    let account = AccountId::parse("acct").expect("account id");
-    let now = server.clock.now();
-    let (mut first, mut second) = (server.app_pool.get().await.expect("db"), server.app_pool.get().await.expect("db"));
-
     // Both read no stored stage and one violation: both move it to warning.
-    let tx_a = allot_server::db::begin(&mut first, tenant).await.expect("begin");
-    let tx_b = allot_server::db::begin(&mut second, tenant).await.expect("begin");
-    let mut a = Standing::load(&tx_a, tenant, &account, now).await.expect("standing");
-    let mut b = Standing::load(&tx_b, tenant, &account, now).await.expect("standing");
-    (a.violations, b.violations) = (1, 1);
-    assert_eq!((a.stored, a.stage()), (None, Stage::Warning));
-    assert_eq!(a.sync(&tx_a, tenant, &account, "", now).await.expect("sync"), Stage::Warning);
-    tx_a.commit().await.expect("commit");
-    assert_eq!(b.sync(&tx_b, tenant, &account, "", now).await.expect("sync"), Stage::Warning, "the stage in force all the same");
-    tx_b.commit().await.expect("commit");
-
+    assert_eq!(two_at_once(&server, 1).await, [(None, Stage::Warning); 2], "the stage in force all the same");
     // Both read warning and no violation left: both move it back to none.
-    let tx_a = allot_server::db::begin(&mut first, tenant).await.expect("begin");
-    let tx_b = allot_server::db::begin(&mut second, tenant).await.expect("begin");
-    let mut a = Standing::load(&tx_a, tenant, &account, now).await.expect("standing");
-    let mut b = Standing::load(&tx_b, tenant, &account, now).await.expect("standing");
-    (a.violations, b.violations) = (0, 0);
-    assert_eq!((b.stored, b.stage()), (Some(Stage::Warning), Stage::None));
-    a.sync(&tx_a, tenant, &account, "", now).await.expect("sync");
-    tx_a.commit().await.expect("commit");
-    b.sync(&tx_b, tenant, &account, "", now).await.expect("sync");
-    tx_b.commit().await.expect("commit");
+    assert_eq!(two_at_once(&server, 0).await, [(Some(Stage::Warning), Stage::None); 2]);
 
     let db = server.sql().await;
     let moves: Vec<(String, String)> = db
