@@ -25,6 +25,7 @@ use crate::server::{serve, App};
 
 mod baseline;
 mod cpu;
+mod peak;
 mod statements;
 mod streams;
 mod transport;
@@ -33,8 +34,11 @@ use transport::Connection;
 
 /// Accounts the uniform scenarios spread over.
 pub const ACCOUNTS: u32 = 10_000;
-/// Most concurrent clients the raw baseline is run with (PostgreSQL's default limit is 100).
-pub const BASELINE_CLIENTS_MAX: usize = 90;
+/// Most concurrent clients the raw baseline is run with: pgbench opens a connection per client,
+/// beside Allot's pool ([`POSTGRES_CONNECTIONS_MAX`] leaves room for both).
+pub const BASELINE_CLIENTS_MAX: usize = 300;
+/// The bench's PostgreSQL `max_connections` (the local stack's is 200).
+const POSTGRES_CONNECTIONS_MAX: usize = 400;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -110,12 +114,15 @@ pub async fn run(options: Options) -> anyhow::Result<String> {
     let connections = transport::connections(std::env::var("ALLOT_BENCH_CONNECTIONS").ok().as_deref())?;
     let root = tempfile::Builder::new().prefix("allot-bench-").tempdir()?;
     let stack_root = root.path().to_owned();
-    // Extra PostgreSQL settings for a diagnosis (`auto_explain.log_min_duration=5,…`).
-    let mut settings: Vec<(String, String)> = std::env::var("ALLOT_BENCH_PG_SETTINGS")
-        .unwrap_or_default()
-        .split(',')
-        .filter_map(|pair| pair.split_once('=').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned())))
-        .collect();
+    // Room for the baseline's clients, then extra PostgreSQL settings for a diagnosis
+    // (`auto_explain.log_min_duration=5,…`); a later setting wins.
+    let mut settings: Vec<(String, String)> = vec![("max_connections".to_owned(), POSTGRES_CONNECTIONS_MAX.to_string())];
+    settings.extend(
+        std::env::var("ALLOT_BENCH_PG_SETTINGS")
+            .unwrap_or_default()
+            .split(',')
+            .filter_map(|pair| pair.split_once('=').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))),
+    );
     if statements::wanted() > 0 {
         let (name, value) = statements::PRELOAD;
         match settings.iter_mut().find(|(k, _)| k == name) {
@@ -448,6 +455,14 @@ fn report(rows: &[Row], options: &Options) -> String {
             raw.map_or("–".to_owned(), |r| format!("{r:.0} ({raw_name})")),
             raw.map_or("–".to_owned(), |r| format!("{:.2}", row.ops_per_s / r)),
         ));
+    }
+    let peaks = peak::peaks(rows);
+    if !peaks.is_empty() {
+        out.push_str("\nPeak against peak over this run's levels (each side at the clients where it ran fastest):\n\n");
+        out.push_str("| scenario | Allot peak ops/s (clients) | raw peak ops/s (clients) | Allot / raw |\n| --- | --- | --- | --- |\n");
+        for p in peaks {
+            out.push_str(&format!("| {} | {:.0} ({}) | {:.0} ({}) | {:.2} |\n", p.scenario, p.allot.0, p.allot.1, p.raw.0, p.raw.1, p.ratio()));
+        }
     }
     out
 }

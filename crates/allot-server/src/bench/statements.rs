@@ -1,6 +1,6 @@
 //! `ALLOT_BENCH_STATEMENTS=N`: after each scenario, the N statements that took the most
 //! PostgreSQL execution time (from `pg_stat_statements`, which the bench then loads), with
-//! calls, execution and planning time per operation, then the counters are reset. It names what a
+//! calls, execution and planning time and WAL written (bytes, full-page images) per operation, then the counters are reset. It names what a
 //! scenario costs the database; parse, plan and protocol time are not in these figures.
 
 /// The setting that loads the extension, added to the bench's PostgreSQL when asked for.
@@ -25,21 +25,24 @@ pub async fn report(dsn: &str, limit: usize, ops: f64) -> anyhow::Result<String>
     let client = super::connect(dsn).await?;
     let rows = client
         .query(
-            "SELECT calls, total_exec_time, total_plan_time, rows, regexp_replace(query, '\\s+', ' ', 'g') FROM pg_stat_statements \
+            "SELECT calls, total_exec_time, total_plan_time, rows, wal_bytes::float8, wal_fpi, regexp_replace(query, '\\s+', ' ', 'g') FROM pg_stat_statements \
              WHERE query NOT LIKE '%pg_stat_statements%' ORDER BY total_exec_time + total_plan_time DESC LIMIT $1",
             &[&i64::try_from(limit)?],
         )
         .await?;
-    let mut out = String::from("| calls/op | exec µs/op | plan µs/op | rows/call | statement |\n| --- | --- | --- | --- | --- |\n");
+    let mut out = String::from("| calls/op | exec µs/op | plan µs/op | rows/call | WAL bytes/op | full pages/op | statement |\n| --- | --- | --- | --- | --- | --- | --- |\n");
     for row in rows {
-        let (calls, exec_ms, plan_ms, rows, query): (i64, f64, f64, i64, String) = (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        let (calls, exec_ms, plan_ms, rows): (i64, f64, f64, i64) = (row.get(0), row.get(1), row.get(2), row.get(3));
+        let (wal_bytes, wal_full_pages, query): (f64, i64, String) = (row.get(4), row.get(5), row.get(6));
         let shown: String = query.chars().take(110).collect();
         out.push_str(&format!(
-            "| {:.2} | {:.1} | {:.1} | {:.1} | `{}` |\n",
+            "| {:.2} | {:.1} | {:.1} | {:.1} | {:.0} | {:.3} | `{}` |\n",
             calls as f64 / ops,
             exec_ms * 1000.0 / ops,
             plan_ms * 1000.0 / ops,
             rows as f64 / (calls.max(1) as f64),
+            wal_bytes / ops,
+            wal_full_pages as f64 / ops,
             shown.replace('|', "\\|")
         ));
     }

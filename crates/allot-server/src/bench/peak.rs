@@ -1,0 +1,82 @@
+//! Peak against peak: for each scenario measured at more than one concurrency, Allot's highest
+//! rate over the run's levels against the raw baseline's highest over the same levels, wherever
+//! each peaks. The per-row ratio compares the two at one concurrency; this compares what each can
+//! do at its best on this machine — PostgreSQL's process per connection peaks at a few dozen
+//! clients, batching lanes at more (docs/benchmarks.md, finding 43).
+
+use super::Row;
+
+/// One scenario's peaks.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Peak {
+    pub scenario: &'static str,
+    /// Allot's highest operations per second and the clients it was reached with.
+    pub allot: (f64, usize),
+    /// The raw baseline's highest over the levels that have one, and its clients.
+    pub raw: (f64, usize),
+}
+
+impl Peak {
+    pub fn ratio(&self) -> f64 {
+        self.allot.0 / self.raw.0
+    }
+}
+
+/// The peaks of every scenario with at least two rows that have a baseline, in the rows' order.
+pub fn peaks(rows: &[Row]) -> Vec<Peak> {
+    let mut scenarios: Vec<&'static str> = Vec::new();
+    for row in rows {
+        if !scenarios.contains(&row.scenario) {
+            scenarios.push(row.scenario);
+        }
+    }
+    scenarios
+        .into_iter()
+        .filter_map(|scenario| {
+            let measured: Vec<&Row> = rows.iter().filter(|r| r.scenario == scenario && r.raw_ops_per_s.is_some()).collect();
+            if measured.len() < 2 {
+                return None;
+            }
+            let best = |rate: &dyn Fn(&Row) -> f64| {
+                measured.iter().map(|r| (rate(r), r.clients)).max_by(|a, b| a.0.total_cmp(&b.0)).expect("at least two rows")
+            };
+            let allot = best(&|r| r.ops_per_s);
+            let raw = best(&|r| r.raw_ops_per_s.expect("filtered on a baseline"));
+            (raw.0 > 0.0).then_some(Peak { scenario, allot, raw })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(scenario: &'static str, clients: usize, ops_per_s: f64, raw_ops_per_s: Option<f64>) -> Row {
+        Row { scenario, clients, ops_per_s, p50_ms: 1.0, p95_ms: 1.0, p99_ms: 1.0, errors: 0, cpu_us: None, raw_ops_per_s }
+    }
+
+    #[test]
+    fn each_side_peaks_where_it_peaks() {
+        let rows = [
+            row("check", 16, 20_000.0, Some(50_000.0)),
+            row("debit-hot", 16, 8_000.0, Some(2_000.0)),
+            row("check", 64, 35_000.0, Some(34_000.0)),
+            row("check", 256, 48_000.0, Some(25_000.0)),
+        ];
+        let peaks = peaks(&rows);
+        assert_eq!(peaks, vec![Peak { scenario: "check", allot: (48_000.0, 256), raw: (50_000.0, 16) }]);
+        assert!((peaks[0].ratio() - 0.96).abs() < 1e-9);
+    }
+
+    #[test]
+    fn levels_without_a_baseline_are_left_out() {
+        let rows = [
+            row("check", 16, 20_000.0, Some(50_000.0)),
+            row("check", 64, 35_000.0, Some(34_000.0)),
+            row("check", 1000, 60_000.0, None),
+            row("debit-hot", 16, 8_000.0, Some(2_000.0)),
+            row("debit-hot", 1000, 9_000.0, None),
+        ];
+        assert_eq!(peaks(&rows), vec![Peak { scenario: "check", allot: (35_000.0, 64), raw: (50_000.0, 16) }]);
+    }
+}
