@@ -1,7 +1,8 @@
 //! `ALLOT_BENCH_STATEMENTS=N`: after each scenario, the N statements that took the most
 //! PostgreSQL execution time (from `pg_stat_statements`, which the bench then loads), with
-//! calls, execution and planning time and WAL written (bytes, full-page images) per operation, then the counters are reset. It names what a
-//! scenario costs the database; parse, plan and protocol time are not in these figures.
+//! calls, execution and planning time and WAL written (bytes, full-page images) per operation,
+//! then the counters are reset. It names what a scenario costs the database; parse, plan and
+//! protocol time are not in these figures.
 
 /// The setting that loads the extension, added to the bench's PostgreSQL when asked for.
 pub const PRELOAD: (&str, &str) = ("shared_preload_libraries", "pg_stat_statements");
