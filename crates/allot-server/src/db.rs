@@ -13,6 +13,7 @@ use deadpool_postgres::{HookError, Manager, ManagerConfig, Pool, PoolError, Recy
 
 use crate::config::Config;
 
+pub mod driven;
 pub mod tx;
 
 pub use tx::{begin, begin_all_tenants, begin_batch, begin_with, Access, AllTenants, Tx};
@@ -31,6 +32,50 @@ const KEEPALIVE_RETRIES: u32 = 3;
 /// Builds the pool. Connections are opened lazily; a database that is down at start-up makes
 /// requests answer UNAVAILABLE until it is back.
 pub fn pool(config: &Config) -> anyhow::Result<Pool> {
+    pool_sized(config, config.db_pool_size_max)
+}
+
+/// Most lane connections (`driven`) for a server of `db_pool_size_max` connections: a quarter of
+/// them, at most [`LANE_CONNECTIONS_MAX`], none when there are fewer than two.
+pub fn lane_connections(db_pool_size_max: u32) -> u32 {
+    match db_pool_size_max {
+        0 | 1 => 0,
+        n => (n / 4).clamp(1, LANE_CONNECTIONS_MAX),
+    }
+}
+
+/// Most lane connections: a lane has one batch at the database at a time, and a tenant has
+/// three lanes by default (two for debits, one for checks).
+pub const LANE_CONNECTIONS_MAX: u32 = 8;
+
+/// `application_name` of lane connections (the main pool's are `allot`).
+pub const LANE_APPLICATION_NAME: &str = "allot-lane";
+
+/// The server's pools: `db_pool_size_max` connections in all, [`lane_connections`] of them for
+/// batch lanes (polled by the batch that uses them, `driven`) and the rest in the main pool.
+pub fn pools(config: &Config) -> anyhow::Result<(Pool, Option<driven::DrivenPool>)> {
+    let lanes = lane_connections(config.db_pool_size_max);
+    let main = pool_sized(config, config.db_pool_size_max - lanes)?;
+    if lanes == 0 {
+        return Ok((main, None));
+    }
+    let mut pg = pg_config(config)?;
+    // Told apart from the main pool's in `pg_stat_activity`.
+    pg.application_name(LANE_APPLICATION_NAME);
+    let manager = driven::DrivenManager { pg, allow_unsafe_durability: config.allow_unsafe_durability };
+    let wait = Duration::from_millis(config.db_pool_wait_ms);
+    let driven = driven::DrivenPool::builder(manager)
+        .max_size(usize::try_from(lanes)?)
+        .queue_mode(deadpool::managed::QueueMode::Lifo)
+        .runtime(deadpool::Runtime::Tokio1)
+        .create_timeout(Some(wait))
+        .recycle_timeout(Some(wait))
+        .build()?;
+    Ok((main, Some(driven)))
+}
+
+/// How every connection of the server connects: its options, keepalives and role.
+fn pg_config(config: &Config) -> anyhow::Result<tokio_postgres::Config> {
     let mut pg: tokio_postgres::Config = config.database_url.parse()?;
     pg.application_name("allot");
     pg.connect_timeout(Duration::from_secs(3));
@@ -54,10 +99,15 @@ pub fn pool(config: &Config) -> anyhow::Result<Pool> {
         config.db_lock_timeout_ms,
         config.db_statement_timeout_ms.saturating_mul(2),
     ));
-    let manager = Manager::from_config(pg, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Ok(pg)
+}
+
+/// The main pool, of `size_max` connections, each polled by a task of its own.
+fn pool_sized(config: &Config, size_max: u32) -> anyhow::Result<Pool> {
+    let manager = Manager::from_config(pg_config(config)?, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     let wait = Duration::from_millis(config.db_pool_wait_ms);
     let mut builder = Pool::builder(manager)
-        .max_size(usize::try_from(config.db_pool_size_max)?)
+        .max_size(usize::try_from(size_max)?)
         // The connection used last is handed out first: the few connections a steady load needs
         // stay warm (their PostgreSQL backends' caches, finding 29) while the others idle.
         .queue_mode(deadpool_postgres::QueueMode::Lifo)
@@ -140,4 +190,21 @@ pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
     driver.abort();
     let applied = report?.applied_migrations().iter().map(|m| m.to_string()).collect();
     Ok(applied)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{lane_connections, LANE_CONNECTIONS_MAX};
+
+    #[test]
+    fn lane_connections_are_a_quarter_of_the_pool_within_bounds() {
+        assert_eq!(lane_connections(1), 0, "a one-connection pool spares none");
+        assert_eq!(lane_connections(2), 1);
+        assert_eq!(lane_connections(7), 1);
+        assert_eq!(lane_connections(16), 4, "the default pool");
+        assert_eq!(lane_connections(256), LANE_CONNECTIONS_MAX);
+        for size in 2..=256 {
+            assert!((1..size).contains(&lane_connections(size)), "the main pool keeps at least one of {size}");
+        }
+    }
 }

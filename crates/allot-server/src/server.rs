@@ -52,7 +52,7 @@ impl App {
     /// and connects Redis.
     pub async fn connect(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<App> {
         config.validate()?;
-        let pool = crate::db::pool(&config)?;
+        let (pool, lanes) = crate::db::pools(&config)?;
         // Probed as the login role: the server's own role may not exist before migrating.
         let probe = crate::db::pool(&Config { db_role: String::new(), db_pool_size_max: 1, ..config.clone() })?;
         crate::db::check_durability(&probe, config.allow_unsafe_durability).await?;
@@ -83,7 +83,8 @@ impl App {
             Duration::from_millis(config.tenant_queue_wait_ms),
         );
         let gate = Arc::new(Gate { authenticator, limiter });
-        Ok(App { config, ctx: Ctx::new(pool, clock), gate, tls, redis })
+        let ctx = Ctx { lanes: lanes.map(|pool| Arc::new(crate::db::driven::Lanes::new(pool))), ..Ctx::new(pool, clock) };
+        Ok(App { config, ctx, gate, tls, redis })
     }
 }
 

@@ -164,6 +164,10 @@ fn describe() {
     describe_counter!("allot_decisions_total", "Decisions by rpc, outcome (allowed, denied) and reason");
     describe_histogram!("allot_rpc_duration_seconds", Unit::Seconds, "Server time per RPC by service, method and gRPC code");
     describe_histogram!("allot_debit_batch_size", "Debits decided in one group-committed transaction (a batch of one included)");
+    describe_counter!(
+        "allot_batch_connections_total",
+        "Batches by where their connection came from: `lane` (polled by the batch, db::driven) or `pool` (none was free)"
+    );
     describe_histogram!("allot_check_batch_size", "Checks decided by one batch on one shared snapshot (a batch of one included)");
     describe_gauge!("allot_db_pool_size", "PostgreSQL connections open in the pool");
     describe_gauge!("allot_db_pool_available", "Idle PostgreSQL connections in the pool");
@@ -252,6 +256,11 @@ pub fn record_lanes_widened(kind: &'static str) {
 }
 
 /// A batch of checks decided on one snapshot; `size` is how many it decided.
+/// A batch took its connection from `source`: `lane` or `pool`.
+pub fn count_batch_connection(source: &'static str) {
+    metrics::counter!("allot_batch_connections_total", "source" => source).increment(1);
+}
+
 pub fn record_check_batch(size: usize) {
     metrics::histogram!("allot_check_batch_size").record(size as f64);
 }

@@ -539,3 +539,54 @@ async fn a_batch_that_meets_a_key_stored_meanwhile_commits_nothing() {
     assert_eq!(record, serde_json::json!({}), "the racing transaction's record stands");
     assert_eq!(assert_ledger_explains_balances(&server).await, 2);
 }
+
+/// Backends of the server's lane connections (`db::driven`), by pid.
+async fn lane_backends(server: &TestServer) -> Vec<i32> {
+    let rows = server
+        .sql()
+        .await
+        .query("SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid", &[&allot_server::db::LANE_APPLICATION_NAME])
+        .await
+        .expect("backends");
+    rows.iter().map(|r| r.get(0)).collect()
+}
+
+/// 24 concurrent debits of 5 on as many accounts, each allowed and written once.
+async fn debit_round(entitlements: &allot_server::testkit::Entitlements, round: &str) {
+    let mut tasks = Vec::new();
+    for i in 0..24 {
+        let mut client = entitlements.clone();
+        let key = format!("{round}-{i}");
+        tasks.push(tokio::spawn(async move { debit(&mut client, &format!("acct-{i}"), "tokens", 5, &key).await }));
+    }
+    for task in tasks {
+        let response = task.await.expect("task");
+        assert!(allowed(response.decision), "{response:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn debit_batches_run_on_lane_connections_and_outlive_losing_them() {
+    let server = TestServer::start().await;
+    let (entitlements, mut admin) = server.clients().await;
+    free_plan(&mut admin, "tokens", Some(1_000), 0, 0).await;
+
+    debit_round(&entitlements, "first").await;
+    let before = lane_backends(&server).await;
+    assert!(!before.is_empty(), "small debit batches took lane connections");
+
+    // The database drops every lane connection while it idles in its pool: the next batches find
+    // them closed, open new ones, and charge each debit once.
+    let db = server.sql().await;
+    db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", &[&allot_server::db::LANE_APPLICATION_NAME])
+        .await
+        .expect("terminate");
+    for round in ["second", "third"] {
+        debit_round(&entitlements, round).await;
+    }
+    let after = lane_backends(&server).await;
+    assert!(!after.is_empty() && after.iter().all(|pid| !before.contains(pid)), "new lane connections: {before:?} → {after:?}");
+    let entries: i64 = db.query_one("SELECT COUNT(*) FROM ledger_entries WHERE kind = 'debit'", &[]).await.expect("count").get(0);
+    assert_eq!(entries, 72, "each of 3 × 24 debits written once");
+    assert_eq!(assert_ledger_explains_balances(&server).await, 24);
+}

@@ -151,8 +151,7 @@ fn tenant_begin(tenant: TenantId, access: Access, then: &str) -> String {
 ///   custom plan cheaper than the generic one (which assumes ten keys) and planned the statement
 ///   again on every execution: 190–250 µs of planning per batch at 16 clients
 ///   (docs/benchmarks.md, finding 18).
-pub fn begin_batch(client: &mut deadpool_postgres::Client, tenant: TenantId, access: Access) -> Result<Tx<'_>, tokio_postgres::Error> {
-    let client: &deadpool_postgres::ClientWrapper = client;
+pub fn begin_batch(client: &deadpool_postgres::ClientWrapper, tenant: TenantId, access: Access) -> Result<Tx<'_>, tokio_postgres::Error> {
     let tx = Tx { client, done: AtomicBool::new(false), read_only: access != Access::ReadWrite };
     let sql = tenant_begin(tenant, access, "; SET LOCAL plan_cache_mode = force_generic_plan");
     // Polling once queues the message (as `Drop` does for its ROLLBACK); the connection reads

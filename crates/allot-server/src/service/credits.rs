@@ -23,6 +23,8 @@ use super::rate::{RateLimiter, RateRequest};
 use super::subsidy::{self, SubsidyAsk, Take};
 
 mod batch;
+
+pub use batch::LANE_CONNECTION_BELOW_BATCH;
 mod check;
 use super::Ctx;
 use crate::error::Error;

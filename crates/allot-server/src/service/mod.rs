@@ -30,6 +30,7 @@ pub mod trials;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use tracing::Instrument as _;
 
 use crate::clock::Clock;
 use crate::error::Error;
@@ -44,11 +45,14 @@ pub struct Ctx {
     pub db_checkouts: Arc<AtomicU64>,
     /// Tenants' configuration as batches read it, at each tenant's configuration version.
     pub plan_book: Arc<plan_book::PlanBook>,
+    /// Connections for batch lanes, polled by the batch that holds one (`db::driven`); `None`
+    /// when the pool is too small to spare any.
+    pub lanes: Option<Arc<crate::db::driven::Lanes>>,
 }
 
 impl Ctx {
     pub fn new(pool: deadpool_postgres::Pool, clock: Arc<dyn Clock>) -> Ctx {
-        Ctx { pool, clock, db_checkouts: Arc::new(AtomicU64::new(0)), plan_book: Arc::default() }
+        Ctx { pool, clock, db_checkouts: Arc::new(AtomicU64::new(0)), plan_book: Arc::default(), lanes: None }
     }
 
     /// A pooled connection for one operation.
@@ -56,5 +60,28 @@ impl Ctx {
     pub async fn db(&self) -> Result<deadpool_postgres::Client, Error> {
         self.db_checkouts.fetch_add(1, Ordering::Relaxed);
         Ok(self.pool.get().await?)
+    }
+
+    /// Runs the database work of a debit batch of `size` on a lane connection polled by this task
+    /// (`db::driven`) when the batch is small, or on a pooled connection. A small batch waits on
+    /// its round trips, which a lane connection shortens; a large one comes with a busy server,
+    /// where a connection polled by a task of its own measured as well or better
+    /// (docs/benchmarks.md, finding 44). When no lane
+    /// connection is free or can be opened the main pool serves, as it always has (waiting, or
+    /// UNAVAILABLE): a lane connection only saves time.
+    pub async fn batch_db<T>(&self, size: usize, work: impl AsyncFnOnce(&deadpool_postgres::ClientWrapper) -> Result<T, Error>) -> Result<T, Error> {
+        let lanes = self.lanes.as_ref().filter(|_| size < crate::service::credits::LANE_CONNECTION_BELOW_BATCH);
+        let lane = match lanes {
+            Some(lanes) => lanes.take().instrument(tracing::info_span!("db.checkout", db.pool = "lane")).await,
+            None => None,
+        };
+        if let Some(mut lane) = lane {
+            self.db_checkouts.fetch_add(1, Ordering::Relaxed);
+            crate::telemetry::count_batch_connection("lane");
+            return lane.drive(work).await;
+        }
+        crate::telemetry::count_batch_connection("pool");
+        let client = self.db().await?;
+        work(&client).await
     }
 }

@@ -38,14 +38,22 @@ impl Credits {
     /// must be decided alone.
     /// Per debit, its decision or the error it alone gets (a reused key) in `Results`.
     pub(super) async fn debit_group(&self, tenant: crate::ids::TenantId, queued: &[&Queued]) -> Result<Results, Error> {
+        self.ctx.batch_db(queued.len(), async |client| self.debit_group_on(client, tenant, queued).await).await
+    }
+
+    async fn debit_group_on(
+        &self,
+        client: &deadpool_postgres::ClientWrapper,
+        tenant: crate::ids::TenantId,
+        queued: &[&Queued],
+    ) -> Result<Results, Error> {
         assert!(
             queued.iter().all(|q| q.amount_credits > 0 && q.cmd.lines.len() == 1 && q.cmd.subsidy.is_none()),
             "only batchable debits are grouped"
         );
         let commands: Vec<&DebitCommand> = queued.iter().map(|q| &q.cmd).collect();
         let now = self.ctx.clock.now();
-        let mut client = self.ctx.db().await?;
-        let tx = crate::db::begin_batch(&mut client, tenant, crate::db::Access::ReadWrite)?;
+        let tx = crate::db::begin_batch(client, tenant, crate::db::Access::ReadWrite)?;
         let accounts: Vec<&str> = commands.iter().map(|c| c.account.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
         let asked: Vec<(&str, &str)> =
             commands.iter().map(|c| (c.account.as_str(), c.lines[0].0.as_str())).collect::<BTreeSet<_>>().into_iter().collect();

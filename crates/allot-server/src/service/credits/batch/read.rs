@@ -88,8 +88,10 @@ impl Credits {
     /// Decides `checks` on one snapshot. `Err` means every check must be decided alone.
     async fn check_group(&self, tenant: TenantId, checks: &[&QueuedCheck]) -> Result<Results, Error> {
         let now = self.ctx.clock.now();
-        let mut client = self.ctx.db().await?;
-        let tx = crate::db::begin_batch(&mut client, tenant, crate::db::Access::Snapshot)?;
+        // A pooled connection, not a lane connection (`Ctx::batch_db`): for checks those measured
+        // better streamed but worse unary, p99 included (docs/benchmarks.md, finding 44).
+        let client = self.ctx.db().await?;
+        let tx = crate::db::begin_batch(&client, tenant, crate::db::Access::Snapshot)?;
         let accounts: Vec<&str> = checks.iter().map(|c| c.cmd.account.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
         let asked: Vec<(&str, &str)> =
             checks.iter().map(|c| (c.cmd.account.as_str(), c.meter.as_str())).collect::<BTreeSet<_>>().into_iter().collect();
