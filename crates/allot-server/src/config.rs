@@ -24,7 +24,8 @@ pub struct Config {
     /// Apply pending migrations before serving.
     #[arg(long, env = "ALLOT_MIGRATE", default_value_t = false)]
     pub migrate: bool,
-    /// Most PostgreSQL connections in the pool.
+    /// Most PostgreSQL connections the server opens: a quarter of them (at most 8, none when
+    /// this is 1) for the lanes of small debit batches (`db::driven`), the rest in the main pool.
     #[arg(long, env = "ALLOT_DB_POOL_SIZE_MAX", default_value_t = 16, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub db_pool_size_max: u32,
     /// Longest wait for a pooled connection before answering UNAVAILABLE.
