@@ -44,15 +44,15 @@ pub fn lane_connections(db_pool_size_max: u32) -> u32 {
     }
 }
 
-/// Most lane connections: a lane has one batch at the database at a time, and a tenant has
-/// three lanes by default (two for debits, one for checks).
+/// Most lane connections: a debit lane has one batch at the database at a time, and a tenant
+/// has two debit lanes by default.
 pub const LANE_CONNECTIONS_MAX: u32 = 8;
 
 /// `application_name` of lane connections (the main pool's are `allot`).
 pub const LANE_APPLICATION_NAME: &str = "allot-lane";
 
 /// The server's pools: `db_pool_size_max` connections in all, [`lane_connections`] of them for
-/// batch lanes (polled by the batch that uses them, `driven`) and the rest in the main pool.
+/// small debit batches (polled by the batch that uses them, `driven`), the rest in the main pool.
 pub fn pools(config: &Config) -> anyhow::Result<(Pool, Option<driven::DrivenPool>)> {
     let lanes = lane_connections(config.db_pool_size_max);
     let main = pool_sized(config, config.db_pool_size_max - lanes)?;

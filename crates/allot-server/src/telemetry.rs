@@ -166,7 +166,7 @@ fn describe() {
     describe_histogram!("allot_debit_batch_size", "Debits decided in one group-committed transaction (a batch of one included)");
     describe_counter!(
         "allot_batch_connections_total",
-        "Batches by where their connection came from: `lane` (polled by the batch, db::driven) or `pool` (none was free)"
+        "Debit batches by where their connection came from: `lane` (polled by the batch, db::driven) or `pool` (a batch of 24 or more, or no lane connection free)"
     );
     describe_histogram!("allot_check_batch_size", "Checks decided by one batch on one shared snapshot (a batch of one included)");
     describe_gauge!("allot_db_pool_size", "PostgreSQL connections open in the pool");
@@ -255,12 +255,12 @@ pub fn record_lanes_widened(kind: &'static str) {
     metrics::counter!("allot_batch_lanes_widened_total", "kind" => kind).increment(1);
 }
 
-/// A batch of checks decided on one snapshot; `size` is how many it decided.
-/// A batch took its connection from `source`: `lane` or `pool`.
+/// A debit batch took its connection from `source`: `lane` or `pool`.
 pub fn count_batch_connection(source: &'static str) {
     metrics::counter!("allot_batch_connections_total", "source" => source).increment(1);
 }
 
+/// A batch of checks decided on one snapshot; `size` is how many it decided.
 pub fn record_check_batch(size: usize) {
     metrics::histogram!("allot_check_batch_size").record(size as f64);
 }

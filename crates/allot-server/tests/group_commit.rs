@@ -4,7 +4,8 @@
 //! waterfall, one soft-cap event per crossing. A debit that fails inside a batch (a key reused
 //! for another request) fails alone without failing or duplicating its neighbours, and debits a
 //! batch does not cover (an org member, a rate-capped meter) are decided alone beside it, and a
-//! meter a batch opened keeps its opening entry whoever decides its debit.
+//! meter a batch opened keeps its opening entry whoever decides its debit. Small batches run on
+//! lane connections (`db::driven`) and go on when the database closes them.
 
 mod common;
 

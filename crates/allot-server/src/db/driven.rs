@@ -1,4 +1,4 @@
-//! Connections for batch lanes, polled by the task that uses them.
+//! Connections for small debit batches ("lane connections"), polled by the task that uses them.
 //!
 //! tokio-postgres splits a connection in two: a `Client` that queues requests and a
 //! `Connection` future that writes them to the socket and hands the answers back. The main pool

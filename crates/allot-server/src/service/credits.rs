@@ -23,15 +23,15 @@ use super::rate::{RateLimiter, RateRequest};
 use super::subsidy::{self, SubsidyAsk, Take};
 
 mod batch;
-
-pub use batch::LANE_CONNECTION_BELOW_BATCH;
 mod check;
+
 use super::Ctx;
 use crate::error::Error;
 use crate::ids::{AccountId, IdempotencyKey, Meter, TenantId};
 use crate::repo::holds::{HoldRow, HoldStatus, NewHold};
 use crate::repo::ledger::EntryRefs;
 use crate::repo::{self, Tx};
+pub use batch::LANE_CONNECTION_BELOW_BATCH;
 
 /// Meters and amounts of one request, in request order, each meter once.
 pub type Usage = Vec<(Meter, i64)>;

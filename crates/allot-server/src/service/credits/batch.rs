@@ -74,8 +74,8 @@ pub const WIDEN_AT_BATCH: usize = 24;
 /// [`WIDEN_AT_BATCH`] or more.
 pub const WIDE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Batches smaller than this run on a lane connection (`Ctx::batch_db`): the size below which
-/// the lanes of a tenant stay one.
+/// Debit batches smaller than this run on a lane connection (`Ctx::batch_db`): the size below
+/// which the lanes of a tenant stay one.
 pub const LANE_CONNECTION_BELOW_BATCH: usize = WIDEN_AT_BATCH;
 
 /// Debits or checks left out of a batch, decided alone at once at most.
