@@ -541,12 +541,15 @@ async fn a_batch_that_meets_a_key_stored_meanwhile_commits_nothing() {
     assert_eq!(assert_ledger_explains_balances(&server).await, 2);
 }
 
-/// Backends of the server's lane connections (`db::driven`), by pid.
+/// Backends of the server's lane connections (`db::driven`) on this test's database, by pid.
 async fn lane_backends(server: &TestServer) -> Vec<i32> {
     let rows = server
         .sql()
         .await
-        .query("SELECT pid FROM pg_stat_activity WHERE application_name = $1 ORDER BY pid", &[&allot_server::db::LANE_APPLICATION_NAME])
+        .query(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1 ORDER BY pid",
+            &[&allot_server::db::LANE_APPLICATION_NAME],
+        )
         .await
         .expect("backends");
     rows.iter().map(|r| r.get(0)).collect()
@@ -579,9 +582,23 @@ async fn debit_batches_run_on_lane_connections_and_outlive_losing_them() {
     // The database drops every lane connection while it idles in its pool: the next batches find
     // them closed, open new ones, and charge each debit once.
     let db = server.sql().await;
-    db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1", &[&allot_server::db::LANE_APPLICATION_NAME])
-        .await
-        .expect("terminate");
+    // This test's database only: other tests' servers share the PostgreSQL server.
+    db.execute(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = current_database() AND application_name = $1",
+        &[&allot_server::db::LANE_APPLICATION_NAME],
+    )
+    .await
+    .expect("terminate");
+    // `pg_terminate_backend` only signals: once the backends have exited, their sockets are
+    // closed, and taking a lane connection finds it closed (a batch that met a backend still
+    // exiting would fail as on any pooled connection: alone in its batch, UNAVAILABLE).
+    for _ in 0..200 {
+        let left: i64 = db.query_one("SELECT COUNT(*) FROM pg_stat_activity WHERE pid = ANY($1)", &[&before]).await.expect("left").get(0);
+        if left == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
     for round in ["second", "third"] {
         debit_round(&entitlements, round).await;
     }
