@@ -25,6 +25,7 @@ use crate::server::{serve, App};
 
 mod baseline;
 mod cpu;
+mod open_loop;
 mod peak;
 mod statements;
 mod streams;
@@ -112,6 +113,7 @@ pub async fn run(options: Options) -> anyhow::Result<String> {
     }
     // Settings are checked before anything is started.
     let connections = transport::connections(std::env::var("ALLOT_BENCH_CONNECTIONS").ok().as_deref())?;
+    let open_loop_percent = open_loop::percent_of_peak(std::env::var(open_loop::PERCENT_SETTING).ok().as_deref())?;
     let root = tempfile::Builder::new().prefix("allot-bench-").tempdir()?;
     let stack_root = root.path().to_owned();
     // Room for the baseline's clients, then extra PostgreSQL settings for a diagnosis
@@ -137,7 +139,7 @@ pub async fn run(options: Options) -> anyhow::Result<String> {
         Ok((LocalPostgres::start_with(&stack_root, &settings)?, LocalRedis::start(&stack_root)?))
     })
     .await??;
-    let result = measure(&options, connections, &postgres, &redis).await;
+    let result = measure(&options, connections, open_loop_percent, &postgres, &redis).await;
     postgres.stop();
     redis.stop();
     let report = result?;
@@ -147,7 +149,13 @@ pub async fn run(options: Options) -> anyhow::Result<String> {
     Ok(report)
 }
 
-async fn measure(options: &Options, connections: usize, postgres: &LocalPostgres, redis: &LocalRedis) -> anyhow::Result<String> {
+async fn measure(
+    options: &Options,
+    connections: usize,
+    open_loop_percent: u32,
+    postgres: &LocalPostgres,
+    redis: &LocalRedis,
+) -> anyhow::Result<String> {
     crate::dev::create_database(&postgres.dsn("postgres"), "allot").await?;
     let mut config = Config::with_database(postgres.dsn("allot"), Some(redis.url()));
     config.migrate = true;
@@ -220,9 +228,18 @@ async fn measure(options: &Options, connections: usize, postgres: &LocalPostgres
             rows.push(row);
         }
     }
+    // The check target's latency half: p99 at half of the closed-loop peak, offered at that rate.
+    let open = match open_loop::peak_of(&rows, "check") {
+        Some(peak) => {
+            let open = open_loop::run(&clients, "check", peak, open_loop_percent, Duration::from_secs(options.seconds)).await?;
+            eprintln!("bench: check at {:.0} ops/s offered (open loop): p99 {:.2} ms", open.offered_per_s, open.latency.p99_ms);
+            Some(open)
+        }
+        None => None,
+    };
     let _ = stop.send(());
     let _ = server.await;
-    Ok(report(&rows, options))
+    Ok(report(&rows, open.as_ref(), options))
 }
 
 async fn seed_plan(clients: &Clients) -> anyhow::Result<()> {
@@ -406,6 +423,20 @@ async fn scenario_row(clients: &Clients, scenario: &'static str, c: usize, lengt
     }
     let ops = latencies_us.len() as f64;
     let cpu_us = cpu_before.zip(cpu::Sample::now()).map(|(before, after)| after.per_op_us(&before, ops));
+    let Percentiles { p50_ms, p95_ms, p99_ms } = percentiles(&mut latencies_us);
+    Ok(Row { scenario, clients: c, ops_per_s: ops / length.as_secs_f64(), p50_ms, p95_ms, p99_ms, errors, cpu_us, raw_ops_per_s: None })
+}
+
+/// Latency percentiles of one measurement, in milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Percentiles {
+    pub p50_ms: f64,
+    pub p95_ms: f64,
+    pub p99_ms: f64,
+}
+
+/// The percentiles of `latencies_us` (sorted in place); zeros when nothing was measured.
+fn percentiles(latencies_us: &mut [u32]) -> Percentiles {
     latencies_us.sort_unstable();
     let pct = |p: f64| -> f64 {
         if latencies_us.is_empty() {
@@ -414,20 +445,10 @@ async fn scenario_row(clients: &Clients, scenario: &'static str, c: usize, lengt
         let i = ((latencies_us.len() as f64 * p) as usize).min(latencies_us.len() - 1);
         f64::from(latencies_us[i]) / 1000.0
     };
-    Ok(Row {
-        scenario,
-        clients: c,
-        ops_per_s: latencies_us.len() as f64 / length.as_secs_f64(),
-        p50_ms: pct(0.50),
-        p95_ms: pct(0.95),
-        p99_ms: pct(0.99),
-        errors,
-        cpu_us,
-        raw_ops_per_s: None,
-    })
+    Percentiles { p50_ms: pct(0.50), p95_ms: pct(0.95), p99_ms: pct(0.99) }
 }
 
-fn report(rows: &[Row], options: &Options) -> String {
+fn report(rows: &[Row], open: Option<&open_loop::OpenRow>, options: &Options) -> String {
     let mut out = format!(
         "Measured with `allot bench --seconds {} --clients \"{}\"` on {} (UTC), {} cores.\n\n",
         options.seconds,
@@ -463,6 +484,9 @@ fn report(rows: &[Row], options: &Options) -> String {
         for p in peaks {
             out.push_str(&format!("| {} | {:.0} ({}) | {:.0} ({}) | {:.2} |\n", p.scenario, p.allot.0, p.allot.1, p.raw.0, p.raw.1, p.ratio()));
         }
+    }
+    if let Some(open) = open {
+        out.push_str(&open_loop::report(open));
     }
     out
 }

@@ -1,0 +1,225 @@
+//! Latency at a fixed offered rate: the `check` target's "p99 under 2 ms at half of peak load".
+//!
+//! The closed-loop rows send a client's next call only once its last one is answered, so the load
+//! they offer follows Allot's speed and a slow answer delays the calls behind it instead of
+//! showing in the figures. Here calls are issued on a schedule whatever the answers do: each
+//! millisecond, as many calls as are due at `rate_per_s` since the start, each in its own task,
+//! on the load generator's connections in turn. A call's latency runs from its issue to its
+//! answer. Calls due in one millisecond leave together, a little burstier than evenly spaced
+//! arrivals (tokio's timer ticks in milliseconds).
+//!
+//! The issuer stops issuing once [`IN_FLIGHT_MAX`] calls are unanswered and the row says
+//! `saturated`: the offered rate is then beyond what the server sustains, and issuing more would
+//! measure only a queue (and grow the generator's memory without bound).
+
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::{cpu, percentiles, Clients, Percentiles};
+
+/// The share of the closed-loop peak offered by default, in per cent: the target's "half of peak
+/// load". `ALLOT_BENCH_OPEN_LOOP_PERCENT` offers another share, to find where latency turns.
+pub const PERCENT_OF_PEAK_DEFAULT: u32 = 50;
+/// The setting that changes it.
+pub const PERCENT_SETTING: &str = "ALLOT_BENCH_OPEN_LOOP_PERCENT";
+/// Most unanswered calls before the run is saturated and stops issuing.
+pub const IN_FLIGHT_MAX: usize = 4_096;
+/// How often due calls are issued.
+const TICK: Duration = Duration::from_millis(1);
+/// Longest the run waits, after its last issue, for the calls still unanswered.
+const DRAIN_MAX: Duration = Duration::from_secs(10);
+/// Callers the issued calls are spread over for their accounts (`super::account_of`).
+const CALLERS: u64 = 1_024;
+
+/// One open-loop measurement.
+#[derive(Debug, Clone)]
+pub struct OpenRow {
+    pub scenario: &'static str,
+    /// The closed-loop peak it is a fraction of, and the clients it was reached with.
+    pub peak: (f64, usize),
+    /// The share of the peak offered, in per cent.
+    pub percent_of_peak: u32,
+    pub offered_per_s: f64,
+    /// Calls answered within the run's length and drain, per second of the run.
+    pub answered_per_s: f64,
+    pub latency: Percentiles,
+    pub errors: u64,
+    /// The most calls unanswered at once.
+    pub in_flight_max: usize,
+    /// Whether issuing stopped at [`IN_FLIGHT_MAX`] unanswered calls.
+    pub saturated: bool,
+    /// CPU microseconds per call, as in the closed-loop rows.
+    pub cpu_us: Option<(f64, f64)>,
+}
+
+/// The share of the peak to offer, from [`PERCENT_SETTING`]'s value (absent: the default).
+pub fn percent_of_peak(setting: Option<&str>) -> anyhow::Result<u32> {
+    let Some(value) = setting else { return Ok(PERCENT_OF_PEAK_DEFAULT) };
+    match value.trim().parse::<u32>() {
+        Ok(percent) if (1..=100).contains(&percent) => Ok(percent),
+        _ => anyhow::bail!("{PERCENT_SETTING}={value:?}: a share of the peak in per cent, from 1 to 100"),
+    }
+}
+
+/// Calls due `elapsed` into a run offering `rate_per_s`.
+pub fn due(elapsed: Duration, rate_per_s: f64) -> u64 {
+    assert!(rate_per_s.is_finite() && rate_per_s >= 0.0, "a rate is a finite count per second: {rate_per_s}");
+    (elapsed.as_secs_f64() * rate_per_s) as u64
+}
+
+/// The highest closed-loop rate of `scenario` over `rows` and its clients, if it was measured.
+pub fn peak_of(rows: &[super::Row], scenario: &str) -> Option<(f64, usize)> {
+    rows.iter().filter(|r| r.scenario == scenario).map(|r| (r.ops_per_s, r.clients)).max_by(|a, b| a.0.total_cmp(&b.0))
+}
+
+/// Offers `scenario` at `percent` of `peak` for `length`.
+pub async fn run(clients: &Clients, scenario: &'static str, peak: (f64, usize), percent: u32, length: Duration) -> anyhow::Result<OpenRow> {
+    let offered_per_s = peak.0 * f64::from(percent) / 100.0;
+    let latencies_us: Arc<Mutex<Vec<u32>>> = Arc::new(Mutex::new(Vec::new()));
+    let errors = Arc::new(AtomicU64::new(0));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut in_flight_max = 0;
+    let mut saturated = false;
+    let cpu_before = cpu::Sample::now();
+    let started = Instant::now();
+    let mut issued = 0u64;
+    let shared = Arc::new(clients.clone());
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    while started.elapsed() < length && !saturated {
+        tick.tick().await;
+        let due = due(started.elapsed().min(length), offered_per_s);
+        while issued < due {
+            let unanswered = in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+            in_flight_max = in_flight_max.max(unanswered);
+            if unanswered > IN_FLIGHT_MAX {
+                in_flight.fetch_sub(1, Ordering::AcqRel);
+                saturated = true;
+                break;
+            }
+            let (clients, latencies_us, errors, in_flight) = (shared.clone(), latencies_us.clone(), errors.clone(), in_flight.clone());
+            let (caller, n) = (issued % CALLERS, issued / CALLERS);
+            tokio::spawn(async move {
+                let sent = Instant::now();
+                let ok = super::operation(&clients, scenario, 0, caller as usize, n).await;
+                let latency_us = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
+                latencies_us.lock().expect("no task panics holding the latencies").push(latency_us);
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                }
+                in_flight.fetch_sub(1, Ordering::AcqRel);
+            });
+            issued += 1;
+        }
+    }
+    let drain_until = Instant::now() + DRAIN_MAX;
+    while in_flight.load(Ordering::Acquire) > 0 && Instant::now() < drain_until {
+        tokio::time::sleep(TICK).await;
+    }
+    let mut latencies_us = std::mem::take(&mut *latencies_us.lock().expect("no task panics holding the latencies"));
+    let answered = latencies_us.len() as f64;
+    let cpu_us = cpu_before.zip(cpu::Sample::now()).map(|(before, after)| after.per_op_us(&before, answered));
+    Ok(OpenRow {
+        scenario,
+        peak,
+        percent_of_peak: percent,
+        offered_per_s,
+        answered_per_s: answered / length.as_secs_f64(),
+        latency: percentiles(&mut latencies_us),
+        errors: errors.load(Ordering::Relaxed),
+        in_flight_max,
+        saturated,
+        cpu_us,
+    })
+}
+
+/// The report's section for `row`.
+pub fn report(row: &OpenRow) -> String {
+    let mut out = format!(
+        "\nLatency at a fixed offered rate (open loop: calls issued each millisecond as they fall due, whatever the answers do), {} % of the closed-loop peak:\n\n",
+        row.percent_of_peak
+    );
+    out.push_str("| scenario | peak ops/s (clients) | offered ops/s | answered ops/s | p50 ms | p95 ms | p99 ms | errors | most in flight | CPU µs/op: Allot+client / rest |\n");
+    out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+    out.push_str(&format!(
+        "| {} | {:.0} ({}) | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {}{} | {} |\n",
+        row.scenario,
+        row.peak.0,
+        row.peak.1,
+        row.offered_per_s,
+        row.answered_per_s,
+        row.latency.p50_ms,
+        row.latency.p95_ms,
+        row.latency.p99_ms,
+        row.errors,
+        row.in_flight_max,
+        if row.saturated { " (saturated: issuing stopped)" } else { "" },
+        row.cpu_us.map_or("–".to_owned(), |(own, rest)| format!("{own:.0} / {rest:.0}")),
+    ));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_share_of_the_peak_defaults_to_half_and_takes_a_percentage() {
+        assert_eq!(percent_of_peak(None).unwrap(), 50);
+        assert_eq!(percent_of_peak(Some("30")).unwrap(), 30);
+        assert_eq!(percent_of_peak(Some("100")).unwrap(), 100);
+        for bad in ["0", "101", "half", "-5", ""] {
+            let error = percent_of_peak(Some(bad)).unwrap_err().to_string();
+            assert!(error.contains(PERCENT_SETTING) && error.contains("from 1 to 100"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn calls_fall_due_at_the_offered_rate() {
+        assert_eq!(due(Duration::ZERO, 20_000.0), 0);
+        assert_eq!(due(Duration::from_millis(1), 20_000.0), 20);
+        assert_eq!(due(Duration::from_micros(1_500), 20_000.0), 30);
+        assert_eq!(due(Duration::from_secs(4), 19_067.5), 76_270);
+        assert_eq!(due(Duration::from_secs(1), 0.0), 0);
+    }
+
+    #[test]
+    #[should_panic(expected = "a rate is a finite count per second")]
+    fn a_negative_rate_is_a_bug() {
+        due(Duration::from_secs(1), -1.0);
+    }
+
+    fn row(scenario: &'static str, clients: usize, ops_per_s: f64) -> super::super::Row {
+        super::super::Row { scenario, clients, ops_per_s, p50_ms: 0.0, p95_ms: 0.0, p99_ms: 0.0, errors: 0, cpu_us: None, raw_ops_per_s: None }
+    }
+
+    #[test]
+    fn the_peak_is_the_scenarios_fastest_row() {
+        let rows = [row("check", 16, 13_902.0), row("debit-uniform", 64, 90_000.0), row("check", 256, 38_135.0), row("check", 64, 31_974.0)];
+        assert_eq!(peak_of(&rows, "check"), Some((38_135.0, 256)));
+        assert_eq!(peak_of(&rows, "check-stream"), None);
+    }
+
+    #[test]
+    fn the_report_names_a_saturated_run() {
+        let latency = Percentiles { p50_ms: 0.8, p95_ms: 1.4, p99_ms: 1.9 };
+        let mut open = OpenRow {
+            scenario: "check",
+            peak: (38_135.0, 256),
+            percent_of_peak: 50,
+            offered_per_s: 19_067.0,
+            answered_per_s: 19_050.0,
+            latency,
+            errors: 0,
+            in_flight_max: 40,
+            saturated: false,
+            cpu_us: Some((50.0, 20.0)),
+        };
+        let text = report(&open);
+        assert!(text.contains("50 % of the closed-loop peak"), "{text}");
+        assert!(text.contains("| check | 38135 (256) | 19067 | 19050 | 0.80 | 1.40 | 1.90 | 0 | 40 | 50 / 20 |"), "{text}");
+        open.saturated = true;
+        assert!(report(&open).contains("40 (saturated: issuing stopped)"));
+    }
+}
