@@ -16,6 +16,8 @@
 //! - `bench_refuses_a_connection_count_out_of_bounds_before_starting_anything`: a bad
 //!   `ALLOT_BENCH_CONNECTIONS` fails `allot bench` naming the setting, before any PostgreSQL is
 //!   started.
+//! - `bench_refuses_an_open_loop_share_out_of_bounds_before_starting_anything`: the same for
+//!   `ALLOT_BENCH_OPEN_LOOP_PERCENT`.
 //!
 //! The throwaway PostgreSQL comes from `allot_server::testkit`. Every child is wrapped in
 //! [`Child`], which kills it by its own PID if a test fails midway; its stdout and stderr go to
@@ -504,6 +506,18 @@ async fn bench_refuses_a_connection_count_out_of_bounds_before_starting_anything
         assert!(!status.success(), "ALLOT_BENCH_CONNECTIONS={bad} must fail the bench; {}", child.logs());
         let stderr = child.stderr();
         assert!(stderr.contains("ALLOT_BENCH_CONNECTIONS") && stderr.contains("from 1 to 64"), "the error names the setting: {stderr}");
+        assert!(!stderr.contains("postgres started"), "nothing is started before the settings are checked: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn bench_refuses_an_open_loop_share_out_of_bounds_before_starting_anything() {
+    for bad in ["0", "101", "half"] {
+        let mut child = Child::spawn("bench-open-loop", &["bench", "--scenarios", "check"], &[("ALLOT_BENCH_OPEN_LOOP_PERCENT", bad)]);
+        let status = child.wait_for_exit(CLI_TIMEOUT).await;
+        assert!(!status.success(), "ALLOT_BENCH_OPEN_LOOP_PERCENT={bad} must fail the bench; {}", child.logs());
+        let stderr = child.stderr();
+        assert!(stderr.contains("ALLOT_BENCH_OPEN_LOOP_PERCENT") && stderr.contains("from 1 to 100"), "the error names the setting: {stderr}");
         assert!(!stderr.contains("postgres started"), "nothing is started before the settings are checked: {stderr}");
     }
 }
