@@ -228,18 +228,19 @@ async fn measure(
             rows.push(row);
         }
     }
-    // The check target's latency half: p99 at half of the closed-loop peak, offered at that rate.
-    let open = match open_loop::peak_of(&rows, "check") {
-        Some(peak) => {
-            let open = open_loop::run(&clients, "check", peak, open_loop_percent, Duration::from_secs(options.seconds)).await?;
-            eprintln!("bench: check at {:.0} ops/s offered (open loop): p99 {:.2} ms", open.offered_per_s, open.latency.p99_ms);
-            Some(open)
+    // The check target's latency half: p99 at half of the closed-loop peak, offered at that rate,
+    // unary and streamed.
+    let mut open = Vec::new();
+    for scenario in ["check", "check-stream"] {
+        if let Some(peak) = open_loop::peak_of(&rows, scenario) {
+            let row = open_loop::run(&clients, scenario, peak, open_loop_percent, Duration::from_secs(options.seconds)).await?;
+            eprintln!("bench: {scenario} at {:.0} ops/s offered (open loop): p99 {:.2} ms", row.offered_per_s, row.latency.p99_ms);
+            open.push(row);
         }
-        None => None,
-    };
+    }
     let _ = stop.send(());
     let _ = server.await;
-    Ok(report(&rows, open.as_ref(), options))
+    Ok(report(&rows, &open, options))
 }
 
 async fn seed_plan(clients: &Clients) -> anyhow::Result<()> {
@@ -448,7 +449,7 @@ fn percentiles(latencies_us: &mut [u32]) -> Percentiles {
     Percentiles { p50_ms: pct(0.50), p95_ms: pct(0.95), p99_ms: pct(0.99) }
 }
 
-fn report(rows: &[Row], open: Option<&open_loop::OpenRow>, options: &Options) -> String {
+fn report(rows: &[Row], open: &[open_loop::OpenRow], options: &Options) -> String {
     let mut out = format!(
         "Measured with `allot bench --seconds {} --clients \"{}\"` on {} (UTC), {} cores.\n\n",
         options.seconds,
@@ -485,8 +486,6 @@ fn report(rows: &[Row], open: Option<&open_loop::OpenRow>, options: &Options) ->
             out.push_str(&format!("| {} | {:.0} ({}) | {:.0} ({}) | {:.2} |\n", p.scenario, p.allot.0, p.allot.1, p.raw.0, p.raw.1, p.ratio()));
         }
     }
-    if let Some(open) = open {
-        out.push_str(&open_loop::report(open));
-    }
+    out.push_str(&open_loop::report(open));
     out
 }

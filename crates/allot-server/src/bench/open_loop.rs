@@ -6,15 +6,24 @@
 //! millisecond, as many calls as are due at `rate_per_s` since the start, each in its own task,
 //! on the load generator's connections in turn. A call's latency runs from its issue to its
 //! answer. Calls due in one millisecond leave together, a little burstier than evenly spaced
-//! arrivals (tokio's timer ticks in milliseconds).
+//! arrivals (tokio's timer ticks in milliseconds). `check-stream` offers the same calls on 64
+//! long-lived `CheckStream`s in turn, many in flight on each, its answers matched to their
+//! requests by sequence.
 //!
-//! The issuer stops issuing once [`IN_FLIGHT_MAX`] calls are unanswered and the row says
+//! The issuer stops issuing once [`IN_FLIGHT_MAX`] calls are unanswered (or a stream has as many
+//! in flight as the server reads ahead) and the row says
 //! `saturated`: the offered rate is then beyond what the server sustains, and issuing more would
 //! measure only a queue (and grow the generator's memory without bound).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use allot_proto::v1 as pb;
+use pb::check_stream_response::Outcome as CheckOutcome;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
 
 use super::{cpu, percentiles, Clients, Percentiles};
 
@@ -73,51 +82,81 @@ pub fn peak_of(rows: &[super::Row], scenario: &str) -> Option<(f64, usize)> {
     rows.iter().filter(|r| r.scenario == scenario).map(|r| (r.ops_per_s, r.clients)).max_by(|a, b| a.0.total_cmp(&b.0))
 }
 
-/// Offers `scenario` at `percent` of `peak` for `length`.
+/// What the calls of a run have come to, shared by the tasks that see them answered.
+#[derive(Default)]
+struct Tally {
+    latencies_us: Mutex<Vec<u32>>,
+    errors: AtomicU64,
+    in_flight: AtomicUsize,
+}
+
+impl Tally {
+    /// A call issued at `sent` was answered (`ok`: as expected).
+    fn answered(&self, sent: Instant, ok: bool) {
+        let latency_us = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
+        self.latencies_us.lock().expect("no task panics holding the latencies").push(latency_us);
+        if !ok {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Streams the streamed row spreads its calls over (as many as the 64-client closed-loop row's).
+const STREAMS: usize = 64;
+
+/// Offers `scenario` (`check`, or `check-stream`: the same calls spread over [`STREAMS`]
+/// long-lived streams, many in flight on each) at `percent` of `peak` for `length`.
 pub async fn run(clients: &Clients, scenario: &'static str, peak: (f64, usize), percent: u32, length: Duration) -> anyhow::Result<OpenRow> {
     let offered_per_s = peak.0 * f64::from(percent) / 100.0;
-    let latencies_us: Arc<Mutex<Vec<u32>>> = Arc::new(Mutex::new(Vec::new()));
-    let errors = Arc::new(AtomicU64::new(0));
-    let in_flight = Arc::new(AtomicUsize::new(0));
+    let tally = Arc::new(Tally::default());
+    let streams = match scenario {
+        "check" => None,
+        "check-stream" => Some(CheckStreams::open(clients, &tally).await?),
+        _ => anyhow::bail!("no open-loop row for {scenario}"),
+    };
+    let shared = Arc::new(clients.clone());
     let mut in_flight_max = 0;
     let mut saturated = false;
     let cpu_before = cpu::Sample::now();
     let started = Instant::now();
     let mut issued = 0u64;
-    let shared = Arc::new(clients.clone());
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     while started.elapsed() < length && !saturated {
         tick.tick().await;
         let due = due(started.elapsed().min(length), offered_per_s);
         while issued < due {
-            let unanswered = in_flight.fetch_add(1, Ordering::AcqRel) + 1;
+            let unanswered = tally.in_flight.fetch_add(1, Ordering::AcqRel) + 1;
             in_flight_max = in_flight_max.max(unanswered);
-            if unanswered > IN_FLIGHT_MAX {
-                in_flight.fetch_sub(1, Ordering::AcqRel);
+            let sent = unanswered <= IN_FLIGHT_MAX
+                && match &streams {
+                    Some(streams) => streams.send(issued),
+                    None => {
+                        let (clients, tally) = (shared.clone(), tally.clone());
+                        let (caller, n) = (issued % CALLERS, issued / CALLERS);
+                        tokio::spawn(async move {
+                            let sent = Instant::now();
+                            let ok = super::operation(&clients, scenario, 0, caller as usize, n).await;
+                            tally.answered(sent, ok);
+                        });
+                        true
+                    }
+                };
+            if !sent {
+                tally.in_flight.fetch_sub(1, Ordering::AcqRel);
                 saturated = true;
                 break;
             }
-            let (clients, latencies_us, errors, in_flight) = (shared.clone(), latencies_us.clone(), errors.clone(), in_flight.clone());
-            let (caller, n) = (issued % CALLERS, issued / CALLERS);
-            tokio::spawn(async move {
-                let sent = Instant::now();
-                let ok = super::operation(&clients, scenario, 0, caller as usize, n).await;
-                let latency_us = u32::try_from(sent.elapsed().as_micros()).unwrap_or(u32::MAX);
-                latencies_us.lock().expect("no task panics holding the latencies").push(latency_us);
-                if !ok {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
-                in_flight.fetch_sub(1, Ordering::AcqRel);
-            });
             issued += 1;
         }
     }
     let drain_until = Instant::now() + DRAIN_MAX;
-    while in_flight.load(Ordering::Acquire) > 0 && Instant::now() < drain_until {
+    while tally.in_flight.load(Ordering::Acquire) > 0 && Instant::now() < drain_until {
         tokio::time::sleep(TICK).await;
     }
-    let mut latencies_us = std::mem::take(&mut *latencies_us.lock().expect("no task panics holding the latencies"));
+    drop(streams); // ends the streams; their readers stop
+    let mut latencies_us = std::mem::take(&mut *tally.latencies_us.lock().expect("no task panics holding the latencies"));
     let answered = latencies_us.len() as f64;
     let cpu_us = cpu_before.zip(cpu::Sample::now()).map(|(before, after)| after.per_op_us(&before, answered));
     Ok(OpenRow {
@@ -127,36 +166,94 @@ pub async fn run(clients: &Clients, scenario: &'static str, peak: (f64, usize), 
         offered_per_s,
         answered_per_s: answered / length.as_secs_f64(),
         latency: percentiles(&mut latencies_us),
-        errors: errors.load(Ordering::Relaxed),
+        errors: tally.errors.load(Ordering::Relaxed),
         in_flight_max,
         saturated,
         cpu_us,
     })
 }
 
-/// The report's section for `row`.
-pub fn report(row: &OpenRow) -> String {
+/// [`STREAMS`] `CheckStream`s, each with a reader that matches answers to requests by sequence.
+struct CheckStreams {
+    senders: Vec<mpsc::Sender<pb::CheckStreamRequest>>,
+    /// Per stream: when each unanswered request (by sequence) was sent.
+    sent_at: Vec<Arc<Mutex<HashMap<u64, Instant>>>>,
+}
+
+impl CheckStreams {
+    async fn open(clients: &Clients, tally: &Arc<Tally>) -> anyhow::Result<CheckStreams> {
+        let (mut senders, mut sent_at) = (Vec::with_capacity(STREAMS), Vec::with_capacity(STREAMS));
+        for stream in 0..STREAMS {
+            // The server reads at most this many requests of a stream ahead of its answers.
+            let (tx, rx) = mpsc::channel(STREAM_IN_FLIGHT_MAX);
+            let mut entitlements = clients.entitlements[stream % clients.entitlements.len()].clone();
+            let mut answers = entitlements.check_stream(clients.request(ReceiverStream::new(rx))).await?.into_inner();
+            let pending: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
+            let (reader_pending, tally) = (pending.clone(), tally.clone());
+            tokio::spawn(async move {
+                while let Ok(Some(answer)) = answers.message().await {
+                    let sent = reader_pending.lock().expect("no task panics holding the sequences").remove(&answer.sequence);
+                    if let Some(sent) = sent {
+                        tally.answered(sent, matches!(answer.outcome, Some(CheckOutcome::Check(_))));
+                    }
+                }
+            });
+            senders.push(tx);
+            sent_at.push(pending);
+        }
+        Ok(CheckStreams { senders, sent_at })
+    }
+
+    /// Sends call `n` on its stream; false when that stream has as many in flight as it may.
+    fn send(&self, n: u64) -> bool {
+        let stream = usize::try_from(n % STREAMS as u64).expect("below the stream count");
+        let request = pb::CheckStreamRequest {
+            sequence: n,
+            check: Some(pb::CheckRequest {
+                account_id: super::account_of(stream, n),
+                meter: "tokens".into(),
+                amount_credits: 1,
+                ..Default::default()
+            }),
+        };
+        self.sent_at[stream].lock().expect("no task panics holding the sequences").insert(n, Instant::now());
+        if self.senders[stream].try_send(request).is_ok() {
+            return true;
+        }
+        self.sent_at[stream].lock().expect("no task panics holding the sequences").remove(&n);
+        false
+    }
+}
+
+/// Most requests of one stream the server reads ahead of its answers (`proto/allot/v1/entitlements.proto`).
+const STREAM_IN_FLIGHT_MAX: usize = 256;
+
+/// The report's section for `rows` (empty when none was run).
+pub fn report(rows: &[OpenRow]) -> String {
+    let Some(first) = rows.first() else { return String::new() };
     let mut out = format!(
         "\nLatency at a fixed offered rate (open loop: calls issued each millisecond as they fall due, whatever the answers do), {} % of the closed-loop peak:\n\n",
-        row.percent_of_peak
+        first.percent_of_peak
     );
     out.push_str("| scenario | peak ops/s (clients) | offered ops/s | answered ops/s | p50 ms | p95 ms | p99 ms | errors | most in flight | CPU µs/op: Allot+client / rest |\n");
     out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
-    out.push_str(&format!(
-        "| {} | {:.0} ({}) | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {}{} | {} |\n",
-        row.scenario,
-        row.peak.0,
-        row.peak.1,
-        row.offered_per_s,
-        row.answered_per_s,
-        row.latency.p50_ms,
-        row.latency.p95_ms,
-        row.latency.p99_ms,
-        row.errors,
-        row.in_flight_max,
-        if row.saturated { " (saturated: issuing stopped)" } else { "" },
-        row.cpu_us.map_or("–".to_owned(), |(own, rest)| format!("{own:.0} / {rest:.0}")),
-    ));
+    for row in rows {
+        out.push_str(&format!(
+            "| {} | {:.0} ({}) | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {}{} | {} |\n",
+            row.scenario,
+            row.peak.0,
+            row.peak.1,
+            row.offered_per_s,
+            row.answered_per_s,
+            row.latency.p50_ms,
+            row.latency.p95_ms,
+            row.latency.p99_ms,
+            row.errors,
+            row.in_flight_max,
+            if row.saturated { " (saturated: issuing stopped)" } else { "" },
+            row.cpu_us.map_or("–".to_owned(), |(own, rest)| format!("{own:.0} / {rest:.0}")),
+        ));
+    }
     out
 }
 
@@ -204,7 +301,7 @@ mod tests {
     #[test]
     fn the_report_names_a_saturated_run() {
         let latency = Percentiles { p50_ms: 0.8, p95_ms: 1.4, p99_ms: 1.9 };
-        let mut open = OpenRow {
+        let open = OpenRow {
             scenario: "check",
             peak: (38_135.0, 256),
             percent_of_peak: 50,
@@ -216,10 +313,15 @@ mod tests {
             saturated: false,
             cpu_us: Some((50.0, 20.0)),
         };
-        let text = report(&open);
+        assert_eq!(report(&[]), "", "no open-loop row, no section");
+        let text = report(std::slice::from_ref(&open));
         assert!(text.contains("50 % of the closed-loop peak"), "{text}");
         assert!(text.contains("| check | 38135 (256) | 19067 | 19050 | 0.80 | 1.40 | 1.90 | 0 | 40 | 50 / 20 |"), "{text}");
-        open.saturated = true;
-        assert!(report(&open).contains("40 (saturated: issuing stopped)"));
+        let mut streamed = open.clone();
+        streamed.scenario = "check-stream";
+        streamed.saturated = true;
+        let both = report(&[open, streamed]);
+        assert_eq!(both.matches("closed-loop peak").count(), 1, "one heading for every row: {both}");
+        assert!(both.contains("| check-stream | 38135 (256) |") && both.contains("40 (saturated: issuing stopped)"), "{both}");
     }
 }
