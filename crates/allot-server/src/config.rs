@@ -91,10 +91,12 @@ pub struct Config {
     #[arg(long, env = "ALLOT_DEBIT_BATCH_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub debit_batch_workers: u32,
     /// Most lanes per tenant on this server for concurrent checks, each running one read-only
-    /// snapshot at a time that decides every check queued in it; in use by the rule debit lanes
-    /// follow. Fewer lanes make bigger batches: PostgreSQL's work per check falls with batch size
-    /// (docs/benchmarks.md, finding 27).
-    #[arg(long, env = "ALLOT_CHECK_BATCH_WORKERS", default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    /// snapshot at a time that decides every check queued in it. One lane is used until a batch
+    /// reaches `batch::CHECK_WIDEN_AT_BATCH` checks (a backlog), then all of them for a second:
+    /// fewer lanes make bigger batches and PostgreSQL's work per check falls with batch size
+    /// (docs/benchmarks.md, finding 27), but one lane alone drains a backlog too slowly
+    /// (finding 46). Batches that large need `tenant_concurrency_max` ≥ 128.
+    #[arg(long, env = "ALLOT_CHECK_BATCH_WORKERS", default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub check_batch_workers: u32,
     /// Most calls of one tenant waiting for a slot; more are refused at once (RESOURCE_EXHAUSTED).
     #[arg(long, env = "ALLOT_TENANT_QUEUE_MAX", default_value_t = 256, value_parser = clap::value_parser!(u32).range(0..=100_000))]
@@ -182,7 +184,7 @@ impl Config {
             auth_api_keys: true,
             tenant_concurrency_max: 8,
             debit_batch_workers: 2,
-            check_batch_workers: 1,
+            check_batch_workers: 2,
             tenant_queue_max: 256,
             tenant_queue_wait_ms: 1_000,
             tls_cert_file: None,

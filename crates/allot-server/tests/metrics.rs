@@ -227,6 +227,24 @@ async fn metrics_endpoint_counts_decisions_latency_pool_locks_redis_and_sweeper_
         .get(0);
     assert_eq!(entries, 192 * waves, "one entry per debit");
 
+    // Check lanes spread only for a backlog: the 32 concurrent checks above kept one lane (their
+    // batches stayed below 128); waves of many more make a batch of 128 or more, which spreads.
+    let check_widened = |text: &str| sample(text, "allot_batch_lanes_widened_total", &[("kind", "check")]).unwrap_or(0.0);
+    assert_eq!(check_widened(&after), 0.0, "batches of at most 32 checks spread the check lanes");
+    let mut check_waves = 0;
+    while check_waves < 5 && check_widened(&scrape(metrics_addr).await) == 0.0 {
+        let mut tasks = Vec::new();
+        for i in 0..400 {
+            let mut client = entitlements.clone();
+            tasks.push(tokio::spawn(async move { check(&mut client, &format!("wide-{}", i % 64), "tokens", 1).await }));
+        }
+        for task in tasks {
+            assert!(allowed(task.await.expect("task").decision), "every check of a wave is answered, and allowed");
+        }
+        check_waves += 1;
+    }
+    assert!(check_widened(&scrape(metrics_addr).await) > 0.0, "{check_waves} waves of 400 concurrent checks never spread over two check lanes");
+
     lost_redis.stop().await;
     server.stop().await;
 }

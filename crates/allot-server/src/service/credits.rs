@@ -368,8 +368,9 @@ impl Credits {
     /// snapshots of batched checks one tenant reads at once, `None` to decide every check alone
     /// (see `batch`).
     pub fn new(ctx: Ctx, rate: RateLimiter, pricing: Pricing, batch_workers: usize, check_batch_workers: Option<usize>) -> Credits {
-        let check_batches = check_batch_workers.map(|workers| std::sync::Arc::new(batch::Batches::new(workers)));
-        Credits { ctx, rate, pricing, batches: std::sync::Arc::new(batch::Batches::new(batch_workers)), check_batches }
+        let check_batches = check_batch_workers.map(|workers| std::sync::Arc::new(batch::Batches::new(workers, batch::CHECK_WIDEN_AT_BATCH)));
+        let batches = std::sync::Arc::new(batch::Batches::new(batch_workers, batch::WIDEN_AT_BATCH));
+        Credits { ctx, rate, pricing, batches, check_batches }
     }
 
     /// Rates SKU usage into credits at `now` (before any lock: prices are cached). A SKU that

@@ -13,7 +13,8 @@
 //! same account's meters only right after the lanes in use change, so batches rarely wait for
 //! each other. How many lanes are in use follows the batches ([`Batches::lane_for`],
 //! [`Batches::took`]): one lane until a lane takes a batch of [`WIDEN_AT_BATCH`] or more, then
-//! every configured lane until [`WIDE_FOR`] after the last such batch. A batch costs the
+//! every configured lane until [`WIDE_FOR`] after the last such batch (check lanes from
+//! [`CHECK_WIDEN_AT_BATCH`]). A batch costs the
 //! database about as much whether it decides four debits or eight, so a second transaction at
 //! a time only pays once batches are large (docs/benchmarks.md, finding 38). The rule is tuned
 //! for two lanes (the default); with more, all of them are used at once. Batches of 24 need as
@@ -67,11 +68,18 @@ pub const BATCH_MAX: usize = 256;
 /// commit, once there are callers enough to fill them all.
 pub const WORKERS_MAX: usize = 64;
 
-/// A batch at least this large spreads its tenant's next work over every lane configured.
+/// A debit batch at least this large spreads its tenant's next debits over every lane configured.
 pub const WIDEN_AT_BATCH: usize = 24;
 
-/// How long a tenant's work stays spread over its lanes after its last batch of
-/// [`WIDEN_AT_BATCH`] or more.
+/// A check batch at least this large spreads its tenant's next checks over every check lane
+/// configured. Far above [`WIDEN_AT_BATCH`]: a second check transaction at a time costs more than
+/// it overlaps while batches are a few dozen (findings 27 and 41), but a lane whose batches are
+/// this large is draining a backlog — which one lane, one snapshot at a time, could not drain
+/// while calls kept coming (docs/benchmarks.md, finding 46).
+pub const CHECK_WIDEN_AT_BATCH: usize = 128;
+
+/// How long a tenant's work stays spread over its lanes after its last batch of its kind's
+/// widening size or more.
 pub const WIDE_FOR: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Debit batches smaller than this run on a lane connection (`Ctx::batch_db`): the size below
@@ -192,12 +200,16 @@ impl<Q> State<Q> {
 pub struct Batches<Q> {
     state: Mutex<State<Q>>,
     lanes_per_tenant: usize,
+    /// The batch size that spreads a tenant's work over its lanes.
+    widen_at: usize,
 }
 
 impl<Q> Batches<Q> {
-    pub fn new(lanes_per_tenant: usize) -> Batches<Q> {
+    /// Lanes whose work spreads from one to `lanes_per_tenant` once a batch reaches `widen_at`.
+    pub fn new(lanes_per_tenant: usize, widen_at: usize) -> Batches<Q> {
         assert!((1..=WORKERS_MAX).contains(&lanes_per_tenant), "batch workers per tenant: 1 to {WORKERS_MAX}");
-        Batches { state: Mutex::new(State { queues: HashMap::new(), wide_until: HashMap::new() }), lanes_per_tenant }
+        assert!((2..=BATCH_MAX).contains(&widen_at), "a widening batch size a batch can reach: 2 to {BATCH_MAX}");
+        Batches { state: Mutex::new(State { queues: HashMap::new(), wide_until: HashMap::new() }), lanes_per_tenant, widen_at }
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State<Q>> {
@@ -214,11 +226,11 @@ impl<Q> Batches<Q> {
         (tenant, lane)
     }
 
-    /// A lane of `tenant` took a batch of `size` at `now`: one of [`WIDEN_AT_BATCH`] or more
+    /// A lane of `tenant` took a batch of `size` at `now`: one of `widen_at` or more
     /// spreads the tenant's work over every lane until [`WIDE_FOR`] later. True when that starts
     /// a spread (the work was in one lane).
     fn took(&self, state: &mut State<Q>, tenant: TenantId, size: usize, now: Instant) -> bool {
-        if size < WIDEN_AT_BATCH || self.lanes_per_tenant == 1 {
+        if size < self.widen_at || self.lanes_per_tenant == 1 {
             return false;
         }
         let starts = !state.spread_at(tenant, now);
@@ -432,7 +444,7 @@ fn answer<Q>(batch: Vec<Pending<Q>>, results: Results) -> Vec<Pending<Q>> {
 mod tests {
     use std::time::Instant;
 
-    use super::{Batches, Lane, State, WIDEN_AT_BATCH, WIDE_FOR};
+    use super::{Batches, Lane, State, CHECK_WIDEN_AT_BATCH, WIDEN_AT_BATCH, WIDE_FOR};
     use crate::ids::TenantId;
 
     fn lanes_of(batches: &Batches<()>, state: &mut State<()>, tenant: TenantId, now: Instant) -> Vec<Lane> {
@@ -441,7 +453,7 @@ mod tests {
 
     #[test]
     fn work_takes_one_lane_until_a_large_batch_spreads_it_for_a_while() {
-        let batches = Batches::<()>::new(2);
+        let batches = Batches::<()>::new(2, WIDEN_AT_BATCH);
         let mut state = batches.state.lock().unwrap();
         let (tenant, other) = (TenantId(uuid::Uuid::from_u128(7)), TenantId(uuid::Uuid::from_u128(8)));
         let t0 = Instant::now();
@@ -465,8 +477,29 @@ mod tests {
     }
 
     #[test]
+    fn check_lanes_spread_only_for_a_backlog() {
+        let batches = Batches::<()>::new(2, CHECK_WIDEN_AT_BATCH);
+        let mut state = batches.state.lock().unwrap();
+        let tenant = TenantId(uuid::Uuid::from_u128(7));
+        let t0 = Instant::now();
+        for size in [WIDEN_AT_BATCH, 64, CHECK_WIDEN_AT_BATCH - 1] {
+            assert!(!batches.took(&mut state, tenant, size, t0), "a batch of {size} checks keeps one lane");
+        }
+        assert!(lanes_of(&batches, &mut state, tenant, t0).iter().all(|l| l.1 == 0));
+        assert!(batches.took(&mut state, tenant, CHECK_WIDEN_AT_BATCH, t0), "a backlog's batch spreads the checks");
+        let spread = lanes_of(&batches, &mut state, tenant, t0);
+        assert!(spread.iter().any(|l| l.1 == 0) && spread.iter().any(|l| l.1 == 1));
+    }
+
+    #[test]
+    #[should_panic(expected = "a widening batch size a batch can reach")]
+    fn a_widening_size_above_the_largest_batch_is_a_bug() {
+        let _ = Batches::<()>::new(2, super::BATCH_MAX + 1);
+    }
+
+    #[test]
     fn a_single_lane_never_spreads() {
-        let batches = Batches::<()>::new(1);
+        let batches = Batches::<()>::new(1, WIDEN_AT_BATCH);
         let mut state = batches.state.lock().unwrap();
         let tenant = TenantId(uuid::Uuid::from_u128(7));
         assert!(!batches.took(&mut state, tenant, 256, Instant::now()));
