@@ -498,26 +498,25 @@ async fn bench_refuses_an_unknown_scenario_before_starting_anything() {
     assert!(stderr.contains("no scenario \"chek\"") && stderr.contains("classify-cooldown-stream"), "the error names the scenarios: {stderr}");
 }
 
-#[tokio::test]
-async fn bench_refuses_a_connection_count_out_of_bounds_before_starting_anything() {
-    for bad in ["0", "65", "many"] {
-        let mut child = Child::spawn("bench-connections", &["bench", "--scenarios", "check"], &[("ALLOT_BENCH_CONNECTIONS", bad)]);
+/// Runs `allot bench` with `setting` set to each of `bad`: each run must fail, naming the setting
+/// and its `bounds`, before any PostgreSQL is started.
+async fn assert_bench_refuses(log_name: &str, setting: &str, bad: &[&str], bounds: &str) {
+    for value in bad {
+        let mut child = Child::spawn(log_name, &["bench", "--scenarios", "check"], &[(setting, value)]);
         let status = child.wait_for_exit(CLI_TIMEOUT).await;
-        assert!(!status.success(), "ALLOT_BENCH_CONNECTIONS={bad} must fail the bench; {}", child.logs());
+        assert!(!status.success(), "{setting}={value} must fail the bench; {}", child.logs());
         let stderr = child.stderr();
-        assert!(stderr.contains("ALLOT_BENCH_CONNECTIONS") && stderr.contains("from 1 to 64"), "the error names the setting: {stderr}");
+        assert!(stderr.contains(setting) && stderr.contains(bounds), "the error names the setting: {stderr}");
         assert!(!stderr.contains("postgres started"), "nothing is started before the settings are checked: {stderr}");
     }
 }
 
 #[tokio::test]
+async fn bench_refuses_a_connection_count_out_of_bounds_before_starting_anything() {
+    assert_bench_refuses("bench-connections", "ALLOT_BENCH_CONNECTIONS", &["0", "65", "many"], "from 1 to 64").await;
+}
+
+#[tokio::test]
 async fn bench_refuses_an_open_loop_share_out_of_bounds_before_starting_anything() {
-    for bad in ["0", "101", "half"] {
-        let mut child = Child::spawn("bench-open-loop", &["bench", "--scenarios", "check"], &[("ALLOT_BENCH_OPEN_LOOP_PERCENT", bad)]);
-        let status = child.wait_for_exit(CLI_TIMEOUT).await;
-        assert!(!status.success(), "ALLOT_BENCH_OPEN_LOOP_PERCENT={bad} must fail the bench; {}", child.logs());
-        let stderr = child.stderr();
-        assert!(stderr.contains("ALLOT_BENCH_OPEN_LOOP_PERCENT") && stderr.contains("from 1 to 100"), "the error names the setting: {stderr}");
-        assert!(!stderr.contains("postgres started"), "nothing is started before the settings are checked: {stderr}");
-    }
+    assert_bench_refuses("bench-open-loop", "ALLOT_BENCH_OPEN_LOOP_PERCENT", &["0", "101", "half"], "from 1 to 100").await;
 }

@@ -322,6 +322,24 @@ async fn connect(dsn: &str) -> anyhow::Result<tokio_postgres::Client> {
     Ok(client)
 }
 
+/// The bench's check: 1 credit of `tokens` on `account` (unary, streamed and open-loop alike).
+fn check_request(account: String) -> pb::CheckRequest {
+    pb::CheckRequest { account_id: account, meter: "tokens".into(), amount_credits: 1, ..Default::default() }
+}
+
+/// A bench setting's value (`setting`, from the environment variable `name`): `default` when
+/// absent, else a number within `range`, or an error naming the setting and what it takes.
+fn setting_within<T>(name: &str, setting: Option<&str>, range: std::ops::RangeInclusive<T>, default: T, what: &str) -> anyhow::Result<T>
+where
+    T: std::str::FromStr + PartialOrd + std::fmt::Display,
+{
+    let Some(value) = setting else { return Ok(default) };
+    match value.trim().parse::<T>() {
+        Ok(n) if range.contains(&n) => Ok(n),
+        _ => anyhow::bail!("{name}: {what} from {} to {}, not {value:?}", range.start(), range.end()),
+    }
+}
+
 /// The account call `n` of client `worker` uses in the uniform scenarios.
 fn account_of(worker: usize, n: u64) -> String {
     format!("a{}", (worker as u64 * 7_919 + n * 104_729) % u64::from(ACCOUNTS))
@@ -334,10 +352,7 @@ async fn operation(clients: &Clients, scenario: &str, c: usize, worker: usize, n
     let key = format!("{scenario}-{c}-{worker}-{n}");
     let mut entitlements = clients.entitlements[channel].clone();
     match scenario {
-        "check" => entitlements
-            .check(clients.request(pb::CheckRequest { account_id: account, meter: "tokens".into(), amount_credits: 1, ..Default::default() }))
-            .await
-            .is_ok(),
+        "check" => entitlements.check(clients.request(check_request(account))).await.is_ok(),
         "debit-uniform" | "debit-hot" | "debit-subsidised" | "debit-rated" => {
             let account = if scenario == "debit-hot" { "hot".to_owned() } else { account };
             let subsidy = (scenario == "debit-subsidised").then(|| pb::SubsidyRequest { pool_id: "bench".into(), identity: String::new() });

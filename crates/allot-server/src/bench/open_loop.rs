@@ -64,11 +64,7 @@ pub struct OpenRow {
 
 /// The share of the peak to offer, from [`PERCENT_SETTING`]'s value (absent: the default).
 pub fn percent_of_peak(setting: Option<&str>) -> anyhow::Result<u32> {
-    let Some(value) = setting else { return Ok(PERCENT_OF_PEAK_DEFAULT) };
-    match value.trim().parse::<u32>() {
-        Ok(percent) if (1..=100).contains(&percent) => Ok(percent),
-        _ => anyhow::bail!("{PERCENT_SETTING}={value:?}: a share of the peak in per cent, from 1 to 100"),
-    }
+    super::setting_within(PERCENT_SETTING, setting, 1..=100, PERCENT_OF_PEAK_DEFAULT, "a share of the peak in per cent")
 }
 
 /// Calls due `elapsed` into a run offering `rate_per_s`.
@@ -185,7 +181,7 @@ impl CheckStreams {
         let (mut senders, mut sent_at) = (Vec::with_capacity(STREAMS), Vec::with_capacity(STREAMS));
         for stream in 0..STREAMS {
             // The server reads at most this many requests of a stream ahead of its answers.
-            let (tx, rx) = mpsc::channel(STREAM_IN_FLIGHT_MAX);
+            let (tx, rx) = mpsc::channel(crate::grpc::streams::IN_FLIGHT_PER_STREAM_MAX);
             let mut entitlements = clients.entitlements[stream % clients.entitlements.len()].clone();
             let mut answers = entitlements.check_stream(clients.request(ReceiverStream::new(rx))).await?.into_inner();
             let pending: Arc<Mutex<HashMap<u64, Instant>>> = Arc::default();
@@ -207,15 +203,7 @@ impl CheckStreams {
     /// Sends call `n` on its stream; false when that stream has as many in flight as it may.
     fn send(&self, n: u64) -> bool {
         let stream = usize::try_from(n % STREAMS as u64).expect("below the stream count");
-        let request = pb::CheckStreamRequest {
-            sequence: n,
-            check: Some(pb::CheckRequest {
-                account_id: super::account_of(stream, n),
-                meter: "tokens".into(),
-                amount_credits: 1,
-                ..Default::default()
-            }),
-        };
+        let request = pb::CheckStreamRequest { sequence: n, check: Some(super::check_request(super::account_of(stream, n))) };
         self.sent_at[stream].lock().expect("no task panics holding the sequences").insert(n, Instant::now());
         if self.senders[stream].try_send(request).is_ok() {
             return true;
@@ -224,9 +212,6 @@ impl CheckStreams {
         false
     }
 }
-
-/// Most requests of one stream the server reads ahead of its answers (`proto/allot/v1/entitlements.proto`).
-const STREAM_IN_FLIGHT_MAX: usize = 256;
 
 /// The report's section for `rows` (empty when none was run).
 pub fn report(rows: &[OpenRow]) -> String {

@@ -28,10 +28,7 @@ pub async fn worker(clients: &Clients, scenario: &'static str, c: usize, worker:
         "check-stream" => {
             let (tx, rx) = mpsc::channel(1);
             let answers = clients.entitlements[channel].clone().check_stream(clients.request(ReceiverStream::new(rx))).await?.into_inner();
-            let request = |n| pb::CheckStreamRequest {
-                sequence: n,
-                check: Some(pb::CheckRequest { account_id: account_of(worker, n), meter: "tokens".into(), amount_credits: 1, ..Default::default() }),
-            };
+            let request = |n| pb::CheckStreamRequest { sequence: n, check: Some(super::check_request(account_of(worker, n))) };
             Ok(drive(deadline, &tx, answers, request, |a| matches!(a.outcome, Some(CheckOutcome::Check(_)))).await)
         }
         "debit-uniform-stream" | "debit-hot-stream" => {

@@ -26,13 +26,7 @@ pub const CONNECTIONS_MAX: usize = 64;
 
 /// How many connections to open, from `ALLOT_BENCH_CONNECTIONS` (`None`: the default).
 pub fn connections(setting: Option<&str>) -> anyhow::Result<usize> {
-    let Some(setting) = setting else { return Ok(CONNECTIONS_DEFAULT) };
-    setting
-        .trim()
-        .parse::<usize>()
-        .ok()
-        .filter(|n| (1..=CONNECTIONS_MAX).contains(n))
-        .ok_or_else(|| anyhow::anyhow!("ALLOT_BENCH_CONNECTIONS: a number of connections from 1 to {CONNECTIONS_MAX}, not {setting:?}"))
+    super::setting_within("ALLOT_BENCH_CONNECTIONS", setting, 1..=CONNECTIONS_MAX, CONNECTIONS_DEFAULT, "a number of connections")
 }
 
 /// One HTTP/2 connection to the server; clones share it.
