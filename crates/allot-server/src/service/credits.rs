@@ -24,6 +24,8 @@ use super::subsidy::{self, SubsidyAsk, Take};
 
 mod batch;
 mod check;
+#[cfg(test)]
+mod future_sizes;
 
 use super::Ctx;
 use crate::error::Error;
@@ -482,9 +484,15 @@ impl Credits {
     pub async fn debit(&self, tenant: TenantId, cmd: DebitCommand) -> Result<Decision, Error> {
         match self.batchable(tenant, cmd).await {
             Ok(queued) => self.queue(tenant, queued).await,
+            // Boxed: the ordinary path's future (a whole transaction, kilobytes) would otherwise
+            // make a queued debit's future as large, copied whole each time it moves
+            // (docs/benchmarks.md, finding 48).
             Err(cmd) => {
-                let priced = self.price(tenant, &cmd.lines, self.ctx.clock.now()).await?;
-                self.debit_alone(tenant, cmd, priced).await
+                Box::pin(async move {
+                    let priced = self.price(tenant, &cmd.lines, self.ctx.clock.now()).await?;
+                    self.debit_alone(tenant, cmd, priced).await
+                })
+                .await
             }
         }
     }
