@@ -9,14 +9,15 @@ impl Credits {
     /// Would the usage be allowed now, as a gate? Reads a consistent snapshot, writes nothing, and
     /// only looks at the rate caps.
     pub async fn check(&self, tenant: TenantId, cmd: CheckCommand) -> Result<Decision, Error> {
+        let cmd = match batch::QueuedCheck::of(cmd) {
+            Ok(queued) if self.check_batches.is_some() => return self.queue(tenant, queued).await,
+            Ok(queued) => queued.cmd,
+            Err(cmd) => cmd,
+        };
         // A check decided alone is boxed: its future (a transaction's reads, kilobytes) would
         // otherwise make every check's future that large, copied whole each time it moves
         // (docs/benchmarks.md, finding 48); a queued check's is small.
-        match batch::QueuedCheck::of(cmd) {
-            Ok(queued) if self.check_batches.is_some() => self.queue(tenant, queued).await,
-            Ok(queued) => Box::pin(self.check_alone(tenant, queued.cmd)).await,
-            Err(cmd) => Box::pin(self.check_alone(tenant, cmd)).await,
-        }
+        Box::pin(self.check_alone(tenant, cmd)).await
     }
 
     /// A check in its own snapshot.
