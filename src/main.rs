@@ -126,11 +126,11 @@ fn parse(args: Vec<OsString>) -> anyhow::Result<Cli> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let lifo_slot = allot_server::runtime::lifo_slot(std::env::var(allot_server::runtime::LIFO_SLOT_VAR).ok().as_deref())?;
-    allot_server::runtime::build(lifo_slot)?.block_on(run(lifo_slot))
+    let tuning = allot_server::runtime::Tuning::from_env()?;
+    allot_server::runtime::build(tuning)?.block_on(run(tuning))
 }
 
-async fn run(lifo_slot: bool) -> anyhow::Result<()> {
+async fn run(tuning: allot_server::runtime::Tuning) -> anyhow::Result<()> {
     let cli = parse(std::env::args_os().collect())?;
     let format = if matches!(cli.command, Command::Dev { .. }) { LogFormat::Pretty } else { cli.log_format };
     let mut otlp_endpoint = None;
@@ -139,8 +139,14 @@ async fn run(lifo_slot: bool) -> anyhow::Result<()> {
         otlp_endpoint = args.config.otlp_endpoint.clone();
     }
     let telemetry = telemetry::init(format, otlp_endpoint.as_deref())?;
-    if lifo_slot {
-        tracing::info!(tokio.lifo_slot = true, "tokio's LIFO slot is on ({})", allot_server::runtime::LIFO_SLOT_VAR);
+    if tuning != allot_server::runtime::Tuning::DEFAULT {
+        tracing::info!(
+            tokio.lifo_slot = tuning.lifo_slot,
+            tokio.event_interval = tuning.event_interval,
+            "tokio tuned by {} and {}",
+            allot_server::runtime::LIFO_SLOT_VAR,
+            allot_server::runtime::EVENT_INTERVAL_VAR
+        );
     }
     let result = match cli.command {
         Command::Serve(ServeArgs { config, config_file }) => {

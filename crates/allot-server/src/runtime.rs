@@ -1,5 +1,5 @@
 //! The tokio runtime the `allot` binary runs on: multi-threaded, one worker per core, with the
-//! LIFO slot off.
+//! LIFO slot off and external events looked for every [`EVENT_INTERVAL_DEFAULT`] task polls.
 //!
 //! Tokio runs a task woken by the task running now next, ahead of the worker's queue (the LIFO
 //! slot). When a batch answers its callers, each caller's HTTP/2 stream finishes and wakes its
@@ -13,6 +13,17 @@
 //! `.cargo/config.toml`).
 //!
 //! `ALLOT_TOKIO_LIFO_SLOT=on` turns the slot back on, for comparisons.
+//!
+//! A busy worker looks for external events — the answers of PostgreSQL and Redis, the next
+//! HTTP/2 frames, timers — once every *event interval* task polls (tokio's default 61); until
+//! then an answer that has arrived waits in the socket while the worker polls other tasks.
+//! Every call here waits on such answers, most of them one after another (a debit batch's two
+//! round trips, each with several answers), and most polls are short, so the binary looks every
+//! [`EVENT_INTERVAL_DEFAULT`] polls. Against 61, in interleaved runs: `debit-uniform` at 16
+//! clients won 10 pairings of 12 and `classify-cooldown` at 64 all 9, `check` at 256 won 4 of 5;
+//! the rest moved within the noise (docs/benchmarks.md, finding 49). Each look costs an
+//! `epoll_wait`, which is why the interval is not 1.
+//! `ALLOT_TOKIO_EVENT_INTERVAL=N` (1–255) sets another interval, for comparisons.
 
 /// The variable that turns the LIFO slot back on.
 pub const LIFO_SLOT_VAR: &str = "ALLOT_TOKIO_LIFO_SLOT";
@@ -26,21 +37,58 @@ pub fn lifo_slot(setting: Option<&str>) -> anyhow::Result<bool> {
     }
 }
 
-/// Builds the runtime, the LIFO slot on only when `lifo_slot` says so.
-pub fn build(lifo_slot: bool) -> std::io::Result<tokio::runtime::Runtime> {
-    builder(lifo_slot).build()
+/// The variable that sets the event interval.
+pub const EVENT_INTERVAL_VAR: &str = "ALLOT_TOKIO_EVENT_INTERVAL";
+/// Task polls between two looks for external events, unless [`EVENT_INTERVAL_VAR`] says otherwise.
+pub const EVENT_INTERVAL_DEFAULT: u32 = 7;
+/// The widest interval accepted (about four times tokio's default).
+pub const EVENT_INTERVAL_MAX: u32 = 255;
+
+/// The event interval from [`EVENT_INTERVAL_VAR`]'s value ([`EVENT_INTERVAL_DEFAULT`] when unset).
+pub fn event_interval(setting: Option<&str>) -> anyhow::Result<u32> {
+    let Some(setting) = setting else { return Ok(EVENT_INTERVAL_DEFAULT) };
+    match setting.trim().parse::<u32>() {
+        Ok(polls) if (1..=EVENT_INTERVAL_MAX).contains(&polls) => Ok(polls),
+        _ => Err(anyhow::anyhow!("{EVENT_INTERVAL_VAR}: a number of task polls from 1 to {EVENT_INTERVAL_MAX}, not {setting:?}")),
+    }
+}
+
+/// How the runtime is tuned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Tuning {
+    /// Whether tokio's LIFO slot is on.
+    pub lifo_slot: bool,
+    /// Task polls between two looks for external events.
+    pub event_interval: u32,
+}
+
+impl Tuning {
+    /// The binary's tuning: the LIFO slot off, the default interval.
+    pub const DEFAULT: Tuning = Tuning { lifo_slot: false, event_interval: EVENT_INTERVAL_DEFAULT };
+
+    /// The tuning [`LIFO_SLOT_VAR`] and [`EVENT_INTERVAL_VAR`] ask for.
+    pub fn from_env() -> anyhow::Result<Tuning> {
+        Ok(Tuning {
+            lifo_slot: lifo_slot(std::env::var(LIFO_SLOT_VAR).ok().as_deref())?,
+            event_interval: event_interval(std::env::var(EVENT_INTERVAL_VAR).ok().as_deref())?,
+        })
+    }
+}
+
+/// Builds the runtime `tuning` describes.
+pub fn build(tuning: Tuning) -> std::io::Result<tokio::runtime::Runtime> {
+    builder(tuning).build()
 }
 
 /// The runtime's settings (tests narrow them to one worker).
-fn builder(lifo_slot: bool) -> tokio::runtime::Builder {
+fn builder(tuning: Tuning) -> tokio::runtime::Builder {
+    assert!((1..=EVENT_INTERVAL_MAX).contains(&tuning.event_interval), "an event interval within its bounds");
     let mut builder = tokio::runtime::Builder::new_multi_thread();
-    builder.enable_all();
+    builder.enable_all().event_interval(tuning.event_interval);
     #[cfg(tokio_unstable)]
-    if !lifo_slot {
+    if !tuning.lifo_slot {
         builder.disable_lifo_slot();
     }
-    #[cfg(not(tokio_unstable))]
-    let _ = lifo_slot;
     builder
 }
 
@@ -72,7 +120,7 @@ mod tests {
     /// The order in which one worker runs two tasks woken (spawned) one after the other by a task
     /// of its own.
     fn order_of_two_woken_tasks(lifo_slot: bool) -> Vec<&'static str> {
-        let runtime = builder(lifo_slot).worker_threads(1).build().unwrap();
+        let runtime = builder(Tuning { lifo_slot, ..Tuning::DEFAULT }).worker_threads(1).build().unwrap();
         let ran = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let log = ran.clone();
         runtime.block_on(async move {
@@ -100,9 +148,76 @@ mod tests {
 
     #[test]
     fn a_built_runtime_runs_tasks() {
-        for slot in [false, true] {
-            let answer = build(slot).unwrap().block_on(async { tokio::spawn(async { 6 * 7 }).await.unwrap() });
+        for lifo_slot in [false, true] {
+            let answer = build(Tuning { lifo_slot, ..Tuning::DEFAULT }).unwrap().block_on(async { tokio::spawn(async { 6 * 7 }).await.unwrap() });
             assert_eq!(answer, 42);
         }
+    }
+
+    #[test]
+    fn the_event_interval_defaults_and_takes_a_count_within_its_bounds() {
+        assert_eq!(event_interval(None).unwrap(), EVENT_INTERVAL_DEFAULT);
+        assert_eq!(event_interval(Some("1")).unwrap(), 1);
+        assert_eq!(event_interval(Some(" 61 ")).unwrap(), 61);
+        assert_eq!(event_interval(Some("255")).unwrap(), EVENT_INTERVAL_MAX);
+        for bad in ["0", "256", "seven", "", "-1"] {
+            let err = event_interval(Some(bad)).unwrap_err().to_string();
+            assert!(err.contains(EVENT_INTERVAL_VAR), "{bad:?}: {err}");
+        }
+    }
+
+    /// How often one worker, kept busy by two tasks waking each other `rounds` times (two polls a
+    /// round, none of them touching the I/O driver), notices a socket that is readable again
+    /// each time it has been read.
+    fn reads_while_busy(event_interval: u32, rounds: usize) -> usize {
+        let runtime = builder(Tuning { event_interval, ..Tuning::DEFAULT }).worker_threads(1).build().unwrap();
+        runtime.block_on(async move {
+            tokio::spawn(async move {
+                let (writer, reader) = tokio::net::UnixStream::pair().unwrap();
+                let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+                let reading = {
+                    let done = done.clone();
+                    tokio::spawn(async move {
+                        let (mut reads, mut buf) = (0, [0u8; 16]);
+                        writer.try_write(b"x").unwrap();
+                        while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                            reader.readable().await.unwrap();
+                            // Drained, so the next look finds it readable only through the driver.
+                            while reader.try_read(&mut buf).is_ok() {}
+                            reads += 1;
+                            writer.try_write(b"x").unwrap();
+                        }
+                        reads
+                    })
+                };
+                let (ping_tx, mut ping_rx) = tokio::sync::mpsc::channel::<()>(1);
+                let (pong_tx, mut pong_rx) = tokio::sync::mpsc::channel::<()>(1);
+                let ponger = tokio::spawn(async move {
+                    while ping_rx.recv().await.is_some() {
+                        pong_tx.send(()).await.unwrap();
+                    }
+                });
+                for _ in 0..rounds {
+                    ping_tx.send(()).await.unwrap();
+                    pong_rx.recv().await.unwrap();
+                }
+                done.store(true, std::sync::atomic::Ordering::Relaxed);
+                drop(ping_tx);
+                ponger.await.unwrap();
+                reading.await.unwrap()
+            })
+            .await
+            .unwrap()
+        })
+    }
+
+    #[test]
+    fn a_busy_worker_looks_for_answers_every_event_interval_polls() {
+        let rounds = 2_000;
+        let (often, seldom) = (reads_while_busy(EVENT_INTERVAL_DEFAULT, rounds), reads_while_busy(61, rounds));
+        // Two polls a round and one more per read: about 2 × rounds / (interval − 1) reads (667
+        // and 67 here).
+        assert!(often > 4 * seldom, "every {EVENT_INTERVAL_DEFAULT} polls: {often} reads; every 61: {seldom}");
+        assert!(often >= rounds / EVENT_INTERVAL_DEFAULT as usize, "{often} reads in {rounds} rounds");
     }
 }
