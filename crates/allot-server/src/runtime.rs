@@ -21,7 +21,8 @@
 //! round trips, each with several answers), and most polls are short, so the binary looks every
 //! [`EVENT_INTERVAL_DEFAULT`] polls. Against 61, in interleaved runs: `debit-uniform` at 16
 //! clients won 10 pairings of 12 and `classify-cooldown` at 64 all 9, `check` at 256 won 4 of 5;
-//! the rest moved within the noise (docs/benchmarks.md, finding 49). Each look costs an
+//! `classify-cooldown-stream` at 64, bounded by CPU with few socket events a call, lost 5 of 7
+//! (−5 %); the rest moved within the noise (docs/benchmarks.md, finding 49). Each look costs an
 //! `epoll_wait`, which is why the interval is not 1.
 //! `ALLOT_TOKIO_EVENT_INTERVAL=N` (1–255) sets another interval, for comparisons.
 
