@@ -327,19 +327,6 @@ fn check_request(account: String) -> pb::CheckRequest {
     pb::CheckRequest { account_id: account, meter: "tokens".into(), amount_credits: 1, ..Default::default() }
 }
 
-/// A bench setting's value (`setting`, from the environment variable `name`): `default` when
-/// absent, else a number within `range`, or an error naming the setting and what it takes.
-fn setting_within<T>(name: &str, setting: Option<&str>, range: std::ops::RangeInclusive<T>, default: T, what: &str) -> anyhow::Result<T>
-where
-    T: std::str::FromStr + PartialOrd + std::fmt::Display,
-{
-    let Some(value) = setting else { return Ok(default) };
-    match value.trim().parse::<T>() {
-        Ok(n) if range.contains(&n) => Ok(n),
-        _ => anyhow::bail!("{name}: {what} from {} to {}, not {value:?}", range.start(), range.end()),
-    }
-}
-
 /// The account call `n` of client `worker` uses in the uniform scenarios.
 fn account_of(worker: usize, n: u64) -> String {
     format!("a{}", (worker as u64 * 7_919 + n * 104_729) % u64::from(ACCOUNTS))

@@ -21,6 +21,7 @@ pub mod clock;
 pub mod config;
 pub mod db;
 pub mod dev;
+pub mod env_setting;
 pub mod error;
 pub mod failpoint;
 #[cfg(feature = "testkit")]

@@ -47,11 +47,7 @@ pub const EVENT_INTERVAL_MAX: u32 = 255;
 
 /// The event interval from [`EVENT_INTERVAL_VAR`]'s value ([`EVENT_INTERVAL_DEFAULT`] when unset).
 pub fn event_interval(setting: Option<&str>) -> anyhow::Result<u32> {
-    let Some(setting) = setting else { return Ok(EVENT_INTERVAL_DEFAULT) };
-    match setting.trim().parse::<u32>() {
-        Ok(polls) if (1..=EVENT_INTERVAL_MAX).contains(&polls) => Ok(polls),
-        _ => Err(anyhow::anyhow!("{EVENT_INTERVAL_VAR}: a number of task polls from 1 to {EVENT_INTERVAL_MAX}, not {setting:?}")),
-    }
+    crate::env_setting::within(EVENT_INTERVAL_VAR, setting, 1..=EVENT_INTERVAL_MAX, EVENT_INTERVAL_DEFAULT, "a number of task polls")
 }
 
 /// How the runtime is tuned.

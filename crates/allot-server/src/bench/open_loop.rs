@@ -64,7 +64,7 @@ pub struct OpenRow {
 
 /// The share of the peak to offer, from [`PERCENT_SETTING`]'s value (absent: the default).
 pub fn percent_of_peak(setting: Option<&str>) -> anyhow::Result<u32> {
-    super::setting_within(PERCENT_SETTING, setting, 1..=100, PERCENT_OF_PEAK_DEFAULT, "a share of the peak in per cent")
+    crate::env_setting::within(PERCENT_SETTING, setting, 1..=100, PERCENT_OF_PEAK_DEFAULT, "a share of the peak in per cent")
 }
 
 /// Calls due `elapsed` into a run offering `rate_per_s`.

@@ -26,7 +26,7 @@ pub const CONNECTIONS_MAX: usize = 64;
 
 /// How many connections to open, from `ALLOT_BENCH_CONNECTIONS` (`None`: the default).
 pub fn connections(setting: Option<&str>) -> anyhow::Result<usize> {
-    super::setting_within("ALLOT_BENCH_CONNECTIONS", setting, 1..=CONNECTIONS_MAX, CONNECTIONS_DEFAULT, "a number of connections")
+    crate::env_setting::within("ALLOT_BENCH_CONNECTIONS", setting, 1..=CONNECTIONS_MAX, CONNECTIONS_DEFAULT, "a number of connections")
 }
 
 /// One HTTP/2 connection to the server; clones share it.
