@@ -18,6 +18,9 @@
 //!   started.
 //! - `bench_refuses_an_open_loop_share_out_of_bounds_before_starting_anything`: the same for
 //!   `ALLOT_BENCH_OPEN_LOOP_PERCENT`.
+//! - `bench_runs_every_scenario_with_every_call_answered`: a one-second `allot bench` of every
+//!   scenario, unary and streamed, through the load generator's own HTTP/2 client
+//!   (`bench/transport.rs`): every row and the open-loop rows report calls and no error.
 //!
 //! The throwaway PostgreSQL comes from `allot_server::testkit`. Every child is wrapped in
 //! [`Child`], which kills it by its own PID if a test fails midway; its stdout and stderr go to
@@ -519,4 +522,49 @@ async fn bench_refuses_a_connection_count_out_of_bounds_before_starting_anything
 #[tokio::test]
 async fn bench_refuses_an_open_loop_share_out_of_bounds_before_starting_anything() {
     assert_bench_refuses("bench-open-loop", "ALLOT_BENCH_OPEN_LOOP_PERCENT", &["0", "101", "half"], "from 1 to 100").await;
+}
+
+/// Longest a one-second-per-row `allot bench` of every scenario may take (local stack, 10,000
+/// accounts warmed up, 11 rows and 2 open-loop rows).
+const BENCH_TIMEOUT: Duration = Duration::from_secs(240);
+
+#[tokio::test]
+async fn bench_runs_every_scenario_with_every_call_answered() {
+    let mut child = Child::spawn("bench-all", &["bench", "--seconds", "1", "--clients", "3", "--baseline", "/nonexistent"], &[]);
+    let status = child.wait_for_exit(BENCH_TIMEOUT).await;
+    assert!(status.success(), "the bench must finish; {}", child.logs());
+    let report = child.stdout();
+    let scenarios = [
+        "check",
+        "debit-uniform",
+        "debit-subsidised",
+        "debit-rated",
+        "debit-hot",
+        "reserve-commit",
+        "classify-cooldown",
+        "check-stream",
+        "debit-uniform-stream",
+        "debit-hot-stream",
+        "classify-cooldown-stream",
+    ];
+    for scenario in scenarios {
+        // | scenario | clients | Allot ops/s | p50 | p95 | p99 | errors | …
+        let row = report
+            .lines()
+            .find(|line| line.starts_with(&format!("| {scenario} | 3 |")))
+            .unwrap_or_else(|| panic!("no row for {scenario} in:\n{report}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let ops_per_s: f64 = cells[3].parse().unwrap_or_else(|e| panic!("{row}: {e}"));
+        assert!(ops_per_s > 0.0, "{scenario} answered no call: {row}");
+        assert_eq!(cells[7], "0", "{scenario} had errors: {row}");
+    }
+    // The open-loop rows: | scenario | peak (clients) | offered | answered | p50 | p95 | p99 | errors | …
+    for scenario in ["check", "check-stream"] {
+        let row = report
+            .lines()
+            .find(|line| line.starts_with(&format!("| {scenario} | ")) && line.contains("(3)"))
+            .unwrap_or_else(|| panic!("no open-loop row for {scenario} in:\n{report}"));
+        let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        assert_eq!(cells[8], "0", "{scenario} had errors offered at a fixed rate: {row}");
+    }
 }
