@@ -17,7 +17,9 @@
 //!   `ALLOT_BENCH_CONNECTIONS` fails `allot bench` naming the setting, before any PostgreSQL is
 //!   started.
 //! - `bench_refuses_an_open_loop_share_out_of_bounds_before_starting_anything`: the same for
-//!   `ALLOT_BENCH_OPEN_LOOP_PERCENT`.
+//!   `ALLOT_BENCH_OPEN_LOOP_PERCENT`, and
+//!   `bench_refuses_a_statement_count_out_of_bounds_before_starting_anything` for
+//!   `ALLOT_BENCH_STATEMENTS`.
 //! - `bench_runs_every_scenario_with_every_call_answered`: a one-second `allot bench` of every
 //!   scenario, unary and streamed, through the load generator's own HTTP/2 client
 //!   (`bench/transport.rs`): every row and the open-loop rows report calls and no error.
@@ -522,6 +524,11 @@ async fn bench_refuses_a_connection_count_out_of_bounds_before_starting_anything
 #[tokio::test]
 async fn bench_refuses_an_open_loop_share_out_of_bounds_before_starting_anything() {
     assert_bench_refuses("bench-open-loop", "ALLOT_BENCH_OPEN_LOOP_PERCENT", &["0", "101", "half"], "from 1 to 100").await;
+}
+
+#[tokio::test]
+async fn bench_refuses_a_statement_count_out_of_bounds_before_starting_anything() {
+    assert_bench_refuses("bench-statements", "ALLOT_BENCH_STATEMENTS", &["101", "ten", "-1"], "from 0 to 100").await;
 }
 
 /// Longest a one-second-per-row `allot bench` of every scenario may take (local stack, 10,000

@@ -114,6 +114,7 @@ pub async fn run(options: Options) -> anyhow::Result<String> {
     // Settings are checked before anything is started.
     let connections = transport::connections(std::env::var("ALLOT_BENCH_CONNECTIONS").ok().as_deref())?;
     let open_loop_percent = open_loop::percent_of_peak(std::env::var(open_loop::PERCENT_SETTING).ok().as_deref())?;
+    let top_statements = statements::wanted(std::env::var(statements::SETTING).ok().as_deref())?;
     let root = tempfile::Builder::new().prefix("allot-bench-").tempdir()?;
     let stack_root = root.path().to_owned();
     // Room for the baseline's clients, then extra PostgreSQL settings for a diagnosis
@@ -125,7 +126,7 @@ pub async fn run(options: Options) -> anyhow::Result<String> {
             .split(',')
             .filter_map(|pair| pair.split_once('=').map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))),
     );
-    if statements::wanted() > 0 {
+    if top_statements > 0 {
         let (name, value) = statements::PRELOAD;
         match settings.iter_mut().find(|(k, _)| k == name) {
             Some((_, v)) => *v = format!("{v},{value}"),
@@ -139,7 +140,7 @@ pub async fn run(options: Options) -> anyhow::Result<String> {
         Ok((LocalPostgres::start_with(&stack_root, &settings)?, LocalRedis::start(&stack_root)?))
     })
     .await??;
-    let result = measure(&options, connections, open_loop_percent, &postgres, &redis).await;
+    let result = measure(&options, connections, open_loop_percent, top_statements, &postgres, &redis).await;
     postgres.stop();
     redis.stop();
     let report = result?;
@@ -153,6 +154,7 @@ async fn measure(
     options: &Options,
     connections: usize,
     open_loop_percent: u32,
+    top_statements: usize,
     postgres: &LocalPostgres,
     redis: &LocalRedis,
 ) -> anyhow::Result<String> {
@@ -195,7 +197,6 @@ async fn measure(
     let warmed = Instant::now();
     warm_up(&clients, &postgres.dsn("allot")).await?;
     eprintln!("bench: every account used once and the tables analysed in {:.1} s", warmed.elapsed().as_secs_f64());
-    let top_statements = statements::wanted();
     if top_statements > 0 {
         statements::prepare(&postgres.dsn("allot")).await?;
     }

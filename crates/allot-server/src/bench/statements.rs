@@ -9,9 +9,15 @@ pub const PRELOAD: (&str, &str) = ("shared_preload_libraries", "pg_stat_statemen
 /// Planning time is counted too: a statement re-planned on every call shows it here.
 pub const TRACK_PLANNING: (&str, &str) = ("pg_stat_statements.track_planning", "on");
 
-/// How many statements to print, from `ALLOT_BENCH_STATEMENTS` (absent or 0: none).
-pub fn wanted() -> usize {
-    std::env::var("ALLOT_BENCH_STATEMENTS").ok().and_then(|v| v.parse().ok()).unwrap_or(0)
+/// The setting naming how many statements to print.
+pub const SETTING: &str = "ALLOT_BENCH_STATEMENTS";
+/// Most statements a report lists.
+pub const WANTED_MAX: usize = 100;
+
+/// How many statements to print, from `ALLOT_BENCH_STATEMENTS` (`None` or 0: none); a value that
+/// is not a count up to [`WANTED_MAX`] is refused, naming the setting, rather than read as none.
+pub fn wanted(setting: Option<&str>) -> anyhow::Result<usize> {
+    crate::env_setting::within(SETTING, setting, 0..=WANTED_MAX, 0, "a number of statements")
 }
 
 /// Creates the extension in `dsn`'s database and resets its counters.
@@ -49,4 +55,25 @@ pub async fn report(dsn: &str, limit: usize, ops: f64) -> anyhow::Result<String>
     }
     client.batch_execute("SELECT pg_stat_statements_reset()").await?;
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wanted_defaults_to_none_and_takes_a_count_within_the_limit() {
+        assert_eq!(wanted(None).unwrap(), 0);
+        assert_eq!(wanted(Some("0")).unwrap(), 0);
+        assert_eq!(wanted(Some(" 10 ")).unwrap(), 10);
+        assert_eq!(wanted(Some("100")).unwrap(), WANTED_MAX);
+    }
+
+    #[test]
+    fn wanted_refuses_what_is_not_a_count_within_the_limit_naming_the_setting() {
+        for bad in ["101", "ten", "", "-1", "1.5"] {
+            let err = wanted(Some(bad)).unwrap_err().to_string();
+            assert!(err.contains(SETTING) && err.contains("from 0 to 100"), "{bad:?}: {err}");
+        }
+    }
 }
