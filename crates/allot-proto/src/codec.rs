@@ -48,7 +48,7 @@ impl<E: tonic::codec::Encoder<Error = Status>> tonic::codec::Encoder for Encoder
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        self.0.buffer_settings()
+        buffer_settings()
     }
 }
 
@@ -65,8 +65,19 @@ impl<D: tonic::codec::Decoder<Error = Status>> tonic::codec::Decoder for Decoder
     }
 
     fn buffer_settings(&self) -> BufferSettings {
-        self.0.buffer_settings()
+        buffer_settings()
     }
+}
+
+/// A message buffer's first allocation: Allot's messages are a few hundred bytes, and tonic's 8 KiB
+/// default was allocated for every call and held for every open stream, on each side of the call.
+/// A larger message grows its buffer as it needs.
+pub const BUFFER_BYTES: usize = 1024;
+/// Encoded messages of a stream gathered into one HTTP/2 DATA frame at most (tonic's default).
+pub const YIELD_THRESHOLD_BYTES: usize = 32 * 1024;
+
+fn buffer_settings() -> BufferSettings {
+    BufferSettings::new(BUFFER_BYTES, YIELD_THRESHOLD_BYTES)
 }
 
 /// INVALID_ARGUMENT for bytes that are not the expected message.

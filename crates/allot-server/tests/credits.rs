@@ -211,3 +211,28 @@ impl RecordOk for allot_server::testkit::Entitlements {
         self.debit(req).await.expect("record").into_inner()
     }
 }
+
+#[tokio::test]
+async fn messages_larger_than_the_codec_buffer_travel_whole_both_ways() {
+    use prost::Message as _;
+    let server = TestServer::start().await;
+    let (mut entitlements, mut admin) = server.clients().await;
+    free_plan(&mut admin, "tokens", Some(1_000), 0, 0).await;
+    for i in 0..40 {
+        assert!(allowed(debit(&mut entitlements, "acct", "tokens", 1, &format!("large-{i}")).await.decision));
+    }
+    // An answer many times the codec's first buffer: encoded by the server, decoded by the client.
+    let ledger = admin
+        .list_ledger_entries(pb::ListLedgerEntriesRequest { account_id: "acct".into(), page_size: 40, ..Default::default() })
+        .await
+        .expect("ledger")
+        .into_inner();
+    assert_eq!(ledger.entries.len(), 40);
+    assert!(ledger.encoded_len() > 4 * allot_proto::codec::BUFFER_BYTES, "the answer is {} bytes", ledger.encoded_len());
+    // A request larger than the buffer is decoded whole, then judged on its fields.
+    let long_account = "a".repeat(8 * allot_proto::codec::BUFFER_BYTES);
+    let err =
+        entitlements.check(pb::CheckRequest { account_id: long_account, meter: "tokens".into(), ..Default::default() }).await.expect_err("too long");
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err:?}");
+    assert!(err.message().contains("account_id"), "{err:?}");
+}
