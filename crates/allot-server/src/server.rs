@@ -98,6 +98,9 @@ pub fn redis_config(url: &str, cluster: bool) -> Result<fred::prelude::Config, f
     }
 }
 
+/// The oldest Redis major version whose `SET` takes `NX` and `GET` together.
+const REDIS_MAJOR_MIN: u64 = 7;
+
 /// Connects Redis in the background. Start-up does not wait for it: until it answers, rate caps
 /// follow their failure policy (money never depends on Redis). Connection errors are counted.
 async fn connect_redis(url: &str, cluster: bool) -> anyhow::Result<fred::prelude::Client> {
@@ -117,7 +120,14 @@ async fn connect_redis(url: &str, cluster: bool) -> anyhow::Result<fred::prelude
     });
     let _connection = client.connect();
     match tokio::time::timeout(Duration::from_secs(2), client.wait_for_connect()).await {
-        Ok(Ok(())) => tracing::info!("redis connected"),
+        Ok(Ok(())) => match client.server_version() {
+            // The classifier's cooldown lock is one `SET … NX GET` (service/classification.rs).
+            Some(version) if version.major < REDIS_MAJOR_MIN => tracing::warn!(
+                redis.version = %version,
+                "redis is older than {REDIS_MAJOR_MIN}.0: classifier requests will answer COOLDOWN (SET with NX and GET is refused)"
+            ),
+            version => tracing::info!(redis.version = ?version.map(|v| v.to_string()), "redis connected"),
+        },
         Ok(Err(err)) => tracing::warn!(error = %err, "redis unreachable, rate caps follow their failure policy"),
         Err(_) => tracing::warn!("redis not connected after 2 s, rate caps follow their failure policy"),
     }

@@ -246,6 +246,11 @@ async fn a_free_account_out_of_credit_escalates_without_a_classifier_run() {
     assert_eq!(again.verdict, verdict(pb::ClassificationVerdict::Cooldown));
     let ends = again.cooldown_ends_at.expect("end").seconds - allot_server::clock::Clock::now(&*server.clock).unix_timestamp();
     assert!((3_500..=3_600).contains(&ends), "the cooldown was shortened to 1 h, got {ends} s");
+    // Redis holds the lock as long as its value says: the owner shortened both at once.
+    let (ttl_ms, value) = cooldown_lock(&server, "poor").await;
+    assert!((3_500_000..=3_600_000).contains(&ttl_ms), "the lock's TTL is 1 h, got {ttl_ms} ms");
+    let (_, ends_ms) = value.rsplit_once('@').expect("the value names its end");
+    assert_eq!(ends_ms.parse::<i64>().expect("ms") / 1_000, again.cooldown_ends_at.expect("end").seconds, "{value}");
     let escalation = fair.get_escalation(pb::GetEscalationRequest { account_id: "poor".into() }).await.expect("escalation").into_inner();
     assert!(escalation.history[0].synthetic && escalation.history[0].score == 1.0);
 
@@ -452,4 +457,16 @@ async fn a_stage_two_transactions_see_move_at_once_is_stored_once_with_one_event
     assert_eq!(moves, vec![("none".to_owned(), "warning".to_owned()), ("warning".to_owned(), "none".to_owned())]);
     let stored: String = db.query_one("SELECT stage FROM escalation_state WHERE account_id = 'acct'", &[]).await.expect("stage").get(0);
     assert_eq!(stored, "none");
+}
+
+/// The remaining TTL (ms) and the value of `account`'s cooldown lock, read from Redis itself.
+async fn cooldown_lock(server: &TestServer, account: &str) -> (i64, String) {
+    use fred::prelude::*;
+    let redis = Builder::from_config(Config::from_url(&allot_server::testkit::stack().redis.url()).expect("url")).build().expect("client");
+    redis.init().await.expect("connect redis");
+    let key = format!("allot:cooldown:{{{}}}:{account}", server.tenant.tenant);
+    let ttl_ms: i64 = redis.pttl(&key).await.expect("pttl");
+    let value: String = redis.get(&key).await.expect("get");
+    redis.quit().await.expect("quit");
+    (ttl_ms, value)
 }

@@ -1,8 +1,8 @@
 //! The misuse classifier's runs and the fair-use controls.
 //!
-//! `request` takes a Redis cooldown lock (`SET key token NX PX ttl`) before anything else: while
-//! the lock is held the answer is COOLDOWN at the cost of one Redis round trip and no database
-//! read. If Redis cannot answer, the answer is COOLDOWN too (fail closed: never a stampede of
+//! `request` takes a Redis cooldown lock (`SET key token@ends NX PX ttl GET`) before anything
+//! else: while the lock is held the answer is COOLDOWN, with the end the holder wrote into the
+//! lock's value, at the cost of one Redis command and no database read. If Redis cannot answer, the answer is COOLDOWN too (fail closed: never a stampede of
 //! expensive runs). With the lock taken, a free-plan account whose credit is exhausted gets a
 //! synthetic score of 1.0 and a shorter cooldown instead of a run (derived from Allot's own
 //! ledger; if that look-up fails the account is treated as not exhausted). Otherwise the caller
@@ -28,12 +28,34 @@ use crate::repo::audit::{Audit, Subject};
 use crate::repo::fair_use::{ClassificationRow, Settings};
 use crate::repo::{self, Tx};
 
-/// Sets a key's TTL only while `token` still owns it.
-const EXTEND_IF_OWNER: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end";
-/// Deletes a key only while `token` still owns it.
+/// Gives a lock a new TTL (`ARGV[2]` ms) and value (`ARGV[3]`, naming the new end) only while
+/// its value is still its owner's (`ARGV[1]`).
+const EXTEND_IF_OWNER: &str =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('SET', KEYS[1], ARGV[3], 'PX', ARGV[2]) return 1 else return 0 end";
+/// Deletes a lock only while its value is still its owner's (`ARGV[1]`).
 const RELEASE_IF_OWNER: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) else return 0 end";
 /// Most classifications listed in an account's history.
 pub const HISTORY_MAX: i64 = 50;
+
+/// A cooldown lock this request took: its key, its owner's token and the value it was taken with.
+struct Lock<'a> {
+    key: &'a str,
+    token: &'a Uuid,
+    value: &'a str,
+}
+
+/// A cooldown lock's value: its owner's token and the end of the cooldown in Unix milliseconds,
+/// so that a request finding the lock held learns when it ends from the same answer.
+fn lock_value(token: &Uuid, ends_at: OffsetDateTime) -> String {
+    format!("{token}@{}", ends_at.unix_timestamp_nanos() / 1_000_000)
+}
+
+/// The end a held lock's value names; `None` for a value that names none.
+fn lock_ends_at(value: &str) -> Option<OffsetDateTime> {
+    let (_, ms) = value.rsplit_once('@')?;
+    let ms: i64 = ms.parse().ok()?;
+    OffsetDateTime::from_unix_timestamp_nanos(i128::from(ms) * 1_000_000).ok()
+}
 
 /// What to tell the caller about a classifier run.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,33 +109,19 @@ impl Classifier {
         }
     }
 
-    /// Takes the cooldown lock; `Err(ends_at)` when it is held (or Redis cannot answer).
-    async fn take_lock(&self, key: &str, token: &str, now: OffsetDateTime) -> Result<(), Option<OffsetDateTime>> {
+    /// Takes the cooldown lock with `value`; `Err(ends_at)` when it is held (or Redis cannot answer).
+    async fn take_lock(&self, key: &str, value: &str, now: OffsetDateTime) -> Result<(), Option<OffsetDateTime>> {
         let Some(redis) = &self.redis else {
             tracing::warn!("no redis configured, classifier requests answer cooldown");
             return Err(None);
         };
-        // `SET NX` and the lock's remaining time in one round trip (a pipeline): a held lock's
-        // answer needs both, a taken one ignores the second. The decision rests on `SET` alone;
-        // the remaining time is best effort (without it the answer has no end).
-        let pipeline = redis.pipeline();
-        let both = async {
-            let () = pipeline.set(key, token, Some(Expiration::PX(self.default_cooldown_ms)), Some(SetOptions::NX), false).await?;
-            let () = pipeline.pttl(key).await?;
-            Ok(pipeline.try_all::<Value>().await)
-        };
-        let (set, ttl_ms) = match self.redis(both).await {
-            Ok(mut answers) if answers.len() == 2 => {
-                let ttl_ms = answers.pop().and_then(Result::ok).and_then(|v| v.convert::<i64>().ok());
-                let set = answers.pop().expect("two answers").and_then(Value::convert::<Option<String>>).map_err(|e| e.to_string());
-                (set, ttl_ms)
-            }
-            Ok(answers) => (Err(format!("{} answers to a pipeline of two commands", answers.len())), None),
-            Err(err) => (Err(err), None),
-        };
-        match set {
-            Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(ttl_ms.filter(|ms| *ms > 0).map(|ms| now + time::Duration::milliseconds(ms))),
+        // One command (Redis 7.0 or later): `SET NX` takes a free lock and answers nil; a held
+        // lock is left alone and its value answered, which names when it ends (best effort: a
+        // value without an end, or an end already past on this clock, gives an answer with none).
+        let set = redis.set::<Option<String>, _, _>(key, value, Some(Expiration::PX(self.default_cooldown_ms)), Some(SetOptions::NX), true);
+        match self.redis(set).await {
+            Ok(None) => Ok(()),
+            Ok(Some(held)) => Err(lock_ends_at(&held).filter(|ends_at| *ends_at > now)),
             Err(err) => {
                 crate::telemetry::count_cooldown_store_failure();
                 tracing::warn!(error = %err, "cooldown store unavailable, failing closed");
@@ -122,10 +130,11 @@ impl Classifier {
         }
     }
 
-    async fn owned(&self, script: &str, key: &str, token: &str, ttl_ms: i64) {
+    /// Runs `script` on the lock `key` with `args` (the owner's value first).
+    async fn owned(&self, script: &str, key: &str, args: Vec<String>) {
         if let Some(redis) = &self.redis {
             let script = Script::from_lua(script);
-            let call = script.evalsha_with_reload::<i64, _, _>(redis, vec![key.to_owned()], vec![token.to_owned(), ttl_ms.to_string()]);
+            let call = script.evalsha_with_reload::<i64, _, _>(redis, vec![key.to_owned()], args);
             if let Err(err) = self.redis(call).await {
                 tracing::warn!(error = %err, "cooldown lock update failed");
             }
@@ -136,8 +145,9 @@ impl Classifier {
     pub async fn request(&self, tenant: TenantId, account: &AccountId) -> Result<RequestOutcome, Error> {
         let now = self.ctx.clock.now();
         let key = Self::key(tenant, account);
-        let token = Uuid::new_v4().to_string();
-        if let Err(ends_at) = self.take_lock(&key, &token, now).await {
+        let token = Uuid::new_v4();
+        let value = lock_value(&token, now + time::Duration::milliseconds(self.default_cooldown_ms));
+        if let Err(ends_at) = self.take_lock(&key, &value, now).await {
             return Ok(RequestOutcome {
                 verdict: Verdict::Cooldown { ends_at },
                 stage: Stage::None,
@@ -145,12 +155,13 @@ impl Classifier {
             });
         }
         let exhausted = self.free_and_exhausted(tenant, account, now).await;
-        match self.decide_run(tenant, account, exhausted, &key, &token, now).await {
+        let lock = Lock { key: &key, token: &token, value: &value };
+        match self.decide_run(tenant, account, exhausted, &lock, now).await {
             Ok(outcome) => Ok(outcome),
             Err(err) => {
                 // Nothing was recorded: free the lock so the account is not left in a cooldown
                 // without a run.
-                self.owned(RELEASE_IF_OWNER, &key, &token, 0).await;
+                self.owned(RELEASE_IF_OWNER, &key, vec![value]).await;
                 Err(err)
             }
         }
@@ -161,8 +172,7 @@ impl Classifier {
         tenant: TenantId,
         account: &AccountId,
         exhausted: bool,
-        key: &str,
-        token: &str,
+        lock: &Lock<'_>,
         now: OffsetDateTime,
     ) -> Result<RequestOutcome, Error> {
         let mut client = self.ctx.db().await?;
@@ -170,7 +180,7 @@ impl Classifier {
         let mut standing = Standing::load(&tx, tenant, account, now).await?;
         if !standing.enforced() {
             tx.commit().await?;
-            self.owned(RELEASE_IF_OWNER, key, token, 0).await;
+            self.owned(RELEASE_IF_OWNER, lock.key, vec![lock.value.to_owned()]).await;
             return Ok(RequestOutcome {
                 verdict: Verdict::NotNeeded,
                 stage: Stage::None,
@@ -193,7 +203,8 @@ impl Classifier {
         tx.commit().await?;
         let ttl_ms = if exhausted { settings.exhausted_cooldown_ms } else { settings.cooldown_ms };
         if ttl_ms != self.default_cooldown_ms {
-            self.owned(EXTEND_IF_OWNER, key, token, ttl_ms).await;
+            let extended = lock_value(lock.token, self.ctx.clock.now() + time::Duration::milliseconds(ttl_ms));
+            self.owned(EXTEND_IF_OWNER, lock.key, vec![lock.value.to_owned(), ttl_ms.to_string(), extended]).await;
         }
         Ok(outcome)
     }
@@ -389,4 +400,25 @@ async fn record(
     let payload = serde_json::json!({ "score_milli": score_milli, "labels": labels, "synthetic": synthetic, "violation": violation });
     repo::outbox::append(tx, tenant, "classification_recorded", account, payload, now).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lock_value_names_its_owner_and_its_end_to_the_millisecond() {
+        let token = Uuid::new_v4();
+        let ends_at = OffsetDateTime::from_unix_timestamp_nanos(1_795_000_000_123_456_789).expect("time");
+        let value = lock_value(&token, ends_at);
+        assert_eq!(value, format!("{token}@1795000000123"));
+        assert_eq!(lock_ends_at(&value), Some(OffsetDateTime::from_unix_timestamp_nanos(1_795_000_000_123_000_000).expect("time")));
+    }
+
+    #[test]
+    fn a_lock_value_without_an_end_names_none() {
+        for value in [Uuid::new_v4().to_string(), "x@".into(), "x@soon".into(), "x@99999999999999999999".into(), String::new()] {
+            assert_eq!(lock_ends_at(&value), None, "{value:?}");
+        }
+    }
 }
