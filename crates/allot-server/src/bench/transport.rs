@@ -116,10 +116,8 @@ impl Pipe {
                 Ok(Ok(data)) => self.out.send_data(data, self.body.is_end_stream()),
                 Ok(Err(frame)) => match frame.into_trailers() {
                     Ok(trailers) => {
-                        return {
-                            let _ = self.out.send_trailers(trailers);
-                            true
-                        }
+                        let _ = self.out.send_trailers(trailers);
+                        return true;
                     }
                     Err(_) => Ok(()),
                 },

@@ -2,11 +2,12 @@
 //!
 //! `request` takes a Redis cooldown lock (`SET key token@ends NX PX ttl GET`) before anything
 //! else: while the lock is held the answer is COOLDOWN, with the end the holder wrote into the
-//! lock's value, at the cost of one Redis command and no database read. If Redis cannot answer, the answer is COOLDOWN too (fail closed: never a stampede of
-//! expensive runs). With the lock taken, a free-plan account whose credit is exhausted gets a
-//! synthetic score of 1.0 and a shorter cooldown instead of a run (derived from Allot's own
-//! ledger; if that look-up fails the account is treated as not exhausted). Otherwise the caller
-//! gets a single-use ticket bound to the account. Nothing privilege-bearing comes from the payload.
+//! lock's value, at the cost of one Redis command and no database read. If Redis cannot answer,
+//! the answer is COOLDOWN too (fail closed: never a stampede of expensive runs). With the lock
+//! taken, a free-plan account whose credit is exhausted gets a synthetic score of 1.0 and a
+//! shorter cooldown instead of a run (derived from Allot's own ledger; if that look-up fails the
+//! account is treated as not exhausted). Otherwise the caller gets a single-use ticket bound to
+//! the account. Nothing privilege-bearing comes from the payload.
 
 use std::time::Duration;
 
