@@ -110,8 +110,8 @@ impl Classifier {
         }
     }
 
-    /// Takes the cooldown lock with `value`; `Err(ends_at)` when it is held (or Redis cannot answer).
-    async fn take_lock(&self, key: &str, value: &str, now: OffsetDateTime) -> Result<(), Option<OffsetDateTime>> {
+    /// Takes the cooldown lock; `Err(ends_at)` when it is held (or Redis cannot answer).
+    async fn take_lock(&self, lock: &Lock<'_>, now: OffsetDateTime) -> Result<(), Option<OffsetDateTime>> {
         let Some(redis) = &self.redis else {
             tracing::warn!("no redis configured, classifier requests answer cooldown");
             return Err(None);
@@ -119,7 +119,7 @@ impl Classifier {
         // One command (Redis 7.0 or later): `SET NX` takes a free lock and answers nil; a held
         // lock is left alone and its value answered, which names when it ends (best effort: a
         // value without an end, or an end already past on this clock, gives an answer with none).
-        let set = redis.set::<Option<String>, _, _>(key, value, Some(Expiration::PX(self.default_cooldown_ms)), Some(SetOptions::NX), true);
+        let set = redis.set::<Option<String>, _, _>(lock.key, lock.value, Some(Expiration::PX(self.default_cooldown_ms)), Some(SetOptions::NX), true);
         match self.redis(set).await {
             Ok(None) => Ok(()),
             Ok(Some(held)) => Err(lock_ends_at(&held).filter(|ends_at| *ends_at > now)),
@@ -129,6 +129,18 @@ impl Classifier {
                 Err(None)
             }
         }
+    }
+
+    /// Frees `lock` while its value is still this request's.
+    async fn release(&self, lock: &Lock<'_>) {
+        self.owned(RELEASE_IF_OWNER, lock.key, vec![lock.value.to_owned()]).await;
+    }
+
+    /// Gives `lock` `ttl_ms` from now, its value naming the new end, while its value is still this
+    /// request's.
+    async fn extend(&self, lock: &Lock<'_>, ttl_ms: i64) {
+        let extended = lock_value(lock.token, self.ctx.clock.now() + time::Duration::milliseconds(ttl_ms));
+        self.owned(EXTEND_IF_OWNER, lock.key, vec![lock.value.to_owned(), ttl_ms.to_string(), extended]).await;
     }
 
     /// Runs `script` on the lock `key` with `args` (the owner's value first).
@@ -148,7 +160,8 @@ impl Classifier {
         let key = Self::key(tenant, account);
         let token = Uuid::new_v4();
         let value = lock_value(&token, now + time::Duration::milliseconds(self.default_cooldown_ms));
-        if let Err(ends_at) = self.take_lock(&key, &value, now).await {
+        let lock = Lock { key: &key, token: &token, value: &value };
+        if let Err(ends_at) = self.take_lock(&lock, now).await {
             return Ok(RequestOutcome {
                 verdict: Verdict::Cooldown { ends_at },
                 stage: Stage::None,
@@ -156,13 +169,12 @@ impl Classifier {
             });
         }
         let exhausted = self.free_and_exhausted(tenant, account, now).await;
-        let lock = Lock { key: &key, token: &token, value: &value };
         match self.decide_run(tenant, account, exhausted, &lock, now).await {
             Ok(outcome) => Ok(outcome),
             Err(err) => {
                 // Nothing was recorded: free the lock so the account is not left in a cooldown
                 // without a run.
-                self.owned(RELEASE_IF_OWNER, &key, vec![value]).await;
+                self.release(&lock).await;
                 Err(err)
             }
         }
@@ -181,7 +193,7 @@ impl Classifier {
         let mut standing = Standing::load(&tx, tenant, account, now).await?;
         if !standing.enforced() {
             tx.commit().await?;
-            self.owned(RELEASE_IF_OWNER, lock.key, vec![lock.value.to_owned()]).await;
+            self.release(lock).await;
             return Ok(RequestOutcome {
                 verdict: Verdict::NotNeeded,
                 stage: Stage::None,
@@ -204,8 +216,7 @@ impl Classifier {
         tx.commit().await?;
         let ttl_ms = if exhausted { settings.exhausted_cooldown_ms } else { settings.cooldown_ms };
         if ttl_ms != self.default_cooldown_ms {
-            let extended = lock_value(lock.token, self.ctx.clock.now() + time::Duration::milliseconds(ttl_ms));
-            self.owned(EXTEND_IF_OWNER, lock.key, vec![lock.value.to_owned(), ttl_ms.to_string(), extended]).await;
+            self.extend(lock, ttl_ms).await;
         }
         Ok(outcome)
     }
