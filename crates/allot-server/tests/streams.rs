@@ -3,7 +3,8 @@
 //! idempotency and errors (as `google.rpc.Status` with the same details), with the stream going
 //! on after an error. Every request is authenticated and authorised again, so a key revoked
 //! mid-stream stops working; many requests in flight lose none; a draining server answers what is
-//! in flight and ends the stream with UNAVAILABLE.
+//! in flight and ends the stream with UNAVAILABLE; a debit in flight when its client abandons the
+//! stream still commits.
 
 mod common;
 
@@ -327,14 +328,23 @@ async fn a_draining_server_answers_what_it_read_and_ends_streams_with_unavailabl
     drop(stream);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_streamed_debit_past_its_deadline_is_answered_deadline_exceeded_and_still_commits() {
-    let server = TestServer::start_with(time::OffsetDateTime::now_utc(), |c| {
-        c.request_timeout_ms = 300;
-        c.db_lock_timeout_ms = 10_000;
-    })
-    .await;
+/// Clients of a tenant whose account `acct` has debited once under [`two_meter_free_plan`].
+async fn two_meter_account(server: &TestServer) -> allot_server::testkit::Entitlements {
     let (mut entitlements, mut admin) = server.clients().await;
+    two_meter_free_plan(&mut admin).await;
+    assert!(allowed(entitlements.debit(two_meter_debit("opening")).await.expect("debit").into_inner().decision));
+    entitlements
+}
+
+/// Locks `acct`'s `tokens` row in a transaction of `blocker` until the transaction ends.
+async fn hold_tokens_row(blocker: &mut deadpool_postgres::Client) -> deadpool_postgres::Transaction<'_> {
+    let lock = blocker.transaction().await.expect("begin");
+    lock.execute("SELECT 1 FROM meter_balances WHERE account_id = 'acct' AND meter = 'tokens' FOR UPDATE", &[]).await.expect("lock");
+    lock
+}
+
+/// A free plan of two meters, `tokens` and `calls`, 1,000 credits each.
+async fn two_meter_free_plan(admin: &mut allot_server::testkit::Admin) {
     let meter = |name: &str| pb::MeterAllowance { meter: name.into(), allowance_credits: Some(1_000), ..Default::default() };
     let plan = pb::Plan {
         plan_id: "free".into(),
@@ -345,8 +355,12 @@ async fn a_streamed_debit_past_its_deadline_is_answered_deadline_exceeded_and_st
         ..Default::default()
     };
     admin.upsert_plan(pb::UpsertPlanRequest { plan: Some(plan) }).await.expect("plan");
-    // Two meters at once: decided alone, on the request's own task (not by a group-commit lane).
-    let usage = |key: &str| pb::DebitRequest {
+}
+
+/// A debit of `acct` on two meters at once: decided alone, on the request's own task (not by a
+/// group-commit lane).
+fn two_meter_debit(key: &str) -> pb::DebitRequest {
+    pb::DebitRequest {
         account_id: "acct".into(),
         usage: vec![
             pb::MeterAmount { meter: "tokens".into(), amount_credits: 5, ..Default::default() },
@@ -354,13 +368,41 @@ async fn a_streamed_debit_past_its_deadline_is_answered_deadline_exceeded_and_st
         ],
         idempotency_key: key.into(),
         ..Default::default()
-    };
-    assert!(allowed(entitlements.debit(usage("opening")).await.expect("debit").into_inner().decision));
+    }
+}
+
+/// Waits until the two-meter debit `key` has committed (an entry per meter), then checks that a
+/// unary retry of it replays rather than charging again.
+async fn committed_once(db: &tokio_postgres::Client, entitlements: &mut allot_server::testkit::Entitlements, key: &str) {
+    let count = "SELECT COUNT(*) FROM ledger_entries WHERE idempotency_key = $1";
+    let mut charged = 0;
+    for _ in 0..200 {
+        charged = db.query_one(count, &[&key]).await.expect("count").get::<_, i64>(0);
+        if charged > 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(charged, 2, "the debit {key} committed once its lock was gone (an entry per meter)");
+    let retry = entitlements.debit(two_meter_debit(key)).await.expect("retry").into_inner();
+    assert!(allowed(retry.decision));
+    let total: i64 = db.query_one(count, &[&key]).await.expect("count").get(0);
+    assert_eq!(total, 2, "the retry of {key} replays, it does not charge again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_debit_past_its_deadline_is_answered_deadline_exceeded_and_still_commits() {
+    let server = TestServer::start_with(time::OffsetDateTime::now_utc(), |c| {
+        c.request_timeout_ms = 300;
+        c.db_lock_timeout_ms = 10_000;
+    })
+    .await;
+    let mut entitlements = two_meter_account(&server).await;
+    let usage = two_meter_debit;
 
     // The test holds the account's balance row, so its next debit waits past the deadline.
     let mut blocker = server.sql().await;
-    let lock = blocker.transaction().await.expect("begin");
-    lock.execute("SELECT 1 FROM meter_balances WHERE account_id = 'acct' AND meter = 'tokens' FOR UPDATE", &[]).await.expect("lock");
+    let lock = hold_tokens_row(&mut blocker).await;
     let mut stream = debit_stream(&server, &server.tenant.api_key).await.expect("open");
     stream.send(pb::DebitStreamRequest { sequence: 1, debit: Some(usage("slow")) }).await;
     let answer = stream.next().await.expect("answer").expect("open");
@@ -370,20 +412,39 @@ async fn a_streamed_debit_past_its_deadline_is_answered_deadline_exceeded_and_st
     // The debit was not dropped with its answer: it commits once the lock is gone.
     lock.rollback().await.expect("release");
     let db = server.sql().await;
-    let mut charged = 0;
+    committed_once(&db, &mut entitlements, "slow").await;
+    assert_eq!(stream.finish().await.len(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_debit_whose_client_abandons_the_stream_still_commits() {
+    let server = TestServer::start_with(time::OffsetDateTime::now_utc(), |c| c.db_lock_timeout_ms = 10_000).await;
+    let mut entitlements = two_meter_account(&server).await;
+    let usage = two_meter_debit;
+
+    // The test holds the account's balance row, so the streamed debit waits inside its
+    // transaction; the client then goes away with the stream (no half-close, no answer read).
+    let mut blocker = server.sql().await;
+    let lock = hold_tokens_row(&mut blocker).await;
+    let stream = debit_stream(&server, &server.tenant.api_key).await.expect("open");
+    stream.send(pb::DebitStreamRequest { sequence: 1, debit: Some(usage("abandoned")) }).await;
+    let db = server.sql().await;
+    let waiting = "SELECT COUNT(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE%'";
+    let mut blocked = 0;
     for _ in 0..200 {
-        charged = db.query_one("SELECT COUNT(*) FROM ledger_entries WHERE idempotency_key = 'slow'", &[]).await.expect("count").get::<_, i64>(0);
-        if charged > 0 {
+        blocked = db.query_one(waiting, &[]).await.expect("activity").get::<_, i64>(0);
+        if blocked > 0 {
             break;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    assert_eq!(charged, 2, "the debit that ran out of time still committed (an entry per meter)");
-    let retry = entitlements.debit(usage("slow")).await.expect("retry").into_inner();
-    assert!(allowed(retry.decision));
-    let total: i64 = db.query_one("SELECT COUNT(*) FROM ledger_entries WHERE idempotency_key = 'slow'", &[]).await.expect("count").get(0);
-    assert_eq!(total, 2, "the retry replays, it does not charge again");
-    assert_eq!(stream.finish().await.len(), 0);
+    assert_eq!(blocked, 1, "the streamed debit waits for the balance row");
+    drop(stream);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // The debit was not dropped with its stream: it commits once the lock is gone.
+    lock.rollback().await.expect("release");
+    committed_once(&db, &mut entitlements, "abandoned").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,11 +7,12 @@
 //! Each request of a stream is treated as its unary twin would be, by [`Streams::serve`]:
 //! authenticated again with the stream's credential (so a revoked key or an expired token stops
 //! working mid-stream), authorised with the twin's role (`auth::methods`), admitted by the
-//! tenant's concurrency limit, run on its own task, and bounded by `request_timeout_ms`: past it
-//! the answer is DEADLINE_EXCEEDED, but a call that has started is never dropped — neither a
-//! broken stream nor the deadline interrupts a debit half-way (as `grpc::detached` for unary
-//! calls). Its answer carries the request's `sequence` and either the reply or the error as a
-//! `google.rpc.Status` with the twin's code, message and details; the stream goes on. At most
+//! tenant's concurrency limit, run beside the stream's other requests on the stream's task, and
+//! bounded by `request_timeout_ms`: past it the answer is DEADLINE_EXCEEDED, but a call that has
+//! started is never dropped — neither a broken stream nor the deadline interrupts a debit
+//! half-way (as `grpc::detached` for unary calls). Its answer carries the request's `sequence`
+//! and either the reply or the error as a `google.rpc.Status` with the twin's code, message and
+//! details; the stream goes on. At most
 //! [`IN_FLIGHT_PER_STREAM_MAX`] requests of a stream run at once, and the stream is not read
 //! further until one is answered (a request the server has not read has not started). The
 //! stream ends with OK after the client half-closes and every request is answered; with the
@@ -27,8 +28,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::stream::{FuturesUnordered, StreamExt as _};
 use prost::Message as _;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::codegen::http;
 use tonic::{Request, Response, Status, Streaming};
@@ -133,37 +135,31 @@ where
     Fut: Future<Output = Result<Reply, Error>> + Send + 'static,
 {
     async fn run(self, mut inbound: Streaming<In>) {
-        let in_flight = Arc::new(Semaphore::new(IN_FLIGHT_PER_STREAM_MAX));
+        // The requests in flight, polled by this task: a task of their own each would cost a
+        // spawn and a wake-up between threads per request (docs/benchmarks.md, finding 54).
+        let mut running = FuturesUnordered::new();
         let drained = drained(self.streams.draining.clone());
         tokio::pin!(drained);
         let end = loop {
-            let permit = tokio::select! {
-                permit = in_flight.clone().acquire_owned() => permit.expect("the semaphore is never closed"),
+            let room = running.len() < IN_FLIGHT_PER_STREAM_MAX;
+            tokio::select! {
+                Some(()) = running.next(), if !running.is_empty() => {}
+                message = inbound.message(), if room => match message {
+                    Ok(Some(message)) => {
+                        let (sequence, call) = (self.shape.open)(message);
+                        running.push(self.request(sequence, call));
+                    }
+                    // The client half-closed: answer what is in flight, then end with OK.
+                    Ok(None) => break None,
+                    // Unreadable (or the client went away): nothing more can be matched to a sequence.
+                    Err(status) => break Some(status),
+                },
                 () = &mut drained => break Some(super::status::server_draining()),
                 () = self.answers.closed() => break None,
-            };
-            let message = tokio::select! {
-                message = inbound.message() => message,
-                () = &mut drained => break Some(super::status::server_draining()),
-                () = self.answers.closed() => break None,
-            };
-            match message {
-                Ok(Some(message)) => {
-                    let (sequence, call) = (self.shape.open)(message);
-                    let request = self.request(sequence, call);
-                    tokio::spawn(async move {
-                        request.await;
-                        drop(permit);
-                    });
-                }
-                // The client half-closed: answer what is in flight, then end with OK.
-                Ok(None) => break None,
-                // Unreadable (or the client went away): nothing more can be matched to a sequence.
-                Err(status) => break Some(status),
             }
         };
-        let all = u32::try_from(IN_FLIGHT_PER_STREAM_MAX).expect("a small constant");
-        let _ = in_flight.acquire_many(all).await;
+        // Every request read runs to its end, answered or not (a closed stream loses the answer).
+        while running.next().await.is_some() {}
         if let Some(status) = end {
             let _ = self.answers.send(Err(status)).await;
         }
@@ -194,7 +190,8 @@ where
             let outcome = match admitted {
                 Err(status) => Err(status),
                 Ok((tenant, slot, call)) => {
-                    // Boxed: the request's future is moved (into its task) while the call's is not.
+                    // Boxed: the request's future is moved (into the stream's requests in flight)
+                    // while the call's is not.
                     let mut call = Box::pin(handle(tenant, call));
                     tokio::select! {
                         outcome = &mut call => outcome.map_err(Status::from),
