@@ -357,8 +357,7 @@ async fn two_meter_free_plan(admin: &mut allot_server::testkit::Admin) {
     admin.upsert_plan(pb::UpsertPlanRequest { plan: Some(plan) }).await.expect("plan");
 }
 
-/// A debit of `acct` on two meters at once: decided alone, on the request's own task (not by a
-/// group-commit lane).
+/// A debit of `acct` on two meters at once: decided alone, not by a group-commit lane.
 fn two_meter_debit(key: &str) -> pb::DebitRequest {
     pb::DebitRequest {
         account_id: "acct".into(),

@@ -1,5 +1,5 @@
-//! `allot.v1.Entitlements` handlers: authenticate, convert, delegate (`detached`: a call runs to its end
-//! though its caller goes away), convert.
+//! `allot.v1.Entitlements` handlers: authenticate, convert, delegate (`detached`: a call runs to
+//! its end though its caller goes away), convert.
 
 use allot_proto::v1 as pb;
 use pb::check_stream_response::Outcome as CheckOutcome;

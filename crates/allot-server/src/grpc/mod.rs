@@ -28,8 +28,8 @@ use crate::error::Error;
 ///
 /// Until then the call runs on the caller's task, polled by the handler that awaits it. It used to
 /// be spawned at once, and every call then paid for a task and for the wake-up of its handler
-/// when the task ended — a hand-over between threads, dear on a machine where waking a thread is
-/// (docs/benchmarks.md, finding 53). A call that panics answers INTERNAL, as a panicked task did.
+/// when the task ended, often a hand-over between threads (docs/benchmarks.md, finding 53). A
+/// call that panics answers INTERNAL, as a panicked task did.
 ///
 /// The call is boxed here, so the future returned (and the handler's future that awaits it) holds
 /// a pointer, not the call: a service call's future is kilobytes (12 KB for a classification

@@ -12,14 +12,14 @@
 //! started is never dropped — neither a broken stream nor the deadline interrupts a debit
 //! half-way (as `grpc::detached` for unary calls). Its answer carries the request's `sequence`
 //! and either the reply or the error as a `google.rpc.Status` with the twin's code, message and
-//! details; the stream goes on. At most
-//! [`IN_FLIGHT_PER_STREAM_MAX`] requests of a stream run at once, and the stream is not read
-//! further until one is answered (a request the server has not read has not started). The
-//! stream ends with OK after the client half-closes and every request is answered; with the
-//! decoder's status for a message it cannot read; with UNAVAILABLE (`SERVER_DRAINING`, with
-//! `RetryInfo`) when the server starts draining, after answering what is in flight. A client
-//! that stops reading holds its stream (and its in-flight requests' answers) until it reads
-//! again, or until the drain's grace ends at shutdown.
+//! details; the stream goes on. At most [`IN_FLIGHT_PER_STREAM_MAX`] requests of a stream run at
+//! once, and the stream is not read further until one is answered (a request the server has not
+//! read has not started). The stream ends with OK after the client half-closes and every request
+//! is answered; with the decoder's status for a message it cannot read; with UNAVAILABLE
+//! (`SERVER_DRAINING`, with `RetryInfo`) when the server starts draining, after answering what is
+//! in flight. A client that stops reading holds its stream (and its in-flight requests' answers)
+//! until it reads again, or until the drain's grace ends at shutdown. Every request read runs to
+//! its end even when the client breaks the stream or goes away; only its answer is lost.
 //!
 //! `concurrency_limit_per_connection` counts a stream as one call; what bounds a stream's work
 //! is this module's in-flight limit and, for the database, the tenant's concurrency limit.
