@@ -397,13 +397,12 @@ async fn a_streamed_debit_past_its_deadline_is_answered_deadline_exceeded_and_st
     })
     .await;
     let mut entitlements = two_meter_account(&server).await;
-    let usage = two_meter_debit;
 
     // The test holds the account's balance row, so its next debit waits past the deadline.
     let mut blocker = server.sql().await;
     let lock = hold_tokens_row(&mut blocker).await;
     let mut stream = debit_stream(&server, &server.tenant.api_key).await.expect("open");
-    stream.send(pb::DebitStreamRequest { sequence: 1, debit: Some(usage("slow")) }).await;
+    stream.send(pb::DebitStreamRequest { sequence: 1, debit: Some(two_meter_debit("slow")) }).await;
     let answer = stream.next().await.expect("answer").expect("open");
     let Some(DebitOutcome::Error(late)) = &answer.outcome else { panic!("the held debit: {answer:?}") };
     assert_eq!((answer.sequence, error_of(late).1.as_str()), (1, "DEADLINE_EXCEEDED"));
@@ -419,14 +418,13 @@ async fn a_streamed_debit_past_its_deadline_is_answered_deadline_exceeded_and_st
 async fn a_streamed_debit_whose_client_abandons_the_stream_still_commits() {
     let server = TestServer::start_with(time::OffsetDateTime::now_utc(), |c| c.db_lock_timeout_ms = 10_000).await;
     let mut entitlements = two_meter_account(&server).await;
-    let usage = two_meter_debit;
 
     // The test holds the account's balance row, so the streamed debit waits inside its
     // transaction; the client then goes away with the stream (no half-close, no answer read).
     let mut blocker = server.sql().await;
     let lock = hold_tokens_row(&mut blocker).await;
     let stream = debit_stream(&server, &server.tenant.api_key).await.expect("open");
-    stream.send(pb::DebitStreamRequest { sequence: 1, debit: Some(usage("abandoned")) }).await;
+    stream.send(pb::DebitStreamRequest { sequence: 1, debit: Some(two_meter_debit("abandoned")) }).await;
     let db = server.sql().await;
     // This test's database only: the cluster is shared with the other tests of this file.
     let waiting = "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = current_database() AND wait_event_type = 'Lock'";
