@@ -483,10 +483,22 @@ fn report(rows: &[Row], open: &[open_loop::OpenRow], options: &Options) -> Strin
     }
     let peaks = peak::peaks(rows);
     if !peaks.is_empty() {
-        out.push_str("\nPeak against peak over this run's levels (each side at the clients where it ran fastest):\n\n");
-        out.push_str("| scenario | Allot peak ops/s (clients) | raw peak ops/s (clients) | Allot / raw |\n| --- | --- | --- | --- |\n");
+        out.push_str(&format!("\nPeak against peak over this run's levels (each side at the clients where it ran fastest; the raw baseline runs at up to {BASELINE_CLIENTS_MAX} clients, Allot at every level):\n\n"));
+        out.push_str("| scenario | Allot peak ops/s (clients) | raw peak ops/s (clients) | Allot / raw | Allot peak where the baseline ran | Allot / raw there |\n");
+        out.push_str("| --- | --- | --- | --- | --- | --- |\n");
         for p in peaks {
-            out.push_str(&format!("| {} | {:.0} ({}) | {:.0} ({}) | {:.2} |\n", p.scenario, p.allot.0, p.allot.1, p.raw.0, p.raw.1, p.ratio()));
+            out.push_str(&format!(
+                "| {} | {:.0} ({}) | {:.0} ({}) | {:.2} | {:.0} ({}) | {:.2} |\n",
+                p.scenario,
+                p.allot.0,
+                p.allot.1,
+                p.raw.0,
+                p.raw.1,
+                p.ratio(),
+                p.allot_beside_raw.0,
+                p.allot_beside_raw.1,
+                p.ratio_beside_raw()
+            ));
         }
     }
     out.push_str(&open_loop::report(open));
