@@ -184,6 +184,10 @@ fn describe() {
         "Rate decisions made by a meter's failure policy (open, closed) because Redis did not answer"
     );
     describe_counter!("allot_cooldown_store_failures_total", "Classifier requests answered cooldown because Redis did not answer");
+    describe_counter!(
+        "allot_cooldown_answers_from_memory_total",
+        "Classifier requests answered cooldown from a lock this server found held within the last second"
+    );
     describe_counter!("allot_exhaustion_lookup_failures_total", "Classifier credit look-ups that failed");
     describe_gauge!("allot_hold_sweeper_lag_seconds", "Age of the oldest expired hold not yet voided, before each sweep");
     describe_counter!("allot_holds_swept_total", "Expired holds voided by the sweeper");
@@ -202,6 +206,11 @@ pub fn count_decision(rpc: &'static str, outcome: &'static str, reason: &'static
 pub fn count_rate_store_failure(policy: &'static str) {
     metrics::counter!("allot_rate_store_failures_total", "policy" => policy).increment(1);
     count_redis_error("rate");
+}
+
+/// A classifier request was answered "cooldown" from a lock this server found held a moment ago.
+pub fn count_cooldown_from_memory() {
+    metrics::counter!("allot_cooldown_answers_from_memory_total").increment(1);
 }
 
 /// The classifier cooldown store could not answer (the request was answered "cooldown").

@@ -7,7 +7,9 @@
 //! taken, a free-plan account whose credit is exhausted gets a synthetic score of 1.0 and a
 //! shorter cooldown instead of a run (derived from Allot's own ledger; if that look-up fails the
 //! account is treated as not exhausted). Otherwise the caller gets a single-use ticket bound to
-//! the account. Nothing privilege-bearing comes from the payload.
+//! the account. Nothing privilege-bearing comes from the payload. A lock found held is
+//! remembered on this server for a second at most (`held_cooldowns`): the account's requests
+//! meanwhile are answered COOLDOWN without Redis.
 
 use std::time::Duration;
 
@@ -19,6 +21,7 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::fair_use::{self, FairUseView, Standing};
+use super::held_cooldowns::HeldCooldowns;
 use super::in_force;
 use super::meter_session::MeterSession;
 use super::Ctx;
@@ -49,6 +52,11 @@ struct Lock<'a> {
 /// so that a request finding the lock held learns when it ends from the same answer.
 fn lock_value(token: &Uuid, ends_at: OffsetDateTime) -> String {
     format!("{token}@{}", ends_at.unix_timestamp_nanos() / 1_000_000)
+}
+
+/// The answer while a cooldown lock is held (or Redis cannot tell).
+fn cooldown(ends_at: Option<OffsetDateTime>) -> RequestOutcome {
+    RequestOutcome { verdict: Verdict::Cooldown { ends_at }, stage: Stage::None, reason: "a classifier run happened recently".into() }
 }
 
 /// The end a held lock's value names; `None` for a value that names none.
@@ -91,11 +99,13 @@ pub struct Classifier {
     redis_timeout: Duration,
     /// TTL the lock is taken with before settings are read; adjusted to the tenant's after.
     default_cooldown_ms: i64,
+    /// Locks this server found held, answered from memory for a moment.
+    held: std::sync::Arc<HeldCooldowns>,
 }
 
 impl Classifier {
     pub fn new(ctx: Ctx, redis: Option<Client>, redis_timeout: Duration) -> Classifier {
-        Classifier { ctx, redis, redis_timeout, default_cooldown_ms: Settings::default().cooldown_ms }
+        Classifier { ctx, redis, redis_timeout, default_cooldown_ms: Settings::default().cooldown_ms, held: Default::default() }
     }
 
     fn key(tenant: TenantId, account: &AccountId) -> String {
@@ -158,15 +168,20 @@ impl Classifier {
     pub async fn request(&self, tenant: TenantId, account: &AccountId) -> Result<RequestOutcome, Error> {
         let now = self.ctx.clock.now();
         let key = Self::key(tenant, account);
+        if let Some(ends_at) = self.held.ends_at(&key, std::time::Instant::now()) {
+            crate::telemetry::count_cooldown_from_memory();
+            return Ok(cooldown(Some(ends_at)));
+        }
         let token = Uuid::new_v4();
         let value = lock_value(&token, now + time::Duration::milliseconds(self.default_cooldown_ms));
         let lock = Lock { key: &key, token: &token, value: &value };
         if let Err(ends_at) = self.take_lock(&lock, now).await {
-            return Ok(RequestOutcome {
-                verdict: Verdict::Cooldown { ends_at },
-                stage: Stage::None,
-                reason: "a classifier run happened recently".into(),
-            });
+            // Only a lock that names its end in the future is remembered (a failing Redis is not).
+            if let Some(end) = ends_at {
+                let remaining = Duration::try_from(end - now).unwrap_or_default();
+                self.held.remember(&key, end, remaining, std::time::Instant::now());
+            }
+            return Ok(cooldown(ends_at));
         }
         let exhausted = self.free_and_exhausted(tenant, account, now).await;
         match self.decide_run(tenant, account, exhausted, &lock, now).await {

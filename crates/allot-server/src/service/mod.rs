@@ -15,6 +15,7 @@ pub mod credits;
 pub mod events;
 pub mod fair_use;
 pub mod health;
+pub mod held_cooldowns;
 pub mod idempotent;
 pub mod in_force;
 pub mod meter_session;
