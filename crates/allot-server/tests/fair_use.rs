@@ -461,10 +461,13 @@ async fn a_stage_two_transactions_see_move_at_once_is_stored_once_with_one_event
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lock_found_held_is_answered_from_memory_for_a_second_at_most() {
+    use fred::prelude::*;
     let server = TestServer::start().await;
     let (_, mut admin) = server.clients().await;
     plan_with(&mut admin, vec![pb::MeterAllowance { meter: "speech_ms".into(), allowance_credits: Some(1_000_000), ..Default::default() }]).await;
     let mut fair = server.fair_use_for(&server.tenant.api_key).await;
+    // Connected first, so that only a `DEL` falls between the held answer and the next request.
+    let (redis, key) = cooldown_redis(&server, "acct").await;
     assert_eq!(request(&mut fair, "acct").await.verdict, verdict(pb::ClassificationVerdict::Run));
     let held = request(&mut fair, "acct").await;
     assert_eq!(held.verdict, verdict(pb::ClassificationVerdict::Cooldown));
@@ -472,29 +475,18 @@ async fn a_lock_found_held_is_answered_from_memory_for_a_second_at_most() {
     // The lock goes away in Redis. Within the second the account is still answered from memory,
     // with the end first read, and no command reaches Redis: a `SET NX` would take the free lock
     // and grant a run.
-    assert!(cooldown_lock_gone(&server, "acct", true).await, "the lock was held");
+    assert_eq!(redis.del::<i64, _>(&key).await.expect("del"), 1, "the lock was held");
     let remembered = request(&mut fair, "acct").await;
     assert_eq!(remembered.verdict, verdict(pb::ClassificationVerdict::Cooldown));
     assert_eq!(remembered.cooldown_ends_at, held.cooldown_ends_at);
-    assert!(cooldown_lock_gone(&server, "acct", false).await, "no lock was taken meanwhile");
+    assert_eq!(redis.exists::<i64, _>(&key).await.expect("exists"), 0, "no lock was taken meanwhile");
     // Another account's lock is not remembered for it.
     assert_eq!(request(&mut fair, "other").await.verdict, verdict(pb::ClassificationVerdict::Run));
 
     // Past the second, Redis decides again: the lock is free, so a run is granted.
     tokio::time::sleep(Duration::from_millis(allot_server::service::held_cooldowns::REMEMBER_MS + 100)).await;
     assert_eq!(request(&mut fair, "acct").await.verdict, verdict(pb::ClassificationVerdict::Run));
-}
-
-/// Whether `account`'s cooldown lock is absent from Redis, after deleting it when `delete`.
-async fn cooldown_lock_gone(server: &TestServer, account: &str, delete: bool) -> bool {
-    use fred::prelude::*;
-    let (redis, key) = cooldown_redis(server, account).await;
-    let gone = match delete {
-        true => redis.del::<i64, _>(&key).await.expect("del") == 1,
-        false => redis.exists::<i64, _>(&key).await.expect("exists") == 0,
-    };
     redis.quit().await.expect("quit");
-    gone
 }
 
 /// The remaining TTL (ms) and the value of `account`'s cooldown lock, read from Redis itself.

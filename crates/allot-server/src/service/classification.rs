@@ -167,8 +167,11 @@ impl Classifier {
     #[tracing::instrument(name = "classifier.request", skip_all, fields(tenant.id = %tenant, account.id = %account))]
     pub async fn request(&self, tenant: TenantId, account: &AccountId) -> Result<RequestOutcome, Error> {
         let now = self.ctx.clock.now();
+        // One instant for the look-up and for remembering, taken before Redis is asked: what is
+        // remembered never outlasts the remaining cooldown measured from `now`.
+        let at = std::time::Instant::now();
         let key = Self::key(tenant, account);
-        if let Some(ends_at) = self.held.ends_at(&key, std::time::Instant::now()) {
+        if let Some(ends_at) = self.held.ends_at(&key, at).filter(|ends_at| *ends_at > now) {
             crate::telemetry::count_cooldown_from_memory();
             return Ok(cooldown(Some(ends_at)));
         }
@@ -179,7 +182,7 @@ impl Classifier {
             // Only a lock that names its end in the future is remembered (a failing Redis is not).
             if let Some(end) = ends_at {
                 let remaining = Duration::try_from(end - now).unwrap_or_default();
-                self.held.remember(&key, end, remaining, std::time::Instant::now());
+                self.held.remember(&key, end, remaining, at);
             }
             return Ok(cooldown(ends_at));
         }

@@ -1,9 +1,10 @@
 //! Cooldown locks this server found held, remembered for a moment. A request that finds an
 //! account's classifier lock held in Redis learns when the cooldown ends (the holder wrote it into
 //! the lock's value); the same answer is given from memory to the account's next requests on
-//! this server for at most [`REMEMBER_MS`] (never past the cooldown's end), without a Redis
-//! command. A client that keeps asking during a cooldown — the case the lock exists for — costs
-//! Redis one command a second per server instead of one a request.
+//! this server for at most [`REMEMBER_MS`] (never past the cooldown's end as read from Redis),
+//! without a Redis command. A client that keeps asking during a cooldown — the case the lock
+//! exists for — costs Redis about one command a second per server instead of one a request
+//! (requests that arrive while the first answer is on its way still ask Redis).
 //!
 //! What it may get wrong, by at most [`REMEMBER_MS`]: a lock released or shortened meanwhile by
 //! its holder (a request that decided not to run the classifier, or an exhausted free account's
@@ -19,7 +20,8 @@ use time::OffsetDateTime;
 /// Longest a held lock is remembered.
 pub const REMEMBER_MS: u64 = 1_000;
 
-/// Most locks remembered at once; past it, forgotten ones make room, then all of them.
+/// Most locks remembered at once; past it, lapsed ones make room, and when fewer than a tenth
+/// have lapsed all of them are forgotten (no scan of the whole map for every new lock).
 pub const ENTRIES_MAX: usize = 100_000;
 
 /// One held lock: when its cooldown ends, and until when this server answers it from memory.
@@ -53,7 +55,7 @@ impl HeldCooldowns {
         let mut held = self.held();
         if held.len() >= ENTRIES_MAX && !held.contains_key(key) {
             held.retain(|_, h| at < h.until);
-            if held.len() >= ENTRIES_MAX {
+            if held.len() > ENTRIES_MAX - ENTRIES_MAX / 10 {
                 held.clear();
             }
         }
@@ -106,5 +108,20 @@ mod tests {
         cooldowns.remember("newer", END, Duration::from_secs(60), later);
         assert_eq!(cooldowns.held().len(), 1);
         assert_eq!(cooldowns.ends_at("newer", later), Some(END));
+        // When a few have lapsed, they are not worth a scan for each new lock: all are forgotten.
+        for i in 0..ENTRIES_MAX - 1 {
+            let remaining = if i % 20 == 0 { Duration::ZERO } else { Duration::from_secs(60) };
+            cooldowns.remember(&format!("m{i}"), END, remaining, later);
+        }
+        cooldowns.remember("newest", END, Duration::from_secs(60), later);
+        assert_eq!(cooldowns.held().len(), 1);
+        // When many have lapsed, the live ones stay.
+        for i in 0..ENTRIES_MAX - 1 {
+            let remaining = if i % 2 == 0 { Duration::ZERO } else { Duration::from_secs(60) };
+            cooldowns.remember(&format!("n{i}"), END, remaining, later);
+        }
+        cooldowns.remember("last", END, Duration::from_secs(60), later);
+        assert_eq!(cooldowns.held().len(), ENTRIES_MAX / 2 + 1);
+        assert_eq!(cooldowns.ends_at("n1", later), Some(END));
     }
 }
