@@ -41,6 +41,15 @@ async fn classify(fair: &mut FairUse, account: &str, score: f64) -> pb::SubmitCl
     panic!("no classifier run was granted");
 }
 
+/// The free plan with one `speech_ms` meter of `allowance_credits`, and a fair-use client of the
+/// server's tenant.
+async fn speech_plan(server: &TestServer, allowance_credits: i64) -> FairUse {
+    let (_, mut admin) = server.clients().await;
+    let meter = pb::MeterAllowance { meter: "speech_ms".into(), allowance_credits: Some(allowance_credits), ..Default::default() };
+    plan_with(&mut admin, vec![meter]).await;
+    server.fair_use_for(&server.tenant.api_key).await
+}
+
 async fn plan_with(admin: &mut Admin, meters: Vec<pb::MeterAllowance>) {
     admin
         .upsert_plan(pb::UpsertPlanRequest {
@@ -60,9 +69,7 @@ async fn plan_with(admin: &mut Admin, meters: Vec<pb::MeterAllowance>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_requests_get_exactly_one_run_and_a_held_lock_reads_no_database() {
     let server = TestServer::start().await;
-    let (_, mut admin) = server.clients().await;
-    plan_with(&mut admin, vec![pb::MeterAllowance { meter: "speech_ms".into(), allowance_credits: Some(1_000_000), ..Default::default() }]).await;
-    let fair = server.fair_use_for(&server.tenant.api_key).await;
+    let fair = speech_plan(&server, 1_000_000).await;
 
     let mut tasks = Vec::new();
     for _ in 0..200 {
@@ -202,9 +209,7 @@ async fn kill_switch_and_exemptions_turn_fair_use_off() {
 #[tokio::test]
 async fn tickets_are_single_use_bound_and_expire() {
     let server = TestServer::start().await;
-    let (_, mut admin) = server.clients().await;
-    plan_with(&mut admin, vec![pb::MeterAllowance { meter: "speech_ms".into(), allowance_credits: Some(1_000), ..Default::default() }]).await;
-    let mut fair = server.fair_use_for(&server.tenant.api_key).await;
+    let mut fair = speech_plan(&server, 1_000).await;
     let run = request(&mut fair, "acct").await;
     let submit = |ticket: String| pb::SubmitClassificationRequest { ticket, score: 0.1, labels: vec![] };
     fair.submit_classification(submit(run.ticket.clone())).await.expect("first use");
@@ -322,9 +327,7 @@ async fn soft_caps_count_usage_from_when_they_watch_a_meter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_events_delivers_every_event_once_across_a_reconnect() {
     let server = TestServer::start().await;
-    let (_, mut admin) = server.clients().await;
-    plan_with(&mut admin, vec![pb::MeterAllowance { meter: "speech_ms".into(), allowance_credits: Some(1_000), ..Default::default() }]).await;
-    let mut fair = server.fair_use_for(&server.tenant.api_key).await;
+    let mut fair = speech_plan(&server, 1_000).await;
     for i in 0..6 {
         request(&mut fair, &format!("a{i}")).await; // one classification_requested each
     }
@@ -358,9 +361,7 @@ async fn without_redis_classifier_requests_fail_closed() {
         c.redis_timeout_ms = 50;
     })
     .await;
-    let (_, mut admin) = server.clients().await;
-    plan_with(&mut admin, vec![pb::MeterAllowance { meter: "speech_ms".into(), allowance_credits: Some(1_000), ..Default::default() }]).await;
-    let mut fair = server.fair_use_for(&server.tenant.api_key).await;
+    let mut fair = speech_plan(&server, 1_000).await;
     for i in 0..5 {
         let response = request(&mut fair, &format!("acct{i}")).await;
         assert_eq!(response.verdict, verdict(pb::ClassificationVerdict::Cooldown), "never a run while the lock store is down");
@@ -463,9 +464,7 @@ async fn a_stage_two_transactions_see_move_at_once_is_stored_once_with_one_event
 async fn a_lock_found_held_is_answered_from_memory_for_a_second_at_most() {
     use fred::prelude::*;
     let server = TestServer::start().await;
-    let (_, mut admin) = server.clients().await;
-    plan_with(&mut admin, vec![pb::MeterAllowance { meter: "speech_ms".into(), allowance_credits: Some(1_000_000), ..Default::default() }]).await;
-    let mut fair = server.fair_use_for(&server.tenant.api_key).await;
+    let mut fair = speech_plan(&server, 1_000_000).await;
     // Connected first, so that only a `DEL` falls between the held answer and the next request.
     let (redis, key) = cooldown_redis(&server, "acct").await;
     assert_eq!(request(&mut fair, "acct").await.verdict, verdict(pb::ClassificationVerdict::Run));
