@@ -180,11 +180,18 @@ pub async fn check_durability(pool: &Pool, allow: bool) -> anyhow::Result<()> {
 /// Applies pending migrations, forward only. A session-level advisory lock makes concurrent
 /// migrators (several replicas starting at once) take turns.
 pub async fn migrate(database_url: &str) -> anyhow::Result<Vec<String>> {
+    migrate_up_to(database_url, None).await
+}
+
+/// [`migrate`], stopping after migration `last` (all of them: `None`). For tests of what a
+/// migration does to rows written before it.
+pub async fn migrate_up_to(database_url: &str, last: Option<i32>) -> anyhow::Result<Vec<String>> {
+    let target = last.map_or(refinery::Target::Latest, refinery::Target::Version);
     let (mut client, connection) = tokio_postgres::connect(database_url, tokio_postgres::NoTls).await?;
     let driver = tokio::spawn(connection);
     const MIGRATION_LOCK: i64 = 0x0061_6c6c_6f74; // "allot" in ASCII
     client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK]).await?;
-    let report = embedded::migrations::runner().set_abort_divergent(true).run_async(&mut client).await;
+    let report = embedded::migrations::runner().set_abort_divergent(true).set_target(target).run_async(&mut client).await;
     client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK]).await?;
     drop(client);
     driver.abort();

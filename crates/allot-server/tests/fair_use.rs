@@ -506,3 +506,92 @@ async fn cooldown_redis(server: &TestServer, account: &str) -> (fred::clients::C
     redis.init().await.expect("connect redis");
     (redis, format!("allot:cooldown:{{{}}}:{account}", server.tenant.tenant))
 }
+
+/// A batch reads fair-use state only for the accounts marked as having some (an exemption, a
+/// stored stage, a violation; migration V17), so the marks must be set by whatever writes that
+/// state: checks and debits of marked and unmarked accounts, at once, each get their own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_reads_the_fair_use_state_of_the_accounts_marked_as_having_some() {
+    let server = TestServer::start().await;
+    let mut fair = speech_plan(&server, 1_000_000).await;
+    settings(&mut fair, |s| s.cooldown_ms = 1_000).await;
+    assert_eq!(classify(&mut fair, "warned", 0.95).await.stage, pb::EscalationStage::Warning as i32);
+    assert!(!classify(&mut fair, "clean", 0.2).await.violation);
+    fair.set_exempt(pb::SetExemptRequest { account_id: "exempt".into(), exempt: true }).await.expect("exempt");
+
+    let (entitlements, _) = server.clients().await;
+    let accounts: Vec<String> = ["warned", "clean", "exempt"].into_iter().map(String::from).chain((0..13).map(|i| format!("plain-{i}"))).collect();
+    let checks = accounts.iter().map(|account| {
+        let mut client = entitlements.clone();
+        async move { check(&mut client, account, "speech_ms", 1).await.fair_use.expect("fair use") }
+    });
+    let debits = accounts.iter().map(|account| {
+        let mut client = entitlements.clone();
+        async move { debit(&mut client, account, "speech_ms", 1, &format!("d-{account}")).await.fair_use.expect("fair use") }
+    });
+    let (checked, debited) = futures::future::join(futures::future::join_all(checks), futures::future::join_all(debits)).await;
+    for (i, account) in accounts.iter().enumerate() {
+        for standing in [&checked[i], &debited[i]] {
+            let expected = match account.as_str() {
+                "warned" => (pb::EscalationStage::Warning as i32, true),
+                "exempt" => (pb::EscalationStage::None as i32, false),
+                _ => (pb::EscalationStage::None as i32, true),
+            };
+            assert_eq!((standing.stage, standing.enforced), expected, "{account}");
+        }
+    }
+
+    let db = server.sql().await;
+    let marked: Vec<(String, Option<String>)> = db
+        .query("SELECT id, org_id FROM accounts WHERE fair_use_marked ORDER BY id", &[])
+        .await
+        .expect("marks")
+        .iter()
+        .map(|row| (row.get(0), row.get(1)))
+        .collect();
+    assert_eq!(marked, vec![("exempt".into(), None), ("warned".into(), None)], "a mark makes no account an org member");
+}
+
+/// Migration V17 marks the accounts whose fair-use state was written before it, run by a plain
+/// owner under row-level security forced on its tables, and leaves that security forced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_migration_marks_the_accounts_whose_fair_use_state_it_finds() {
+    let (url, as_superuser) = plain_owner_database("marks").await;
+    allot_server::db::migrate_up_to(&url, Some(16)).await.expect("up to V16");
+
+    // State written before V17, by a superuser (row-level security does not hold it back).
+    let in_db = connect(&as_superuser).await;
+    in_db
+        .batch_execute(
+            "INSERT INTO tenants (id, name) VALUES ('00000000-0000-0000-0000-00000000000a', 'a'); \
+             INSERT INTO accounts (tenant_id, id, org_id) VALUES ('00000000-0000-0000-0000-00000000000a', 'member', 'org'), \
+               ('00000000-0000-0000-0000-00000000000a', 'exempt', 'org'); \
+             INSERT INTO escalation_exempt (tenant_id, account_id) VALUES ('00000000-0000-0000-0000-00000000000a', 'exempt'); \
+             INSERT INTO escalation_state (tenant_id, account_id, stage, reason, updated_at) \
+               VALUES ('00000000-0000-0000-0000-00000000000a', 'staged', 'none', 'stepped down', now()); \
+             INSERT INTO classifications (tenant_id, id, account_id, score_milli, synthetic, violation, created_at) VALUES \
+               ('00000000-0000-0000-0000-00000000000a', gen_random_uuid(), 'violator', 900, false, true, now()), \
+               ('00000000-0000-0000-0000-00000000000a', gen_random_uuid(), 'violator', 950, false, true, now()), \
+               ('00000000-0000-0000-0000-00000000000a', gen_random_uuid(), 'clean', 100, false, false, now());",
+        )
+        .await
+        .expect("state before V17");
+    let applied = allot_server::db::migrate_up_to(&url, None).await.expect("V17 by a plain owner");
+    assert!(applied.iter().any(|m| m.contains("fair_use_marks")), "{applied:?}");
+
+    let accounts: Vec<(String, Option<String>, bool)> = in_db
+        .query("SELECT id, org_id, fair_use_marked FROM accounts ORDER BY id", &[])
+        .await
+        .expect("accounts")
+        .iter()
+        .map(|row| (row.get(0), row.get(1), row.get(2)))
+        .collect();
+    let org = || Some("org".to_owned());
+    assert_eq!(
+        accounts,
+        vec![("exempt".into(), org(), true), ("member".into(), org(), false), ("staged".into(), None, true), ("violator".into(), None, true)],
+        "marked where there is state, org membership kept, no row for a clean classification"
+    );
+    let unprotected = unprotected_tables(&in_db).await;
+    assert!(unprotected.is_empty(), "row-level security is forced again on every tenant table: {unprotected:?}");
+}

@@ -419,21 +419,7 @@ async fn row_level_security_hides_foreign_rows_from_a_query_that_forgets_its_ten
 
     // Every table with a tenant column is protected, forced, and has a policy (a later migration
     // that forgets fails here).
-    let unprotected: Vec<String> = server
-        .sql()
-        .await
-        .query(
-            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE n.nspname = 'public' AND c.relkind = 'r' \
-             AND (EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped) OR c.relname = 'tenants') \
-             AND NOT (c.relrowsecurity AND c.relforcerowsecurity AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'tenant_isolation'))",
-            &[],
-        )
-        .await
-        .expect("catalog")
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let unprotected = unprotected_tables(&*server.sql().await).await;
     assert!(unprotected.is_empty(), "tables without row-level security: {unprotected:?}");
 }
 
@@ -534,32 +520,19 @@ async fn api_keys_are_stored_hashed_revocable_and_record_their_last_use() {
 /// `allot_app`) serves, and even the owner's own unscoped queries see nothing (FORCE).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_plain_owner_migrates_and_row_level_security_holds_even_for_the_owner() {
-    let stack = allot_server::testkit::stack();
-    let superuser = stack.postgres.dsn("postgres");
-    let (admin, connection) = tokio_postgres::connect(&superuser, tokio_postgres::NoTls).await.expect("connect");
-    let driver = tokio::spawn(connection);
-    let owner = format!("owner_{}", std::process::id());
-    let database = format!("owned_{}", std::process::id());
-    admin.batch_execute(&format!("CREATE ROLE {owner} LOGIN CREATEROLE")).await.expect("owner");
-    admin.batch_execute(&format!("CREATE DATABASE {database} OWNER {owner}")).await.expect("database");
-    let url = stack.postgres.dsn(&database).replacen("allot@", &format!("{owner}@"), 1);
+    let (url, as_superuser) = plain_owner_database("owned").await;
     allot_server::db::migrate(&url).await.expect("a plain owner migrates");
     let server = TestServer::start_on(url.clone(), time::OffsetDateTime::now_utc(), |_| {}).await;
     let (mut entitlements, mut admin_client) = server.clients().await;
     free_plan(&mut admin_client, "tokens", Some(100), 0, 0).await;
     assert!(allowed(debit(&mut entitlements, "acct", "tokens", 10, "k").await.decision));
     // The owner, outside any tenant's transaction, sees none of the rows it owns.
-    let (as_owner, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await.expect("owner connects");
-    let owner_driver = tokio::spawn(connection);
+    let as_owner = connect(&url).await;
     let n: i64 = as_owner.query_one("SELECT COUNT(*) FROM ledger_entries", &[]).await.expect("count").get(0);
     assert_eq!(n, 0, "FORCE ROW LEVEL SECURITY holds the owner too");
-    let (in_db, connection) = tokio_postgres::connect(&stack.postgres.dsn(&database), tokio_postgres::NoTls).await.expect("superuser");
-    let su_driver = tokio::spawn(connection);
+    let in_db = connect(&as_superuser).await;
     let n: i64 = in_db.query_one("SELECT COUNT(*) FROM ledger_entries", &[]).await.expect("count").get(0);
     assert!(n > 0, "the rows are there (a superuser bypasses RLS)");
     server.stop().await;
     drop((as_owner, in_db));
-    owner_driver.abort();
-    su_driver.abort();
-    driver.abort();
 }

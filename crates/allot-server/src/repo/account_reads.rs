@@ -1,16 +1,18 @@
 //! What a batch reads of its accounts, in one statement: the tenant's configuration version,
-//! which accounts belong to an org, their subscriptions and, when asked, their fair-use
-//! standings — four tables that a lone decision reads one statement each. Each account is looked
-//! up on its own (lateral subqueries; see `balances::lock_many`). Folding them cut PostgreSQL's
-//! work per batch, which at small batches is mostly per statement (docs/benchmarks.md,
-//! finding 26).
+//! which accounts belong to an org and which have fair-use state (one probe of `accounts`), and
+//! their subscriptions — tables that a lone decision reads one statement each. Each account is
+//! looked up on its own (lateral subqueries; see `balances::lock_many`). Folding them cut
+//! PostgreSQL's work per batch, which at small batches is mostly per statement (docs/benchmarks.md,
+//! finding 26). The fair-use standings, when asked, are read by a second statement for the
+//! accounts marked as having any (migration V17; finding 59): nearly every account has none, and
+//! reading them for every account was half of the first statement's cost.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::LazyLock;
 
 use time::OffsetDateTime;
 
-use super::fair_use::Standings;
+use super::fair_use::{self, Standings};
 use super::subscriptions::{self, SubscriptionRecord};
 use super::Tx;
 use crate::error::Error;
@@ -25,7 +27,8 @@ pub struct AccountReads {
     pub members: HashSet<String>,
     /// By account; accounts without one are absent.
     pub subscriptions: HashMap<String, SubscriptionRecord>,
-    /// By account, read when `violations_since` was given (as `fair_use::standings` reads them).
+    /// By account, read when `violations_since` was given (as `fair_use::standings` reads them);
+    /// accounts without fair-use state are absent (no exemption, no violations, no stored stage).
     pub standings: Option<Standings>,
 }
 
@@ -33,37 +36,27 @@ pub struct AccountReads {
 /// visible, as `tenants::config_version` does.
 pub async fn read(tx: &Tx<'_>, tenant: TenantId, accounts: &[&str], violations_since: Option<OffsetDateTime>) -> Result<AccountReads, Error> {
     assert!(!accounts.is_empty(), "a batch reads at least one account");
-    let rows = match violations_since {
-        Some(since) => {
-            let stmt = tx.prepare_cached(&WITH_STANDINGS_SQL).await?;
-            tx.query(&stmt, &[&tenant.0, &accounts, &since]).await?
-        }
-        None => {
-            let stmt = tx.prepare_cached(&WITHOUT_STANDINGS_SQL).await?;
-            tx.query(&stmt, &[&tenant.0, &accounts]).await?
-        }
-    };
+    let stmt = tx.prepare_cached(&ACCOUNTS_SQL).await?;
+    let rows = tx.query(&stmt, &[&tenant.0, &accounts]).await?;
     let config_version: Option<i64> = rows.first().and_then(|row| row.get(SUBSCRIPTION_COLUMNS + 1));
     let config_version = config_version.ok_or_else(|| Error::Internal(format!("tenant {tenant} is not visible: its transaction did not begin")))?;
-    let mut reads = AccountReads {
-        config_version,
-        members: HashSet::new(),
-        subscriptions: HashMap::new(),
-        standings: violations_since.map(|_| HashMap::with_capacity(rows.len())),
-    };
+    let mut reads = AccountReads { config_version, members: HashSet::new(), subscriptions: HashMap::new(), standings: None };
+    assert_eq!(rows.len(), accounts.len(), "one row per account");
+    let mut marked: Vec<&str> = Vec::new();
     for row in &rows {
-        let account: String = row.get(SUBSCRIPTION_COLUMNS);
+        let account: &str = row.get(SUBSCRIPTION_COLUMNS);
         if row.get(SUBSCRIPTION_COLUMNS + 2) {
-            reads.members.insert(account.clone());
+            reads.members.insert(account.to_owned());
+        }
+        if row.get(SUBSCRIPTION_COLUMNS + 3) {
+            marked.push(account);
         }
         if row.get::<_, Option<&str>>(0).is_some() {
-            reads.subscriptions.insert(account.clone(), subscriptions::from_row(row)?);
+            reads.subscriptions.insert(account.to_owned(), subscriptions::from_row(row)?);
         }
-        if let Some(standings) = &mut reads.standings {
-            let stage: Option<String> = row.get(SUBSCRIPTION_COLUMNS + 5);
-            let stage = stage.and_then(|s| allot_domain::escalation::Stage::parse(&s));
-            standings.insert(account, (row.get(SUBSCRIPTION_COLUMNS + 3), row.get(SUBSCRIPTION_COLUMNS + 4), stage));
-        }
+    }
+    if let Some(since) = violations_since {
+        reads.standings = Some(if marked.is_empty() { Standings::new() } else { fair_use::standings(tx, tenant, &marked, since).await? });
     }
     Ok(reads)
 }
@@ -71,24 +64,16 @@ pub async fn read(tx: &Tx<'_>, tenant: TenantId, accounts: &[&str], violations_s
 /// How many columns a subscription takes at the start of a row (`subscriptions::COLUMNS`).
 const SUBSCRIPTION_COLUMNS: usize = 7;
 
-static WITHOUT_STANDINGS_SQL: LazyLock<String> = LazyLock::new(|| accounts_sql(""));
-static WITH_STANDINGS_SQL: LazyLock<String> = LazyLock::new(|| {
-    accounts_sql(
-        ", EXISTS (SELECT 1 FROM escalation_exempt x WHERE x.tenant_id = $1 AND x.account_id = a.id), \
-         (SELECT COUNT(*) FROM classifications c WHERE c.tenant_id = $1 AND c.account_id = a.id AND c.violation AND c.created_at > $3), \
-         (SELECT e.stage FROM escalation_state e WHERE e.tenant_id = $1 AND e.account_id = a.id)",
-    )
-});
-
-/// Per account: its subscription's columns (NULL without one), its id, the configuration version,
-/// whether it belongs to an org, then `more`.
-fn accounts_sql(more: &str) -> String {
+/// Per account: its subscription's columns (NULL without one), its id, the
+/// configuration version, whether it belongs to an org, whether it has fair-use state.
+static ACCOUNTS_SQL: LazyLock<String> = LazyLock::new(|| {
     let columns = subscriptions::COLUMNS;
     assert_eq!(columns.split(',').count(), SUBSCRIPTION_COLUMNS, "the subscription's columns come first");
     format!(
         "SELECT s.*, a.id, (SELECT t.config_version FROM tenants t WHERE t.id = $1), \
-           EXISTS (SELECT 1 FROM accounts m WHERE m.tenant_id = $1 AND m.id = a.id AND m.org_id IS NOT NULL){more} \
+           COALESCE(m.org_id IS NOT NULL, false), COALESCE(m.fair_use_marked, false) \
          FROM unnest($2::text[]) AS a(id) \
+         LEFT JOIN LATERAL (SELECT org_id, fair_use_marked FROM accounts WHERE tenant_id = $1 AND id = a.id LIMIT 1) m ON true \
          LEFT JOIN LATERAL (SELECT {columns} FROM subscriptions WHERE tenant_id = $1 AND account_id = a.id LIMIT 1) s ON true"
     )
-}
+});

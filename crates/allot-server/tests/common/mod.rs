@@ -148,6 +148,37 @@ pub async fn connect(database_url: &str) -> tokio_postgres::Client {
     client
 }
 
+/// A fresh database owned by a login role that is neither superuser nor BYPASSRLS, as in
+/// production, named after `prefix` and the process: `(the owner's URL, a superuser's URL)`.
+pub async fn plain_owner_database(prefix: &str) -> (String, String) {
+    let stack = allot_server::testkit::stack();
+    let superuser = connect(&stack.postgres.dsn("postgres")).await;
+    let owner = format!("{prefix}_owner_{}", std::process::id());
+    let database = format!("{prefix}_{}", std::process::id());
+    superuser.batch_execute(&format!("CREATE ROLE {owner} LOGIN CREATEROLE")).await.expect("owner");
+    superuser.batch_execute(&format!("CREATE DATABASE {database} OWNER {owner}")).await.expect("database");
+    let as_superuser = stack.postgres.dsn(&database);
+    (as_superuser.replacen("allot@", &format!("{owner}@"), 1), as_superuser)
+}
+
+/// The tables with a tenant column (and `tenants`) that lack row-level security, its `FORCE` or
+/// the `tenant_isolation` policy, as `client` (a superuser) reads the catalog.
+pub async fn unprotected_tables(client: &tokio_postgres::Client) -> Vec<String> {
+    client
+        .query(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE n.nspname = 'public' AND c.relkind = 'r' \
+             AND (EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped) OR c.relname = 'tenants') \
+             AND NOT (c.relrowsecurity AND c.relforcerowsecurity AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = 'tenant_isolation'))",
+            &[],
+        )
+        .await
+        .expect("catalog")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
 /// Locks `account`'s meter rows in the test's own transaction `tx` (tenant `tenant`).
 pub async fn lock_meters(tx: &tokio_postgres::Transaction<'_>, tenant: uuid::Uuid, account: &str) {
     tx.execute("SELECT 1 FROM meter_balances WHERE tenant_id = $1 AND account_id = $2 FOR UPDATE", &[&tenant, &account]).await.expect("lock");
