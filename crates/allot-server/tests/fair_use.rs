@@ -518,8 +518,12 @@ async fn a_batch_reads_the_fair_use_state_of_the_accounts_marked_as_having_some(
     assert_eq!(classify(&mut fair, "warned", 0.95).await.stage, pb::EscalationStage::Warning as i32);
     assert!(!classify(&mut fair, "clean", 0.2).await.violation);
     fair.set_exempt(pb::SetExemptRequest { account_id: "exempt".into(), exempt: true }).await.expect("exempt");
+    // A check and a debit first: until the plan book holds the tenant's fair-use settings, a batch
+    // reads every account's standings, marked or not.
+    let (mut entitlements, _) = server.clients().await;
+    check(&mut entitlements, "first", "speech_ms", 1).await;
+    debit(&mut entitlements, "first", "speech_ms", 1, "first").await;
 
-    let (entitlements, _) = server.clients().await;
     let accounts: Vec<String> = ["warned", "clean", "exempt"].into_iter().map(String::from).chain((0..13).map(|i| format!("plain-{i}"))).collect();
     let checks = accounts.iter().map(|account| {
         let mut client = entitlements.clone();
@@ -552,8 +556,27 @@ async fn a_batch_reads_the_fair_use_state_of_the_accounts_marked_as_having_some(
     assert_eq!(marked, vec![("exempt".into(), None), ("warned".into(), None)], "a mark makes no account an org member");
 }
 
+/// An account's next violation, once it is marked, takes no lock on its `accounts` row (V18): with
+/// that row locked by another transaction, the classification still goes through.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_marked_accounts_next_violation_takes_no_lock_on_its_account_row() {
+    let server = TestServer::start().await;
+    let mut fair = speech_plan(&server, 1_000_000).await;
+    settings(&mut fair, |s| s.cooldown_ms = 1_000).await;
+    assert!(classify(&mut fair, "acct", 0.95).await.violation);
+
+    let mut db = server.sql().await;
+    let tx = db.transaction().await.expect("begin");
+    let locked = tx.execute("SELECT 1 FROM accounts WHERE id = 'acct' AND fair_use_marked FOR UPDATE", &[]).await.expect("lock");
+    assert_eq!(locked, 1, "the first violation marked the account");
+    let next = tokio::time::timeout(Duration::from_secs(10), classify(&mut fair, "acct", 0.9)).await.expect("not held up by the row's lock");
+    assert!(next.violation);
+    tx.rollback().await.expect("rollback");
+}
+
 /// Migration V17 marks the accounts whose fair-use state was written before it, run by a plain
-/// owner under row-level security forced on its tables, and leaves that security forced.
+/// owner under row-level security forced on its tables, and leaves that security forced; its
+/// triggers (as V18 left them) mark each kind of state written after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_migration_marks_the_accounts_whose_fair_use_state_it_finds() {
     let (url, as_superuser) = plain_owner_database("marks").await;
@@ -594,4 +617,25 @@ async fn the_migration_marks_the_accounts_whose_fair_use_state_it_finds() {
     );
     let unprotected = unprotected_tables(&in_db).await;
     assert!(unprotected.is_empty(), "row-level security is forced again on every tenant table: {unprotected:?}");
+
+    // From now on each kind of state marks its account as it is written.
+    in_db
+        .batch_execute(
+            "INSERT INTO escalation_exempt (tenant_id, account_id) VALUES ('00000000-0000-0000-0000-00000000000a', 'later-exempt'); \
+             INSERT INTO escalation_state (tenant_id, account_id, stage, reason, updated_at) \
+               VALUES ('00000000-0000-0000-0000-00000000000a', 'later-staged', 'warning', 'test', now()); \
+             INSERT INTO classifications (tenant_id, id, account_id, score_milli, synthetic, violation, created_at) VALUES \
+               ('00000000-0000-0000-0000-00000000000a', gen_random_uuid(), 'later-violator', 900, false, true, now()), \
+               ('00000000-0000-0000-0000-00000000000a', gen_random_uuid(), 'later-clean', 100, false, false, now());",
+        )
+        .await
+        .expect("state after V17");
+    let later: Vec<String> = in_db
+        .query("SELECT id FROM accounts WHERE id LIKE 'later-%' AND fair_use_marked ORDER BY id", &[])
+        .await
+        .expect("marks")
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(later, vec!["later-exempt", "later-staged", "later-violator"]);
 }

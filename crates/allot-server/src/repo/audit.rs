@@ -62,7 +62,8 @@ impl Subject<'_> {
                  FROM plans p WHERE p.tenant_id = $1 AND p.id = $2"
             }
             Subject::Subscription(_) => "SELECT to_jsonb(s) FROM subscriptions s WHERE s.tenant_id = $1 AND s.account_id = $2",
-            Subject::Account(_) => "SELECT to_jsonb(a) FROM accounts a WHERE a.tenant_id = $1 AND a.id = $2",
+            // The fair-use mark (V17) is bookkeeping of the fair-use tables, not the account's settings.
+            Subject::Account(_) => "SELECT to_jsonb(a) - 'fair_use_marked' FROM accounts a WHERE a.tenant_id = $1 AND a.id = $2",
             Subject::Grant(_) => "SELECT to_jsonb(g) FROM grants g WHERE g.tenant_id = $1 AND g.id::text = $2",
             Subject::Trial(_) => "SELECT to_jsonb(t) - 'fingerprint_sha256' FROM trials t WHERE t.tenant_id = $1 AND t.account_id = $2",
             Subject::Price(_) => {

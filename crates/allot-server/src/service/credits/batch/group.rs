@@ -57,9 +57,10 @@ impl Credits {
         let accounts: Vec<&str> = commands.iter().map(|c| c.account.as_str()).collect::<BTreeSet<_>>().into_iter().collect();
         let asked: Vec<(&str, &str)> =
             commands.iter().map(|c| (c.account.as_str(), c.lines[0].0.as_str())).collect::<BTreeSet<_>>().into_iter().collect();
-        // One round trip (`BEGIN` included): who pays (with the accounts' standings under the
-        // fair-use settings the plan book last held, read again below if those turn out not to be
-        // the current version's), every meter asked locked, and — sent after the lock on the
+        // One round trip (`BEGIN` included): who pays (and which accounts have fair-use state:
+        // their standings under the fair-use settings the plan book last held follow in a second
+        // round trip, only for those, and are read again below if those settings turn out not to
+        // be the current version's), every meter asked locked, and — sent after the lock on the
         // same connection, so executed once it is held — the meters' grants and live holds and
         // the batch's idempotency records. tokio-postgres sends a statement when its future is
         // first polled and `try_join!` polls in order; PostgreSQL runs one

@@ -97,8 +97,9 @@ impl Credits {
             checks.iter().map(|c| (c.cmd.account.as_str(), c.meter.as_str())).collect::<BTreeSet<_>>().into_iter().collect();
         // One round trip for all of it (`BEGIN` included), two statements, before who pays is
         // known: the rows, holds and grants of every meter asked (an org member's are read and
-        // left unused) and what governs every account, with its standings under the fair-use
-        // settings the plan book last held (read again if those turn out not to be the current
+        // left unused) and what governs every account; the standings, under the fair-use settings
+        // the plan book last held, follow in a second round trip for the accounts that have
+        // fair-use state only (read again if those settings turn out not to be the current
         // version's).
         let book = &self.ctx.plan_book;
         let hint = plans::standings_hint(book, tenant, now);
