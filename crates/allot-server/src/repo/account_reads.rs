@@ -30,6 +30,9 @@ pub struct AccountReads {
     /// By account, read when `violations_since` was given (as `fair_use::standings` reads them);
     /// accounts without fair-use state are absent (no exemption, no violations, no stored stage).
     pub standings: Option<Standings>,
+    /// The accounts marked as having fair-use state (migration V17): the only ones whose
+    /// standings are worth reading.
+    pub marked: Vec<String>,
 }
 
 /// Reads [`AccountReads`] of `accounts` (at least one). Fails when the tenant's row is not
@@ -40,7 +43,7 @@ pub async fn read(tx: &Tx<'_>, tenant: TenantId, accounts: &[&str], violations_s
     let rows = tx.query(&stmt, &[&tenant.0, &accounts]).await?;
     let config_version: Option<i64> = rows.first().and_then(|row| row.get(SUBSCRIPTION_COLUMNS + 1));
     let config_version = config_version.ok_or_else(|| Error::Internal(format!("tenant {tenant} is not visible: its transaction did not begin")))?;
-    let mut reads = AccountReads { config_version, members: HashSet::new(), subscriptions: HashMap::new(), standings: None };
+    let mut reads = AccountReads { config_version, members: HashSet::new(), subscriptions: HashMap::new(), standings: None, marked: Vec::new() };
     assert_eq!(rows.len(), accounts.len(), "one row per account");
     let mut marked: Vec<&str> = Vec::new();
     for row in &rows {
@@ -58,6 +61,7 @@ pub async fn read(tx: &Tx<'_>, tenant: TenantId, accounts: &[&str], violations_s
     if let Some(since) = violations_since {
         reads.standings = Some(if marked.is_empty() { Standings::new() } else { fair_use::standings(tx, tenant, &marked, since).await? });
     }
+    reads.marked = marked.into_iter().map(str::to_owned).collect();
     Ok(reads)
 }
 

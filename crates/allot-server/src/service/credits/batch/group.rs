@@ -135,7 +135,7 @@ impl Credits {
         // Standings read again only when the book's settings were not this version's; hourly
         // usage only for soft-capped meters.
         let (standings, hourly) = futures::try_join!(
-            plans::standings_at(early_standings, config_version, &settings, &tx, tenant, &accounts, now),
+            plans::standings_at(early_standings, config_version, &settings, &tx, tenant, now),
             plans.hourly(&tx, tenant, &capped, now),
         )?;
         let mut standing_of = plans::standings(&settings, &standings, locked_accounts.iter().copied());

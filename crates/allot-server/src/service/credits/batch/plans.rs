@@ -88,27 +88,41 @@ pub fn standings_hint(book: &PlanBook, tenant: TenantId, now: OffsetDateTime) ->
     book.settings_hint(tenant).map(|(version, settings)| (version, violations_since(&settings, now)))
 }
 
-/// The standings `repo::account_reads` read with [`standings_hint`] (before the batch knows its
-/// configuration version), with the version of the settings they were read under; `None` when
-/// the book held no settings.
-pub fn early_standings(hint: Option<(i64, OffsetDateTime)>, reads: &mut repo::account_reads::AccountReads) -> Option<(i64, StandingsRead)> {
-    hint.zip(reads.standings.take()).map(|((version, _), standings)| (version, standings))
+/// What a batch's first read said of its accounts' fair-use standings.
+pub struct EarlyStandings {
+    /// Those `repo::account_reads` read with [`standings_hint`] (before the batch knows its
+    /// configuration version), with the version of the settings they were read under; `None`
+    /// when the book held no settings.
+    read: Option<(i64, StandingsRead)>,
+    /// The accounts marked as having fair-use state: the others have none.
+    marked: Vec<String>,
 }
 
-/// The standings at `version`: those read early if they were read with its settings, else read
-/// again with `settings` (the version's).
+/// [`EarlyStandings`] taken out of `reads`.
+pub fn early_standings(hint: Option<(i64, OffsetDateTime)>, reads: &mut repo::account_reads::AccountReads) -> EarlyStandings {
+    EarlyStandings {
+        read: hint.zip(reads.standings.take()).map(|((version, _), standings)| (version, standings)),
+        marked: std::mem::take(&mut reads.marked),
+    }
+}
+
+/// The standings at `version`: those read early if they were read with its settings, else those
+/// of the marked accounts read again with `settings` (the version's).
 pub async fn standings_at(
-    early: Option<(i64, StandingsRead)>,
+    early: EarlyStandings,
     version: i64,
     settings: &Settings,
     tx: &Tx<'_>,
     tenant: TenantId,
-    accounts: &[&str],
     now: OffsetDateTime,
 ) -> Result<StandingsRead, Error> {
-    match early {
+    match early.read {
         Some((read_at, standings)) if read_at == version => Ok(standings),
-        _ => repo::fair_use::standings(tx, tenant, accounts, violations_since(settings, now)).await,
+        _ if early.marked.is_empty() => Ok(StandingsRead::new()),
+        _ => {
+            let marked: Vec<&str> = early.marked.iter().map(String::as_str).collect();
+            repo::fair_use::standings(tx, tenant, &marked, violations_since(settings, now)).await
+        }
     }
 }
 

@@ -117,7 +117,7 @@ impl Credits {
         let plans = Plans { payers: &payers, terms, soft_caps };
         let capped: Vec<(&str, &str)> = keys.iter().copied().filter(|(a, m)| !plans.caps_of(a, m).is_empty()).collect();
         let (standings, hourly) = futures::try_join!(
-            plans::standings_at(early_standings, config_version, &settings, &tx, tenant, &accounts, now),
+            plans::standings_at(early_standings, config_version, &settings, &tx, tenant, now),
             plans.hourly(&tx, tenant, &capped, now),
         )?;
         tx.end_read_only();
