@@ -556,7 +556,7 @@ async fn a_batch_reads_the_fair_use_state_of_the_accounts_marked_as_having_some(
     assert_eq!(marked, vec![("exempt".into(), None), ("warned".into(), None)], "a mark makes no account an org member");
 }
 
-/// An account's next violation, once it is marked, takes no lock on its `accounts` row (V18): with
+/// An account's next violation, once it is marked, takes no lock on its `accounts` row (V17): with
 /// that row locked by another transaction, the classification still goes through.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_marked_accounts_next_violation_takes_no_lock_on_its_account_row() {
@@ -576,7 +576,7 @@ async fn a_marked_accounts_next_violation_takes_no_lock_on_its_account_row() {
 
 /// Migration V17 marks the accounts whose fair-use state was written before it, run by a plain
 /// owner under row-level security forced on its tables, and leaves that security forced; its
-/// triggers (as V18 left them) mark each kind of state written after it.
+/// triggers mark each kind of state written after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_migration_marks_the_accounts_whose_fair_use_state_it_finds() {
     let (url, as_superuser) = plain_owner_database("marks").await;

@@ -6,7 +6,7 @@
 //! 2. then a hold row of that meter (`SELECT … FOR UPDATE`),
 //! 3. then subsidy rows: a hold's pool parts, the identity's day row, one pool shard,
 //! 4. then fair-use rows (the account's `accounts` row, only while its fair-use mark is first
-//!    set by a trigger, V18; `escalation_state`; then the outbox counter).
+//!    set by a trigger, V17; `escalation_state`; then the outbox counter).
 //!
 //! Grants, ledger entries and idempotency records are only touched while (1) is held.
 
