@@ -27,6 +27,7 @@ mod baseline;
 mod cpu;
 mod open_loop;
 mod peak;
+mod raw_open_loop;
 mod statements;
 mod streams;
 mod transport;
@@ -239,9 +240,18 @@ async fn measure(
             open.push(row);
         }
     }
+    // And the raw read at the same share of its own peak, with the server idle (finding 61).
+    let raw_open = match (script, raw_open_loop::raw_check_peak(&rows)) {
+        (Some(script), Some(raw_peak)) if !open.is_empty() => {
+            let row = raw_open_loop::run(script, postgres, raw_peak, open_loop_percent, Duration::from_secs(options.seconds)).await?;
+            eprintln!("bench: raw check at {:.0} ops/s offered (open loop): p99 {:.2} ms", row.offered_per_s, row.latency.p99_ms);
+            Some(row)
+        }
+        _ => None,
+    };
     let _ = stop.send(());
     let _ = server.await;
-    Ok(report(&rows, &open, options))
+    Ok(report(&rows, &open, raw_open.as_ref(), options))
 }
 
 async fn seed_plan(clients: &Clients) -> anyhow::Result<()> {
@@ -452,7 +462,7 @@ fn percentiles(latencies_us: &mut [u32]) -> Percentiles {
     Percentiles { p50_ms: pct(0.50), p95_ms: pct(0.95), p99_ms: pct(0.99) }
 }
 
-fn report(rows: &[Row], open: &[open_loop::OpenRow], options: &Options) -> String {
+fn report(rows: &[Row], open: &[open_loop::OpenRow], raw_open: Option<&raw_open_loop::RawOpenRow>, options: &Options) -> String {
     let mut out = format!(
         "Measured with `allot bench --seconds {} --clients \"{}\"` on {} (UTC), {} cores.\n\n",
         options.seconds,
@@ -502,5 +512,9 @@ fn report(rows: &[Row], open: &[open_loop::OpenRow], options: &Options) -> Strin
         }
     }
     out.push_str(&open_loop::report(open));
+    if let Some(raw) = raw_open {
+        let p99_ms: Vec<(&str, f64)> = open.iter().map(|row| (row.scenario, row.latency.p99_ms)).collect();
+        out.push_str(&raw_open_loop::report(raw, &p99_ms));
+    }
     out
 }
