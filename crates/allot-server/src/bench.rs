@@ -240,18 +240,25 @@ async fn measure(
             open.push(row);
         }
     }
-    // And the raw read at the same share of its own peak, with the server idle (finding 61).
-    let raw_open = match (script, raw_open_loop::raw_check_peak(&rows)) {
-        (Some(script), Some(raw_peak)) if !open.is_empty() => {
-            let row = raw_open_loop::run(script, postgres, raw_peak, open_loop_percent, Duration::from_secs(options.seconds)).await?;
-            eprintln!("bench: raw check at {:.0} ops/s offered (open loop): p99 {:.2} ms", row.offered_per_s, row.latency.p99_ms);
-            Some(row)
+    // And beside each, the raw read at the same share of that scenario's raw peak, with the server
+    // idle (finding 61). A failed pgbench costs its row, not the report.
+    let mut raw_open = Vec::new();
+    for row in &open {
+        let (Some(script), Some(raw_peak)) = (script, raw_open_loop::raw_peak_of(&rows, row.scenario)) else { continue };
+        match raw_open_loop::run(script, postgres, row.scenario, raw_peak, open_loop_percent, Duration::from_secs(options.seconds)).await {
+            Ok(raw) => {
+                eprintln!(
+                    "bench: raw check at {:.0} ops/s offered (open loop, beside {}): p99 {:.2} ms",
+                    raw.offered_per_s, row.scenario, raw.latency.p99_ms
+                );
+                raw_open.push(raw);
+            }
+            Err(e) => eprintln!("bench: no raw open-loop row beside {}: {e:#}", row.scenario),
         }
-        _ => None,
-    };
+    }
     let _ = stop.send(());
     let _ = server.await;
-    Ok(report(&rows, &open, raw_open.as_ref(), options))
+    Ok(report(&rows, &open, &raw_open, options))
 }
 
 async fn seed_plan(clients: &Clients) -> anyhow::Result<()> {
@@ -462,7 +469,7 @@ fn percentiles(latencies_us: &mut [u32]) -> Percentiles {
     Percentiles { p50_ms: pct(0.50), p95_ms: pct(0.95), p99_ms: pct(0.99) }
 }
 
-fn report(rows: &[Row], open: &[open_loop::OpenRow], raw_open: Option<&raw_open_loop::RawOpenRow>, options: &Options) -> String {
+fn report(rows: &[Row], open: &[open_loop::OpenRow], raw_open: &[raw_open_loop::RawOpenRow], options: &Options) -> String {
     let mut out = format!(
         "Measured with `allot bench --seconds {} --clients \"{}\"` on {} (UTC), {} cores.\n\n",
         options.seconds,
@@ -512,9 +519,6 @@ fn report(rows: &[Row], open: &[open_loop::OpenRow], raw_open: Option<&raw_open_
         }
     }
     out.push_str(&open_loop::report(open));
-    if let Some(raw) = raw_open {
-        let p99_ms: Vec<(&str, f64)> = open.iter().map(|row| (row.scenario, row.latency.p99_ms)).collect();
-        out.push_str(&raw_open_loop::report(raw, &p99_ms));
-    }
+    out.push_str(&raw_open_loop::report(raw_open, open));
     out
 }
