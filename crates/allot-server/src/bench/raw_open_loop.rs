@@ -5,7 +5,8 @@
 //! the baseline's own read (`check.sql` beside the runner, the work of its `check` row) is offered
 //! by `pgbench --rate` at the same share of a raw peak as an Allot open-loop row is of its own
 //! peak: the raw peak of that row's scenario, as in the peak-against-peak table, with as many
-//! clients as it was reached with, against the bench's PostgreSQL while the server idles.
+//! clients as it was reached with but at most [`CLIENTS_MAX`], against the bench's PostgreSQL
+//! while the server idles.
 //!
 //! The two sides are offered differently, and the report says so. pgbench schedules
 //! transactions as a Poisson process (burstier than the open-loop rows' calls, issued each
@@ -15,10 +16,10 @@
 //! transactions' own time, their schedule lag left out: the raw side's tail without its clients'
 //! queueing, a lower bound.
 //!
-//! The first second of the log is left out: the first transactions run on fresh backends
-//! (statements still to be prepared, caches cold) and start up to tens of milliseconds late,
-//! while Allot's connections are warm by the time its open-loop rows run. pgbench stops at its
-//! deadline without waiting for transactions still queued, which are not logged.
+//! The first second of the log is left out: the first transactions start up to tens of
+//! milliseconds late (most likely on fresh backends: statements still to be prepared, caches
+//! cold), while Allot's connections are warm by the time its open-loop rows run. pgbench stops
+//! at its deadline without waiting for transactions still queued, which are not logged.
 
 use std::path::Path;
 use std::time::Duration;
@@ -32,22 +33,30 @@ const ACCOUNTS: u32 = 10_000;
 const WARM_UP: Duration = Duration::from_secs(1);
 /// pgbench's worker threads, as the runner's.
 const THREADS: usize = 2;
+/// Most pgbench clients: more backends only lengthen the raw tail on two cores (finding 61's
+/// table: 16 had the shortest at 20,000 and 25,000 reads/s), so the raw side is given its best.
+const CLIENTS_MAX: usize = 16;
 
 /// The raw read offered at a fixed rate.
 #[derive(Debug, Clone)]
 pub struct RawOpenRow {
     /// The Allot open-loop row it is the baseline of.
     pub beside: &'static str,
-    /// The raw closed-loop peak it is a share of, and its clients (also this run's).
+    /// The raw closed-loop peak it is a share of, and its clients.
     pub peak: (f64, usize),
+    /// pgbench's clients: the peak's, at most [`CLIENTS_MAX`].
+    pub clients: usize,
     pub percent_of_peak: u32,
     pub offered_per_s: f64,
-    /// Transactions scheduled after the warm-up, per second of the span they were scheduled over.
+    /// Transactions scheduled after the warm-up, per second from the warm-up's end to the last
+    /// transaction's end: below the offered rate when pgbench falls behind its schedule.
     pub answered_per_s: f64,
     /// From each transaction's scheduled start (its schedule lag included).
     pub latency: Percentiles,
     /// The transactions' own time, their schedule lag left out.
     pub service_p99_ms: f64,
+    /// Transactions pgbench logged as failed or skipped (after the warm-up).
+    pub errors: u64,
 }
 
 /// The highest raw rate beside `scenario`'s rows (its raw peak in the peak-against-peak table),
@@ -71,10 +80,11 @@ pub async fn run(
     let script = runner.parent().map(|dir| dir.join("check.sql")).filter(|s| s.exists());
     let script = script.ok_or_else(|| anyhow::anyhow!("no check.sql beside {}", runner.display()))?.canonicalize()?;
     let offered_per_s = peak.0 * f64::from(percent) / 100.0;
+    let clients = peak.1.min(CLIENTS_MAX);
     let logs = tempfile::Builder::new().prefix("allot-bench-raw-").tempdir()?;
     let output = tokio::process::Command::new(postgres.bin_dir().join("pgbench"))
         .current_dir(logs.path())
-        .args(["-n", "-M", "prepared", "-c", &peak.1.to_string(), "-j", &THREADS.to_string()])
+        .args(["-n", "-M", "prepared", "-c", &clients.to_string(), "-j", &THREADS.to_string()])
         .args(["-T", &(WARM_UP + length).as_secs().to_string(), "-R", &format!("{offered_per_s:.0}")])
         .args(["-D", &format!("naccounts={ACCOUNTS}"), "-f"])
         .arg(&script)
@@ -96,11 +106,13 @@ pub async fn run(
     Ok(RawOpenRow {
         beside,
         peak,
+        clients,
         percent_of_peak: percent,
         offered_per_s,
         answered_per_s: if span_s > 0.0 { measured.latencies_us.len() as f64 / span_s } else { 0.0 },
         latency: percentiles(&mut measured.latencies_us),
         service_p99_ms: percentiles(&mut measured.service_us).p99_ms,
+        errors: measured.errors,
     })
 }
 
@@ -111,38 +123,55 @@ struct Measured {
     latencies_us: Vec<u32>,
     /// Per transaction, its own time (the latency less its schedule lag).
     service_us: Vec<u32>,
-    /// From the first kept transaction's scheduled start to the last one's.
+    /// From the warm-up's end to the last transaction's end.
     span_us: i64,
+    /// Transactions logged as failed or skipped.
+    errors: u64,
 }
 
 /// The transactions in pgbench's per-transaction `log` (lines `client_id transaction_no time
 /// script_no time_epoch time_us schedule_lag`, with `--rate`: `time` in microseconds from the
-/// scheduled start, `schedule_lag` the wait before the transaction started) scheduled at least
-/// [`WARM_UP`] after the first. Lines of another shape are left out.
+/// scheduled start, or `failed` / `skipped`; `time_epoch time_us` when it ended; `schedule_lag`
+/// the wait before it started) scheduled at least [`WARM_UP`] after the first. Lines of another
+/// shape are left out.
 fn after_warm_up(log: &str) -> Measured {
-    // (scheduled start, latency, schedule lag), in microseconds.
-    let mut transactions: Vec<(i64, u32, u32)> = Vec::new();
+    let mut transactions: Vec<Logged> = Vec::new();
     for line in log.lines() {
         let fields: Vec<&str> = line.split_ascii_whitespace().collect();
         let [_, _, time, _, epoch_s, epoch_us, lag, ..] = fields[..] else { continue };
-        let (Ok(latency_us), Ok(epoch_s), Ok(epoch_us), Ok(lag_us)) =
-            (time.parse::<u32>(), epoch_s.parse::<i64>(), epoch_us.parse::<i64>(), lag.parse::<u32>())
-        else {
-            continue;
-        };
-        transactions.push((epoch_s * 1_000_000 + epoch_us - i64::from(latency_us), latency_us, lag_us));
+        let (Ok(epoch_s), Ok(epoch_us), Ok(lag_us)) = (epoch_s.parse::<i64>(), epoch_us.parse::<i64>(), lag.parse::<u32>()) else { continue };
+        let ended_us = epoch_s * 1_000_000 + epoch_us;
+        match (time, time.parse::<u32>()) {
+            (_, Ok(latency_us)) => {
+                transactions.push(Logged { scheduled_us: ended_us - i64::from(latency_us), ended_us, done: Some((latency_us, lag_us)) })
+            }
+            // It has no latency: counted from its end, near enough for the cut.
+            ("failed" | "skipped", _) => transactions.push(Logged { scheduled_us: ended_us, ended_us, done: None }),
+            _ => {}
+        }
     }
-    let Some(first_us) = transactions.iter().map(|(scheduled_us, ..)| *scheduled_us).min() else {
-        return Measured { latencies_us: Vec::new(), service_us: Vec::new(), span_us: 0 };
+    let Some(first_us) = transactions.iter().map(|t| t.scheduled_us).min() else {
+        return Measured { latencies_us: Vec::new(), service_us: Vec::new(), span_us: 0, errors: 0 };
     };
     let from_us = first_us + i64::try_from(WARM_UP.as_micros()).expect("a second fits");
-    transactions.retain(|(scheduled_us, ..)| *scheduled_us >= from_us);
-    let last_us = transactions.iter().map(|(scheduled_us, ..)| *scheduled_us).max().unwrap_or(from_us);
+    transactions.retain(|t| t.scheduled_us >= from_us);
+    let last_end_us = transactions.iter().map(|t| t.ended_us).max().unwrap_or(from_us);
+    let done: Vec<(u32, u32)> = transactions.iter().filter_map(|t| t.done).collect();
     Measured {
-        latencies_us: transactions.iter().map(|(_, latency_us, _)| *latency_us).collect(),
-        service_us: transactions.iter().map(|(_, latency_us, lag_us)| latency_us.saturating_sub(*lag_us)).collect(),
-        span_us: last_us - from_us,
+        latencies_us: done.iter().map(|(latency_us, _)| *latency_us).collect(),
+        service_us: done.iter().map(|(latency_us, lag_us)| latency_us.saturating_sub(*lag_us)).collect(),
+        span_us: last_end_us - from_us,
+        errors: (transactions.len() - done.len()) as u64,
     }
+}
+
+/// One transaction of a pgbench log, in microseconds.
+struct Logged {
+    scheduled_us: i64,
+    ended_us: i64,
+    /// Its latency from the scheduled start and its schedule lag; `None` if it failed or was
+    /// skipped.
+    done: Option<(u32, u32)>,
 }
 
 /// The report's lines for the raw rows beside Allot's open-loop `rows`: one table row each (to
@@ -151,7 +180,7 @@ pub fn report(raw: &[RawOpenRow], rows: &[super::open_loop::OpenRow]) -> String 
     let mut out = String::new();
     for row in raw {
         out.push_str(&format!(
-            "| raw check beside {} (`pgbench --rate`, `check.sql`) | {:.0} ({}) | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | – | {} (its clients) | – |\n",
+            "| raw check beside {} (`pgbench --rate`, `check.sql`) | {:.0} ({}) | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | ≤ {} (its clients) | – |\n",
             row.beside,
             row.peak.0,
             row.peak.1,
@@ -160,7 +189,8 @@ pub fn report(raw: &[RawOpenRow], rows: &[super::open_loop::OpenRow]) -> String 
             row.latency.p50_ms,
             row.latency.p95_ms,
             row.latency.p99_ms,
-            row.peak.1,
+            row.errors,
+            row.clients,
         ));
     }
     let ratios: Vec<String> = raw
@@ -213,17 +243,20 @@ mod tests {
 
     #[test]
     fn the_first_second_is_left_out_and_the_schedule_lag_is_taken_off_the_service_time() {
-        // Scheduled at 10.0 s (started 29 ms late), 10.5 s, 11.0 s and 11.2 s (20 and 30 µs late);
-        // then a line of another shape and one pgbench did not finish writing.
+        // Scheduled at 10.0 s (started 29 ms late), 10.5 s, 11.05 s and 11.2 s (20 and 30 µs
+        // late, the last ending at 11.2009 s); a failure at 11.1 s; a line of another shape and
+        // one pgbench did not finish writing.
         let log = "0 1 30000 0 10 30000 29000\n\
                    1 1 500 0 10 500500 10\n\
-                   0 2 700 0 11 700 20\n\
+                   0 2 700 0 11 50700 20\n\
                    1 2 900 0 11 200900 30\n\
-                   0 3 failed 0 11 500000 0\n\
+                   0 3 failed 0 11 100000 0\n\
+                   0 4 unknown 0 11 100000 0\n\
                    1 3 80";
         let measured = after_warm_up(log);
-        assert_eq!(measured, Measured { latencies_us: vec![700, 900], service_us: vec![680, 870], span_us: 200_000 });
-        assert_eq!(after_warm_up(""), Measured { latencies_us: Vec::new(), service_us: Vec::new(), span_us: 0 });
+        let expected = Measured { latencies_us: vec![700, 900], service_us: vec![680, 870], span_us: 200_900, errors: 1 };
+        assert_eq!(measured, expected, "the span runs from the cut (11.0 s) to the last end");
+        assert_eq!(after_warm_up(""), Measured { latencies_us: Vec::new(), service_us: Vec::new(), span_us: 0, errors: 0 });
     }
 
     /// A real pgbench against a real PostgreSQL: its log, as this version writes it, is parsed
@@ -244,7 +277,7 @@ mod tests {
         let measured = run(&runner, &postgres, "check", (600.0, 2), 50, Duration::from_secs(2)).await;
         postgres.stop();
         let row = measured.expect("pgbench runs");
-        assert_eq!((row.beside, row.offered_per_s), ("check", 300.0), "{row:?}");
+        assert_eq!((row.beside, row.clients, row.offered_per_s, row.errors), ("check", 2, 300.0, 0), "{row:?}");
         assert!((200.0..=400.0).contains(&row.answered_per_s), "about 300 a second past the warm-up: {row:?}");
         let Percentiles { p50_ms, p99_ms, .. } = row.latency;
         assert!(p50_ms > 0.0 && p50_ms <= p99_ms && p99_ms < 1_000.0, "{row:?}");
@@ -272,16 +305,18 @@ mod tests {
     fn the_report_puts_the_raw_rows_in_the_open_loop_table_with_the_ratios() {
         let raw = RawOpenRow {
             beside: "check",
-            peak: (44_000.0, 16),
+            peak: (44_000.0, 64),
+            clients: 16,
             percent_of_peak: 50,
             offered_per_s: 22_000.0,
             answered_per_s: 21_990.0,
             latency: Percentiles { p50_ms: 0.4, p95_ms: 1.1, p99_ms: 2.5 },
             service_p99_ms: 0.5,
+            errors: 0,
         };
         let text = report(std::slice::from_ref(&raw), &[open_row("check", 10.0), open_row("check-stream", 5.0)]);
         assert!(
-            text.starts_with("| raw check beside check (`pgbench --rate`, `check.sql`) | 44000 (16) | 22000 | 21990 | 0.40 | 1.10 | 2.50 | – | 16 (its clients) | – |\n"),
+            text.starts_with("| raw check beside check (`pgbench --rate`, `check.sql`) | 44000 (64) | 22000 | 21990 | 0.40 | 1.10 | 2.50 | 0 | ≤ 16 (its clients) | – |\n"),
             "{text}"
         );
         assert!(
