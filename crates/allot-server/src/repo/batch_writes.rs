@@ -29,8 +29,10 @@ use crate::ids::TenantId;
 /// [`BalanceColumns`]) and idempotency records (`$30`–`$33`, [`RecordColumns`]) of a batch, with
 /// the tenant (`$1`) and the time (`$2`). Data-modifying `WITH` queries all run to completion
 /// whether or not the final query reads them. The final query fails, aborting the transaction,
-/// unless every balance row was updated and every record inserted (another transaction stored
-/// one of the keys first; `allot_expect_rows`, migration `V15__write_checks`).
+/// unless every balance row was updated (`allot_expect_rows`, migration `V15__write_checks`).
+/// A key another transaction stored first fails the records' insert itself (a unique
+/// violation), with the same effect: a plain insert, not `ON CONFLICT DO NOTHING`, whose
+/// speculative insertion cost ~8 µs more per record (docs/benchmarks.md, finding 63).
 pub static WRITE_SQL: LazyLock<String> = LazyLock::new(|| {
     format!(
         "WITH l AS ({APPEND_MANY_SQL}), \
@@ -49,7 +51,7 @@ pub static WRITE_SQL: LazyLock<String> = LazyLock::new(|| {
          i AS (INSERT INTO idempotency_records (tenant_id, key, operation, request_sha256, response) \
            SELECT $1, key, operation, request_sha256, response::jsonb \
            FROM unnest($30::text[], $31::text[], $32::bytea[], $33::text[]) AS r(key, operation, request_sha256, response) \
-           ON CONFLICT (tenant_id, key) DO NOTHING RETURNING 1) \
+           RETURNING 1) \
          SELECT allot_expect_rows((SELECT count(*) FROM u), cardinality($18::text[]), 'meter balances'), \
            allot_expect_rows((SELECT count(*) FROM i), cardinality($30::text[]), 'idempotency records, a key stored concurrently')"
     )
