@@ -59,7 +59,7 @@ pub async fn read(tx: &Tx<'_>, tenant: TenantId, accounts: &[&str], violations_s
         }
     }
     if let Some(since) = violations_since {
-        reads.standings = Some(if marked.is_empty() { Standings::new() } else { fair_use::standings(tx, tenant, &marked, since).await? });
+        reads.standings = Some(fair_use::standings(tx, tenant, &marked, since).await?);
     }
     reads.marked = marked.into_iter().map(str::to_owned).collect();
     Ok(reads)

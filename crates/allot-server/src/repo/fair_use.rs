@@ -347,8 +347,12 @@ pub async fn audit(
 /// and its stored stage.
 pub type Standings = std::collections::HashMap<String, (bool, i64, Option<Stage>)>;
 
-/// [`standing`] of several accounts at once (a batch of debits), by account.
+/// [`standing`] of several accounts at once (a batch of debits), by account; none, and no
+/// statement, for no accounts.
 pub async fn standings(tx: &Tx<'_>, tenant: TenantId, accounts: &[&str], since: OffsetDateTime) -> Result<Standings, Error> {
+    if accounts.is_empty() {
+        return Ok(Standings::new());
+    }
     let stmt = tx
         .prepare_cached(
             "SELECT a.id, EXISTS (SELECT 1 FROM escalation_exempt x WHERE x.tenant_id = $1 AND x.account_id = a.id), \

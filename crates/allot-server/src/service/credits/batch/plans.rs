@@ -118,7 +118,6 @@ pub async fn standings_at(
 ) -> Result<StandingsRead, Error> {
     match early.read {
         Some((read_at, standings)) if read_at == version => Ok(standings),
-        _ if early.marked.is_empty() => Ok(StandingsRead::new()),
         _ => {
             let marked: Vec<&str> = early.marked.iter().map(String::as_str).collect();
             repo::fair_use::standings(tx, tenant, &marked, violations_since(settings, now)).await
