@@ -75,7 +75,7 @@ pub fn due(elapsed: Duration, rate_per_s: f64) -> u64 {
 
 /// The highest closed-loop rate of `scenario` over `rows` and its clients, if it was measured.
 pub fn peak_of(rows: &[super::Row], scenario: &str) -> Option<(f64, usize)> {
-    rows.iter().filter(|r| r.scenario == scenario).map(|r| (r.ops_per_s, r.clients)).max_by(|a, b| a.0.total_cmp(&b.0))
+    super::peak::highest(rows, scenario, |r| Some(r.ops_per_s))
 }
 
 /// What the calls of a run have come to, shared by the tasks that see them answered.

@@ -31,6 +31,12 @@ impl Peak {
     }
 }
 
+/// The highest `rate` over `scenario`'s rows (rows without one left out), and the clients it was
+/// reached with.
+pub fn highest(rows: &[Row], scenario: &str, rate: impl Fn(&Row) -> Option<f64>) -> Option<(f64, usize)> {
+    rows.iter().filter(|r| r.scenario == scenario).filter_map(|r| rate(r).map(|v| (v, r.clients))).max_by(|a, b| a.0.total_cmp(&b.0))
+}
+
 /// The peaks of every scenario with at least two rows that have a baseline, in the rows' order:
 /// Allot's over all of the scenario's rows, the raw one's over those that have a baseline.
 pub fn peaks(rows: &[Row]) -> Vec<Peak> {
@@ -43,17 +49,13 @@ pub fn peaks(rows: &[Row]) -> Vec<Peak> {
     scenarios
         .into_iter()
         .filter_map(|scenario| {
-            let ran: Vec<&Row> = rows.iter().filter(|r| r.scenario == scenario).collect();
-            let beside_raw: Vec<&Row> = ran.iter().copied().filter(|r| r.raw_ops_per_s.is_some()).collect();
-            if beside_raw.len() < 2 {
+            if rows.iter().filter(|r| r.scenario == scenario && r.raw_ops_per_s.is_some()).count() < 2 {
                 return None;
             }
-            let best = |rows: &[&Row], rate: &dyn Fn(&Row) -> f64| {
-                rows.iter().map(|r| (rate(r), r.clients)).max_by(|a, b| a.0.total_cmp(&b.0)).expect("at least two rows")
-            };
-            let allot = best(&ran, &|r| r.ops_per_s);
-            let allot_beside_raw = best(&beside_raw, &|r| r.ops_per_s);
-            let raw = best(&beside_raw, &|r| r.raw_ops_per_s.expect("filtered on a baseline"));
+            let at_least_two = "at least two rows";
+            let allot = highest(rows, scenario, |r| Some(r.ops_per_s)).expect(at_least_two);
+            let allot_beside_raw = highest(rows, scenario, |r| r.raw_ops_per_s.map(|_| r.ops_per_s)).expect(at_least_two);
+            let raw = highest(rows, scenario, |r| r.raw_ops_per_s).expect(at_least_two);
             (raw.0 > 0.0).then_some(Peak { scenario, allot, allot_beside_raw, raw })
         })
         .collect()

@@ -62,7 +62,7 @@ pub struct RawOpenRow {
 /// The highest raw rate beside `scenario`'s rows (its raw peak in the peak-against-peak table),
 /// and its clients.
 pub fn raw_peak_of(rows: &[super::Row], scenario: &str) -> Option<(f64, usize)> {
-    rows.iter().filter(|r| r.scenario == scenario).filter_map(|r| r.raw_ops_per_s.map(|raw| (raw, r.clients))).max_by(|a, b| a.0.total_cmp(&b.0))
+    super::peak::highest(rows, scenario, |r| r.raw_ops_per_s)
 }
 
 /// Offers `runner`'s `check.sql` at `percent` of `peak` for `length` (after [`WARM_UP`]) with
