@@ -231,21 +231,25 @@ async fn measure(
         }
     }
     // The check target's latency half: p99 at half of the closed-loop peak, offered at that rate,
-    // unary and streamed.
+    // unary and streamed; right after the unary row, a call answered from memory at the same
+    // rate, the floor under it.
     let mut open = Vec::new();
+    let length = Duration::from_secs(options.seconds);
     for scenario in ["check", "check-stream"] {
-        if let Some(peak) = open_loop::peak_of(&rows, scenario) {
-            let row = open_loop::run(&clients, scenario, peak, open_loop_percent, Duration::from_secs(options.seconds)).await?;
-            eprintln!("bench: {scenario} at {:.0} ops/s offered (open loop): p99 {:.2} ms", row.offered_per_s, row.latency.p99_ms);
+        let Some(peak) = open_loop::peak_of(&rows, scenario) else { continue };
+        let paced: &[&'static str] = if scenario == "check" { &[scenario, open_loop::FLOOR] } else { &[scenario] };
+        for &offered in paced {
+            let row = open_loop::run(&clients, offered, scenario, peak, open_loop_percent, length).await?;
+            eprintln!("bench: {offered} at {:.0} ops/s offered (open loop): p99 {:.2} ms", row.offered_per_s, row.latency.p99_ms);
             open.push(row);
         }
     }
-    // And beside each, the raw read at the same share of that scenario's raw peak, with the server
-    // idle (finding 61). A failed pgbench costs its row, not the report.
+    // And beside each check row, the raw read at the same share of that scenario's raw peak, with
+    // the server idle (finding 61). A failed pgbench costs its row, not the report.
     let mut raw_open = Vec::new();
-    for row in &open {
+    for row in open.iter().filter(|r| r.paced_by == r.scenario) {
         let (Some(script), Some(raw_peak)) = (script, raw_open_loop::raw_peak_of(&rows, row.scenario)) else { continue };
-        match raw_open_loop::run(script, postgres, row.scenario, raw_peak, open_loop_percent, Duration::from_secs(options.seconds)).await {
+        match raw_open_loop::run(script, postgres, row.scenario, raw_peak, open_loop_percent, length).await {
             Ok(raw) => {
                 eprintln!(
                     "bench: raw check at {:.0} ops/s offered (open loop, beside {}): p99 {:.2} ms",

@@ -10,6 +10,11 @@
 //! long-lived `CheckStream`s in turn, many in flight on each, its answers matched to their
 //! requests by sequence.
 //!
+//! Beside the unary `check` row, [`FLOOR`] is offered at the same rate: a call the server answers
+//! from memory (a held cooldown: no PostgreSQL, no Redis), so its latency is what the machine, the
+//! load generator and a gRPC call through Allot's layers cost at that rate — a floor under the
+//! check's (docs/benchmarks.md, finding 61).
+//!
 //! The issuer stops issuing once [`IN_FLIGHT_MAX`] calls are unanswered (or a stream has as many
 //! in flight as the server reads ahead) and the row says
 //! `saturated`: the offered rate is then beyond what the server sustains, and issuing more would
@@ -40,12 +45,17 @@ const TICK: Duration = Duration::from_millis(1);
 const DRAIN_MAX: Duration = Duration::from_secs(10);
 /// Callers the issued calls are spread over for their accounts (`super::account_of`).
 const CALLERS: u64 = 1_024;
+/// The scenario offered at the unary check's rate as a floor under its latency.
+pub const FLOOR: &str = "classify-cooldown";
 
 /// One open-loop measurement.
 #[derive(Debug, Clone)]
 pub struct OpenRow {
     pub scenario: &'static str,
-    /// The closed-loop peak it is a fraction of, and the clients it was reached with.
+    /// The scenario whose closed-loop peak sets the offered rate: itself, or for [`FLOOR`] the
+    /// check it is measured beside.
+    pub paced_by: &'static str,
+    /// That closed-loop peak, and the clients it was reached with.
     pub peak: (f64, usize),
     /// The share of the peak offered, in per cent.
     pub percent_of_peak: u32,
@@ -101,13 +111,21 @@ impl Tally {
 /// Streams the streamed row spreads its calls over (as many as the 64-client closed-loop row's).
 const STREAMS: usize = 64;
 
-/// Offers `scenario` (`check`, or `check-stream`: the same calls spread over [`STREAMS`]
-/// long-lived streams, many in flight on each) at `percent` of `peak` for `length`.
-pub async fn run(clients: &Clients, scenario: &'static str, peak: (f64, usize), percent: u32, length: Duration) -> anyhow::Result<OpenRow> {
+/// Offers `scenario` (`check`; `check-stream`: the same calls spread over [`STREAMS`]
+/// long-lived streams, many in flight on each; or [`FLOOR`]) at `percent` of `paced_by`'s closed-loop
+/// `peak` for `length`.
+pub async fn run(
+    clients: &Clients,
+    scenario: &'static str,
+    paced_by: &'static str,
+    peak: (f64, usize),
+    percent: u32,
+    length: Duration,
+) -> anyhow::Result<OpenRow> {
     let offered_per_s = peak.0 * f64::from(percent) / 100.0;
     let tally = Arc::new(Tally::default());
     let streams = match scenario {
-        "check" => None,
+        "check" | FLOOR => None,
         "check-stream" => Some(CheckStreams::open(clients, &tally).await?),
         _ => anyhow::bail!("no open-loop row for {scenario}"),
     };
@@ -157,6 +175,7 @@ pub async fn run(clients: &Clients, scenario: &'static str, peak: (f64, usize), 
     let cpu_us = cpu_before.zip(cpu::Sample::now()).map(|(before, after)| after.per_op_us(&before, answered));
     Ok(OpenRow {
         scenario,
+        paced_by,
         peak,
         percent_of_peak: percent,
         offered_per_s,
@@ -223,9 +242,14 @@ pub fn report(rows: &[OpenRow]) -> String {
     out.push_str("| scenario | peak ops/s (clients) | offered ops/s | answered ops/s | p50 ms | p95 ms | p99 ms | errors | most in flight | CPU µs/op: Allot+client / rest |\n");
     out.push_str("| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
     for row in rows {
+        let floor = if row.scenario == FLOOR { " (answered from memory: the floor)" } else { "" };
+        let name = match row.paced_by == row.scenario {
+            true => format!("{}{floor}", row.scenario),
+            false => format!("{} at {}'s rate{floor}", row.scenario, row.paced_by),
+        };
         out.push_str(&format!(
             "| {} | {:.0} ({}) | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {} | {}{} | {} |\n",
-            row.scenario,
+            name,
             row.peak.0,
             row.peak.1,
             row.offered_per_s,
@@ -288,6 +312,7 @@ mod tests {
         let latency = Percentiles { p50_ms: 0.8, p95_ms: 1.4, p99_ms: 1.9 };
         let open = OpenRow {
             scenario: "check",
+            paced_by: "check",
             peak: (38_135.0, 256),
             percent_of_peak: 50,
             offered_per_s: 19_067.0,
@@ -304,9 +329,33 @@ mod tests {
         assert!(text.contains("| check | 38135 (256) | 19067 | 19050 | 0.80 | 1.40 | 1.90 | 0 | 40 | 50 / 20 |"), "{text}");
         let mut streamed = open.clone();
         streamed.scenario = "check-stream";
+        streamed.paced_by = "check-stream";
         streamed.saturated = true;
         let both = report(&[open, streamed]);
         assert_eq!(both.matches("closed-loop peak").count(), 1, "one heading for every row: {both}");
         assert!(both.contains("| check-stream | 38135 (256) |") && both.contains("40 (saturated: issuing stopped)"), "{both}");
+    }
+
+    #[test]
+    fn the_floor_is_named_by_the_check_whose_rate_it_is_offered_at() {
+        let latency = Percentiles { p50_ms: 0.3, p95_ms: 0.9, p99_ms: 1.6 };
+        let floor = OpenRow {
+            scenario: FLOOR,
+            paced_by: "check",
+            peak: (30_000.0, 256),
+            percent_of_peak: 50,
+            offered_per_s: 15_000.0,
+            answered_per_s: 14_990.0,
+            latency,
+            errors: 0,
+            in_flight_max: 30,
+            saturated: false,
+            cpu_us: None,
+        };
+        let text = report(&[floor]);
+        assert!(
+            text.contains("| classify-cooldown at check's rate (answered from memory: the floor) | 30000 (256) | 15000 | 14990 | 0.30 | 0.90 | 1.60 | 0 | 30 | – |"),
+            "{text}"
+        );
     }
 }

@@ -289,6 +289,7 @@ mod tests {
     fn open_row(scenario: &'static str, p99_ms: f64) -> super::super::open_loop::OpenRow {
         super::super::open_loop::OpenRow {
             scenario,
+            paced_by: scenario,
             peak: (30_000.0, 256),
             percent_of_peak: 50,
             offered_per_s: 15_000.0,
