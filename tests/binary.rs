@@ -532,7 +532,7 @@ async fn bench_refuses_a_statement_count_out_of_bounds_before_starting_anything(
 }
 
 /// Longest a one-second-per-row `allot bench` of every scenario may take (local stack, 10,000
-/// accounts warmed up, 11 rows and 2 open-loop rows).
+/// accounts warmed up, 11 rows and 3 open-loop rows).
 const BENCH_TIMEOUT: Duration = Duration::from_secs(240);
 
 #[tokio::test]
@@ -565,13 +565,16 @@ async fn bench_runs_every_scenario_with_every_call_answered() {
         assert!(ops_per_s > 0.0, "{scenario} answered no call: {row}");
         assert_eq!(cells[7], "0", "{scenario} had errors: {row}");
     }
-    // The open-loop rows: | scenario | peak (clients) | offered | answered | p50 | p95 | p99 | errors | …
-    for scenario in ["check", "check-stream"] {
+    // The open-loop rows, the floor beside the unary check's among them:
+    // | scenario | peak (clients) | offered | answered | p50 | p95 | p99 | errors | …
+    for scenario in ["check", "check-stream", "classify-cooldown at check's rate (answered from memory: the floor)"] {
         let row = report
             .lines()
             .find(|line| line.starts_with(&format!("| {scenario} | ")) && line.contains("(3)"))
             .unwrap_or_else(|| panic!("no open-loop row for {scenario} in:\n{report}"));
         let cells: Vec<&str> = row.split('|').map(str::trim).collect();
+        let answered_per_s: f64 = cells[4].parse().unwrap_or_else(|e| panic!("{row}: {e}"));
+        assert!(answered_per_s > 0.0, "{scenario} answered no call offered at a fixed rate: {row}");
         assert_eq!(cells[8], "0", "{scenario} had errors offered at a fixed rate: {row}");
     }
 }
