@@ -175,6 +175,22 @@ impl Classifier {
             crate::telemetry::count_cooldown_from_memory();
             return Ok(cooldown(Some(ends_at)));
         }
+        // Redis and, for a run, PostgreSQL: kilobytes of future, boxed so that this one stays
+        // small for the answer from memory above, the common case while a lock is held (a future
+        // is copied whole each time it moves: docs/benchmarks.md, findings 48 and 65).
+        Box::pin(self.request_remote(tenant, account, key, now, at)).await
+    }
+
+    /// The rest of [`Classifier::request`] once memory has no answer: takes the lock in Redis or
+    /// learns how long it is held, and runs the classifier when it got the lock.
+    async fn request_remote(
+        &self,
+        tenant: TenantId,
+        account: &AccountId,
+        key: String,
+        now: OffsetDateTime,
+        at: std::time::Instant,
+    ) -> Result<RequestOutcome, Error> {
         let token = Uuid::new_v4();
         let value = lock_value(&token, now + time::Duration::milliseconds(self.default_cooldown_ms));
         let lock = Lock { key: &key, token: &token, value: &value };
@@ -443,6 +459,22 @@ mod tests {
         let value = lock_value(&token, ends_at);
         assert_eq!(value, format!("{token}@1795000000123"));
         assert_eq!(lock_ends_at(&value), Some(OffsetDateTime::from_unix_timestamp_nanos(1_795_000_000_123_000_000).expect("time")));
+    }
+
+    /// Most bytes a classification request's future may take: it is moved whole into the gRPC
+    /// edge's box on every call (12 KB with the Redis and PostgreSQL paths inline).
+    const REQUEST_FUTURE_BYTES_MAX: usize = 1_024;
+
+    #[tokio::test]
+    async fn a_classification_request_is_a_small_future() {
+        // Never connected and never polled: building a pool opens nothing.
+        let config = crate::config::Config::with_database("postgresql://nobody@127.0.0.1:1/none".into(), None);
+        let ctx = Ctx::new(crate::db::pool(&config).expect("a lazy pool"), std::sync::Arc::new(crate::clock::SystemClock));
+        let classifier = Classifier::new(ctx, None, Duration::from_millis(100));
+        let account = AccountId::parse("acct").expect("account");
+        let request = classifier.request(TenantId(Uuid::from_u128(7)), &account);
+        let bytes = std::mem::size_of_val(&request);
+        assert!(bytes <= REQUEST_FUTURE_BYTES_MAX, "a classification request's future takes {bytes} bytes");
     }
 
     #[test]
