@@ -567,6 +567,7 @@ async fn bench_runs_every_scenario_with_every_call_answered() {
     }
     // The open-loop rows, the floor beside the unary check's among them:
     // | scenario | peak (clients) | offered | answered | p50 | p95 | p99 | errors | …
+    let mut offered = Vec::new();
     for scenario in ["check", "check-stream", "classify-cooldown at check's rate (answered from memory: the floor)"] {
         let row = report
             .lines()
@@ -576,5 +577,7 @@ async fn bench_runs_every_scenario_with_every_call_answered() {
         let answered_per_s: f64 = cells[4].parse().unwrap_or_else(|e| panic!("{row}: {e}"));
         assert!(answered_per_s > 0.0, "{scenario} answered no call offered at a fixed rate: {row}");
         assert_eq!(cells[8], "0", "{scenario} had errors offered at a fixed rate: {row}");
+        offered.push(cells[3].to_owned());
     }
+    assert_eq!(offered[2], offered[0], "the floor is offered at the unary check's rate:\n{report}");
 }

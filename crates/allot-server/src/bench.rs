@@ -247,7 +247,7 @@ async fn measure(
     // And beside each check row, the raw read at the same share of that scenario's raw peak, with
     // the server idle (finding 61). A failed pgbench costs its row, not the report.
     let mut raw_open = Vec::new();
-    for row in open.iter().filter(|r| r.paced_by == r.scenario) {
+    for row in raw_open_loop::paced_by_own_peak(&open) {
         let (Some(script), Some(raw_peak)) = (script, raw_open_loop::raw_peak_of(&rows, row.scenario)) else { continue };
         match raw_open_loop::run(script, postgres, row.scenario, raw_peak, open_loop_percent, length).await {
             Ok(raw) => {

@@ -11,9 +11,9 @@
 //! requests by sequence.
 //!
 //! Beside the unary `check` row, [`FLOOR`] is offered at the same rate: a call the server answers
-//! from memory (a held cooldown: no PostgreSQL, no Redis), so its latency is what the machine, the
-//! load generator and a gRPC call through Allot's layers cost at that rate — a floor under the
-//! check's (docs/benchmarks.md, finding 61).
+//! from memory (a held cooldown: no PostgreSQL, and Redis about once a second), so its latency is
+//! what the machine, the load generator and a gRPC call through Allot's layers cost at that rate
+//! — a floor under the check's in the same run (docs/benchmarks.md, finding 64).
 //!
 //! The issuer stops issuing once [`IN_FLIGHT_MAX`] calls are unanswered (or a stream has as many
 //! in flight as the server reads ahead) and the row says

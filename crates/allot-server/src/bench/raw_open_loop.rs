@@ -65,6 +65,13 @@ pub fn raw_peak_of(rows: &[super::Row], scenario: &str) -> Option<(f64, usize)> 
     super::peak::highest(rows, scenario, |r| r.raw_ops_per_s)
 }
 
+/// The open-loop rows that get a raw row beside them: those offered at their own scenario's peak
+/// (the check rows), not the floor, which is offered at the unary check's rate and has no raw
+/// read of its own.
+pub fn paced_by_own_peak(open: &[super::open_loop::OpenRow]) -> impl Iterator<Item = &super::open_loop::OpenRow> {
+    open.iter().filter(|row| row.paced_by == row.scenario)
+}
+
 /// Offers `runner`'s `check.sql` at `percent` of `peak` for `length` (after [`WARM_UP`]) with
 /// pgbench against `postgres`, as the baseline of Allot's open-loop row `beside`. The runner's
 /// rows have created the baseline's schema already.
@@ -196,7 +203,7 @@ pub fn report(raw: &[RawOpenRow], rows: &[super::open_loop::OpenRow]) -> String 
     let ratios: Vec<String> = raw
         .iter()
         .filter_map(|r| {
-            let allot = rows.iter().find(|a| a.scenario == r.beside)?;
+            let allot = paced_by_own_peak(rows).find(|a| a.scenario == r.beside)?;
             (r.service_p99_ms > 0.0).then(|| {
                 format!(
                     "`{}` {:.2} ({:.2} against the raw p99 without pgbench's schedule lag, {:.2} ms)",
@@ -327,5 +334,14 @@ mod tests {
         assert!(!text.contains("`check-stream`"), "no raw row beside it, no ratio: {text}");
         assert!(!report(std::slice::from_ref(&raw), &[]).contains("Allot / raw"), "no Allot row, no ratio");
         assert_eq!(report(&[], &[open_row("check", 10.0)]), "", "no raw row, nothing");
+    }
+
+    #[test]
+    fn the_floor_gets_no_raw_row() {
+        let mut floor = open_row(super::super::open_loop::FLOOR, 3.0);
+        floor.paced_by = "check";
+        let open = [open_row("check", 10.0), floor, open_row("check-stream", 5.0)];
+        let beside: Vec<&str> = paced_by_own_peak(&open).map(|row| row.scenario).collect();
+        assert_eq!(beside, ["check", "check-stream"]);
     }
 }

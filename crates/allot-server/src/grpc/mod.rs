@@ -32,9 +32,10 @@ use crate::error::Error;
 /// call that panics answers INTERNAL, as a panicked task did.
 ///
 /// The call is boxed here, so the future returned (and the handler's future that awaits it) holds
-/// a pointer, not the call: a service call's future is kilobytes (12 KB for a classification
-/// request, 5–10 KB for a reserve or a commit), and a future held by value is copied whole each
-/// time it moves (docs/benchmarks.md, finding 48).
+/// a pointer, not the call: a service call's future can be kilobytes (5–10 KB for a reserve or a
+/// commit), and a future held by value is copied whole each time it moves (docs/benchmarks.md,
+/// finding 48). The hot calls keep theirs small by boxing their cold paths themselves (a check,
+/// a debit, a classification answered from memory: finding 65), so this copy is cheap for them.
 pub fn detached<T, F>(call: F) -> Detached<T>
 where
     T: Send + 'static,
