@@ -1,7 +1,7 @@
 //! Group commit: concurrent debits — of one hot meter or of many accounts — are decided together
 //! in shared transactions (visible as shared `xmin`s of their ledger entries) and stay exact: the
-//! same admissions, one entry and one idempotency record per debit, grants consumed in the
-//! waterfall, one soft-cap event per crossing. A debit that fails inside a batch (a key reused
+//! same admissions, one entry and one idempotency record per debit (its id ordered by time),
+//! grants consumed in the waterfall, one soft-cap event per crossing. A debit that fails inside a batch (a key reused
 //! for another request) fails alone without failing or duplicating its neighbours, and debits a
 //! batch does not cover (an org member, a rate-capped meter) are decided alone beside it, and a
 //! meter a batch opened keeps its opening entry whoever decides its debit. Small batches run on
@@ -55,6 +55,17 @@ async fn concurrent_debits_of_one_meter_share_transactions_and_stay_exact() {
     let records: i64 = db.query_one("SELECT COUNT(*) FROM idempotency_records", &[]).await.expect("count").get(0);
     assert_eq!(records, 128, "each debit keeps its own idempotency record, denials too");
     assert_eq!(assert_ledger_explains_balances(&server).await, 1);
+    // Entry ids are ordered by time (UUIDv7), so the ledger's id index grows at its right edge:
+    // within the meter they rise with its sequence, across batches as within one.
+    let out_of_order: i64 = db
+        .query_one(
+            "SELECT COUNT(*) FROM (SELECT id, lag(id) OVER (ORDER BY seq) AS before FROM ledger_entries              WHERE account_id = 'hot' AND meter = 'tokens') e WHERE e.id <= e.before",
+            &[],
+        )
+        .await
+        .expect("order")
+        .get(0);
+    assert_eq!(out_of_order, 0, "an entry id below the one before it in the meter's sequence");
 
     // Every retry replays its own answer.
     let mut client = entitlements.clone();
