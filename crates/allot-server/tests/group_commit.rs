@@ -1,11 +1,11 @@
-//! Group commit: concurrent debits — of one hot meter or of many accounts — are decided together
-//! in shared transactions (visible as shared `xmin`s of their ledger entries) and stay exact: the
-//! same admissions, one entry and one idempotency record per debit (its id ordered by time),
-//! grants consumed in the waterfall, one soft-cap event per crossing. A debit that fails inside a batch (a key reused
-//! for another request) fails alone without failing or duplicating its neighbours, and debits a
-//! batch does not cover (an org member, a rate-capped meter) are decided alone beside it, and a
-//! meter a batch opened keeps its opening entry whoever decides its debit. Small batches run on
-//! lane connections (`db::driven`) and go on when the database closes them.
+//! Group commit: concurrent debits — of one hot meter or of many accounts — are decided together in
+//! shared transactions (visible as shared `xmin`s of their ledger entries) and stay exact: the same
+//! admissions, one entry and one idempotency record per debit (the entry's id ordered by time),
+//! grants consumed in the waterfall, one soft-cap event per crossing. A debit that fails inside a
+//! batch (a key reused for another request) fails alone without failing or duplicating its
+//! neighbours, and debits a batch does not cover (an org member, a rate-capped meter) are decided
+//! alone beside it, and a meter a batch opened keeps its opening entry whoever decides its debit.
+//! Small batches run on lane connections (`db::driven`) and go on when the database closes them.
 
 mod common;
 
@@ -55,17 +55,20 @@ async fn concurrent_debits_of_one_meter_share_transactions_and_stay_exact() {
     let records: i64 = db.query_one("SELECT COUNT(*) FROM idempotency_records", &[]).await.expect("count").get(0);
     assert_eq!(records, 128, "each debit keeps its own idempotency record, denials too");
     assert_eq!(assert_ledger_explains_balances(&server).await, 1);
-    // Entry ids are ordered by time (UUIDv7), so the ledger's id index grows at its right edge:
-    // within the meter they rise with its sequence, across batches as within one.
+    // Entry ids begin with their time in milliseconds (UUIDv7), so the ledger's id index grows at
+    // its right edge: within the meter, across batches as within one, that time never falls as
+    // the sequence rises (on one server; ids of several servers follow their clocks).
     let out_of_order: i64 = db
         .query_one(
-            "SELECT COUNT(*) FROM (SELECT id, lag(id) OVER (ORDER BY seq) AS before FROM ledger_entries              WHERE account_id = 'hot' AND meter = 'tokens') e WHERE e.id <= e.before",
+            "SELECT COUNT(*) FROM (SELECT substring(uuid_send(id) FROM 1 FOR 6) AS ms, \
+             lag(substring(uuid_send(id) FROM 1 FOR 6)) OVER (ORDER BY seq) AS before \
+             FROM ledger_entries WHERE account_id = 'hot' AND meter = 'tokens') e WHERE e.ms < e.before",
             &[],
         )
         .await
         .expect("order")
         .get(0);
-    assert_eq!(out_of_order, 0, "an entry id below the one before it in the meter's sequence");
+    assert_eq!(out_of_order, 0, "an entry id's time below the one before it in the meter's sequence");
 
     // Every retry replays its own answer.
     let mut client = entitlements.clone();

@@ -258,11 +258,13 @@ impl MeterSession {
     }
 
     /// Queues a ledger entry for an effect the rules proposed; returns the entry's id. Ids are
-    /// ordered by time (UUIDv7): the ledger only grows, and its `(tenant_id, id)` index then takes
-    /// new entries at its right edge rather than on a random page each (docs/benchmarks.md,
-    /// finding 66).
+    /// ordered by time to the millisecond (UUIDv7): the ledger only grows, and each tenant's part
+    /// of its `(tenant_id, id)` index then takes new entries at its right edge rather than on a
+    /// random page each (docs/benchmarks.md, finding 66). The rest of the id is random, not the
+    /// `uuid` crate's process-wide counter: ids a tenant gets back would otherwise tell how many
+    /// entries other tenants made in between.
     pub fn record(&mut self, effect: Effect, refs: EntryRefs) -> Uuid {
-        let id = Uuid::now_v7();
+        let id = Uuid::new_v7(uuid::Timestamp::now(uuid::NoContext));
         self.entries.push(NewEntry { id, effect, period: self.state.period, refs });
         id
     }
