@@ -467,10 +467,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_classification_request_is_a_small_future() {
-        // Never connected and never polled: building a pool opens nothing.
-        let config = crate::config::Config::with_database("postgresql://nobody@127.0.0.1:1/none".into(), None);
-        let ctx = Ctx::new(crate::db::pool(&config).expect("a lazy pool"), std::sync::Arc::new(crate::clock::SystemClock));
-        let classifier = Classifier::new(ctx, None, Duration::from_millis(100));
+        // Never polled: nothing is connected.
+        let classifier = Classifier::new(Ctx::unconnected(), None, Duration::from_millis(100));
         let account = AccountId::parse("acct").expect("account");
         let request = classifier.request(TenantId(Uuid::from_u128(7)), &account);
         let bytes = std::mem::size_of_val(&request);

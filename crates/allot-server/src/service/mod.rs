@@ -57,6 +57,14 @@ impl Ctx {
         Ctx { pool, clock, db_checkouts: Arc::new(AtomicU64::new(0)), plan_book: Arc::default(), lanes: None }
     }
 
+    /// For tests that build services without polling them (the sizes of their futures): a pool
+    /// that is never connected (building one opens nothing) and the system clock.
+    #[cfg(test)]
+    pub fn unconnected() -> Ctx {
+        let config = crate::config::Config::with_database("postgresql://nobody@127.0.0.1:1/none".into(), None);
+        Ctx::new(crate::db::pool(&config).expect("a lazy pool"), Arc::new(crate::clock::SystemClock))
+    }
+
     /// A pooled connection for one operation.
     #[tracing::instrument(name = "db.checkout", skip_all)]
     pub async fn db(&self) -> Result<deadpool_postgres::Client, Error> {

@@ -4,13 +4,9 @@
 //! kilobytes) is boxed so that it does not size the queued one (docs/benchmarks.md, finding 48).
 //! Nothing here is polled: the pool is never asked for a connection.
 
-use std::sync::Arc;
-
 use allot_domain::charge::Mode;
 
 use super::{Amount, CheckCommand, Credits, DebitCommand};
-use crate::clock::SystemClock;
-use crate::config::Config;
 use crate::ids::{AccountId, IdempotencyKey, Meter, TenantId};
 use crate::service::pricing::Pricing;
 use crate::service::rate::RateLimiter;
@@ -22,9 +18,7 @@ const CHECK_FUTURE_BYTES_MAX: usize = 1_024;
 const DEBIT_FUTURE_BYTES_MAX: usize = 4_096;
 
 fn credits() -> Credits {
-    // Never connected: building a pool opens nothing.
-    let config = Config::with_database("postgresql://nobody@127.0.0.1:1/none".into(), None);
-    let ctx = Ctx::new(crate::db::pool(&config).expect("a lazy pool"), Arc::new(SystemClock));
+    let ctx = Ctx::unconnected();
     let rate = RateLimiter::new(None, std::time::Duration::from_millis(100));
     Credits::new(ctx.clone(), rate, Pricing::new(ctx), 2, Some(2))
 }
